@@ -4,9 +4,23 @@
 //! (regular and transitional configurations), four service levels (FIFO,
 //! causal, agreed, safe), named lightweight groups and a primary component,
 //! plus the deterministic simulator and the checker that prove it.
+//!
+//! Start with [`Node`]: its documentation states the driver contract.
+//! `PROTOCOL.md` beside this crate describes the protocol and argues each
+//! guarantee.
 
+mod node;
+pub mod primary;
+pub mod sim;
+mod streams;
 pub mod trace;
 pub mod types;
+pub mod wire;
 
-pub use trace::{GroupViewId, LivenessPhase, ProcessEnd, ProcessTrace, Trace, TraceEvent, TraceRecord};
+pub use node::{Bug, Config, Counters, Delivery, Event, Node, SendError, Transmit, ViewInfo};
+pub use primary::{PrimaryRecord, PrimaryState};
+pub use trace::{
+    GroupViewId, LivenessPhase, ProcessEnd, ProcessTrace, Trace, TraceEvent, TraceRecord,
+};
 pub use types::{digest, ConfId, Level, MsgId, NodeId, Pid, Time, ViewId};
+pub use wire::{DecodeError, WIRE_VERSION};

@@ -14,9 +14,7 @@ use std::time::Duration;
 
 /// Identifies one view of a named group: the node view it was formed in and
 /// the number of group membership changes since that node view began.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct GroupViewId {
     /// The node-level regular view.
     pub view: ViewId,

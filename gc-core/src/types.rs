@@ -58,9 +58,7 @@ impl fmt::Display for ViewId {
 }
 
 /// A configuration in the sense of extended virtual synchrony.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum ConfId {
     /// A regular configuration: new messages are sent and delivered in it.
     Regular(ViewId),
@@ -95,9 +93,7 @@ impl fmt::Display for ConfId {
 }
 
 /// The service level of one message.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Level {
     /// Reliable, in sender order with respect to the sender's earlier FIFO
     /// messages. Never waits for ordering information.
@@ -130,9 +126,7 @@ impl Level {
 
 /// A message's identity: its sender, the view it was sent in and its first
 /// sequence number in the sender's stream for that view.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct MsgId {
     /// The sending process.
     pub sender: Pid,
@@ -170,7 +164,10 @@ impl Time {
 
     /// `self + d`, saturating.
     pub fn add(self, d: Duration) -> Time {
-        Time(self.0.saturating_add(d.as_micros().min(u64::MAX as u128) as u64))
+        Time(
+            self.0
+                .saturating_add(d.as_micros().min(u64::MAX as u128) as u64),
+        )
     }
 
     /// `self - earlier`, or zero when `earlier` is later.

@@ -1,0 +1,2025 @@
+//! The protocol state machine of one process.
+
+use crate::primary::{self, PrimaryRecord, PrimaryState};
+use crate::streams::{Delivered, Received, Streams};
+use crate::trace::{GroupViewId, TraceEvent, TraceRecord};
+use crate::types::{digest, ConfId, Level, MsgId, NodeId, Pid, Time, ViewId};
+use crate::wire::{
+    self, AckFrame, DataFrame, DataKind, DatagramBuilder, DecodeError, Frame, HelloFrame,
+    InstallFrame, JoinFrame, JoinState, NackFrame, OldView, MAX_GROUPS_PER_NODE, MAX_MEMBERS,
+    MAX_NACK_SPAN,
+};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Settings of one process. [`Config::new`] gives defaults that detect a
+/// crashed peer in well under a second on a LAN.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This process.
+    pub me: Pid,
+    /// Addresses to send discovery beacons to (other nodes; its own address
+    /// is harmless).
+    pub seeds: Vec<SocketAddr>,
+    /// The primary state persisted by an earlier incarnation, or the initial
+    /// state ([`PrimaryState::initial`]) naming the cluster's hosts.
+    pub primary: PrimaryState,
+    /// Largest datagram to send. Frames are batched up to it and messages
+    /// are fragmented to fit it.
+    pub max_datagram: usize,
+    /// Largest message accepted from the application.
+    pub max_message: usize,
+    /// Most bytes of application messages waiting to be sent.
+    pub send_queue_bytes: usize,
+    /// Flow control: most frames of one's own not yet held by every member.
+    pub window: u64,
+    /// Acknowledgement and heartbeat period when nothing else is sent.
+    pub heartbeat_interval: Duration,
+    /// A member silent this long is suspected.
+    pub suspect_timeout: Duration,
+    /// How often a process re-sends its join, install acknowledgement and
+    /// the like during a view change.
+    pub join_interval: Duration,
+    /// A candidate that sends no join for this long during a view change is
+    /// counted as failed.
+    pub join_timeout: Duration,
+    /// A view change that reaches no agreement for this long drops the
+    /// candidates that disagree.
+    pub consensus_timeout: Duration,
+    /// An install that does not complete in this time is abandoned.
+    pub install_timeout: Duration,
+    /// Discovery beacon period.
+    pub discovery_interval: Duration,
+    /// After excluding a silent process, ignore its beacons this long.
+    pub merge_cooldown: Duration,
+    /// How long a freshly started process waits for peers before forming a
+    /// view alone.
+    pub startup_wait: Duration,
+    /// Retransmission request period.
+    pub nack_interval: Duration,
+    /// How long an acknowledgement may wait for other traffic to ride on.
+    pub ack_delay: Duration,
+    /// Record a [`TraceRecord`] stream for the checker.
+    pub trace: bool,
+    /// Seed of the process's random choices (retransmission sources).
+    pub rng_seed: u64,
+    /// A deliberate bug, for testing that the simulator and checker catch
+    /// bugs. Never set outside such tests.
+    #[doc(hidden)]
+    pub bug: Option<Bug>,
+}
+
+/// Deliberate bugs the checker's own tests switch on.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bug {
+    /// Install new views without fetching the old view's missing messages
+    /// and without delivering its rest in the transitional configuration.
+    SkipFlush,
+    /// Deliver agreed and safe messages as soon as they arrive.
+    AgreedInArrivalOrder,
+}
+
+impl Config {
+    /// Defaults for process `me`.
+    pub fn new(me: Pid) -> Self {
+        Config {
+            me,
+            seeds: Vec::new(),
+            primary: PrimaryState::initial(Vec::new()),
+            max_datagram: 1400,
+            max_message: 16 << 20,
+            send_queue_bytes: 64 << 20,
+            window: 512,
+            heartbeat_interval: Duration::from_millis(50),
+            suspect_timeout: Duration::from_millis(400),
+            join_interval: Duration::from_millis(20),
+            join_timeout: Duration::from_millis(150),
+            consensus_timeout: Duration::from_millis(600),
+            install_timeout: Duration::from_millis(500),
+            discovery_interval: Duration::from_millis(200),
+            merge_cooldown: Duration::from_millis(1000),
+            startup_wait: Duration::from_millis(100),
+            nack_interval: Duration::from_millis(10),
+            ack_delay: Duration::ZERO,
+            trace: false,
+            rng_seed: 0,
+            bug: None,
+        }
+    }
+}
+
+/// A configuration change, as the application sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ViewInfo {
+    /// The configuration.
+    pub conf: ConfId,
+    /// Its members, sorted.
+    pub members: Vec<Pid>,
+    /// The primary number when this regular view is the primary component.
+    pub primary: Option<u64>,
+}
+
+/// A message for the application.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// Its identity.
+    pub msg: MsgId,
+    /// The group it was sent to.
+    pub group: String,
+    /// Its service level.
+    pub level: Level,
+    /// Its bytes.
+    pub payload: Vec<u8>,
+    /// The configuration it is delivered in.
+    pub conf: ConfId,
+}
+
+/// Something the application must learn or do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A regular or transitional configuration was installed.
+    View(ViewInfo),
+    /// A message of a group this process belongs to.
+    Deliver(Delivery),
+    /// A view of a group this process belongs to.
+    GroupView {
+        /// The group.
+        group: String,
+        /// The group view.
+        id: GroupViewId,
+        /// Its members, sorted.
+        members: Vec<Pid>,
+    },
+    /// Persist this before sending any datagram polled after it, and pass it
+    /// back in [`Config::primary`] at the next start.
+    PersistPrimary(PrimaryState),
+    /// The process has left the cluster; drop the node.
+    Left,
+    /// A peer was refused; log it (this is rate-limited per address).
+    PeerRefused {
+        /// Its address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A datagram to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where.
+    pub dest: SocketAddr,
+    /// The bytes (to be sealed by the runtime).
+    pub payload: Vec<u8>,
+}
+
+/// Why a request was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The send queue is full: the group cannot absorb messages this fast.
+    /// Try again after some deliveries.
+    #[error("send queue full ({queued} bytes waiting): the group is not keeping up")]
+    QueueFull {
+        /// Bytes waiting.
+        queued: usize,
+    },
+    /// The message exceeds [`Config::max_message`].
+    #[error("message of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The group name is longer than the protocol allows.
+    #[error("group name longer than {} bytes", wire::MAX_GROUP_NAME)]
+    BadGroup,
+    /// The process belongs to too many groups.
+    #[error("a process may belong to at most {MAX_GROUPS_PER_NODE} groups")]
+    TooManyGroups,
+    /// The process is leaving or has left.
+    #[error("the process is leaving the cluster")]
+    Leaving,
+}
+
+/// Counters the application can read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Datagrams handed in.
+    pub datagrams_in: u64,
+    /// Bytes handed in.
+    pub bytes_in: u64,
+    /// Datagrams handed out.
+    pub datagrams_out: u64,
+    /// Bytes handed out.
+    pub bytes_out: u64,
+    /// Datagrams dropped as undecodable.
+    pub drop_decode: u64,
+    /// Datagrams dropped for another wire version.
+    pub drop_version: u64,
+    /// Datagrams dropped from an older incarnation of a node.
+    pub drop_stale: u64,
+    /// Frames dropped because they were too far ahead of what was received.
+    pub drop_ahead: u64,
+    /// Frames retransmitted on request.
+    pub retransmissions: u64,
+    /// Retransmission requests sent.
+    pub nacks_sent: u64,
+    /// Regular views installed.
+    pub view_changes: u64,
+    /// Members suspected for silence.
+    pub suspicions: u64,
+    /// Messages delivered (node level).
+    pub delivered: u64,
+    /// Most bytes of message frames held at once.
+    pub max_held_bytes: u64,
+    /// Most message frames held at once.
+    pub max_held_frames: u64,
+}
+
+struct Outgoing {
+    kind: DataKind,
+    level: Level,
+    payload: Vec<u8>,
+    /// Once the first fragment is out: its timestamp, sequence number and
+    /// causal dependencies.
+    started: Option<(u64, u64)>,
+    next_frag: u32,
+}
+
+struct Current {
+    id: ViewId,
+    members: Vec<Pid>,
+    primary: Option<u64>,
+    streams: Streams,
+    install: Option<Arc<InstallFrame>>,
+    groups: BTreeMap<String, BTreeSet<Pid>>,
+    group_changes: BTreeMap<String, u32>,
+    my_last_causal_sent: u64,
+}
+
+#[derive(Clone)]
+struct Gather {
+    proc_set: BTreeSet<Pid>,
+    fail_set: BTreeSet<Pid>,
+    joins: BTreeMap<Pid, Arc<JoinFrame>>,
+    heard: BTreeMap<Pid, Time>,
+    added: BTreeMap<Pid, Time>,
+    last_change: Time,
+    next_send: Time,
+}
+
+struct Installing {
+    install: Arc<InstallFrame>,
+    gather: Gather,
+    started: Time,
+    recovered: bool,
+    acks: BTreeSet<Pid>,
+    next_send: Time,
+}
+
+enum Phase {
+    Operational,
+    Gather(Gather),
+    Installing(Installing),
+    Left,
+}
+
+enum Dest {
+    Pid(Pid),
+    Addr(SocketAddr),
+}
+
+/// A small deterministic generator (xorshift64*): the protocol's only
+/// randomness, seeded by the driver.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// One process of the group-communication protocol, without I/O.
+///
+/// # Driver contract
+/// The node owns no socket, clock, task or random source. A driver:
+/// 1. creates it with [`Node::new`], passing the current time;
+/// 2. feeds it every datagram received ([`Node::handle_datagram`]), every
+///    expiry of the deadline it asked for ([`Node::handle_timeout`]; an early
+///    or spurious call is harmless), and application requests
+///    ([`Node::multicast`], [`Node::join_group`], [`Node::leave_group`],
+///    [`Node::leave`]);
+/// 3. after any of those, drains [`Node::poll_event`] first (persisting
+///    [`Event::PersistPrimary`] before going on), then
+///    [`Node::poll_transmit`] (sending each datagram), then asks
+///    [`Node::poll_timeout`] for the next deadline.
+///
+/// Time only moves forward: every call takes `now`, which must not be
+/// earlier than in the previous call. The same inputs at the same times give
+/// the same outputs: the simulator relies on that to replay a seed.
+pub struct Node {
+    cfg: Config,
+    me: Pid,
+    rng: Rng,
+    started: Time,
+    now: Time,
+    phase: Phase,
+    cur: Current,
+    retained: VecDeque<Streams>,
+    clock: u64,
+    attempt: u64,
+    max_counter: u64,
+    send_queue: VecDeque<Outgoing>,
+    queued_bytes: usize,
+    groups_intent: BTreeSet<String>,
+    primary: PrimaryState,
+    addrs: BTreeMap<Pid, SocketAddr>,
+    newest: BTreeMap<NodeId, u64>,
+    last_heard: BTreeMap<Pid, Time>,
+    cooldown: BTreeMap<Pid, Time>,
+    pending_merge: BTreeSet<Pid>,
+    install_replies: BTreeMap<Pid, Time>,
+    refusals: BTreeMap<SocketAddr, Time>,
+    leaving: bool,
+    ack_pending: bool,
+    ack_due: Time,
+    next_heartbeat: Time,
+    next_discovery: Time,
+    out: Vec<(Dest, Arc<Vec<u8>>)>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    trace: VecDeque<TraceRecord>,
+    counters: Counters,
+}
+
+fn null_view(me: Pid) -> ViewId {
+    ViewId {
+        counter: 0,
+        coordinator: me,
+    }
+}
+
+impl Node {
+    /// A process that has just started: it forms a view with the peers it
+    /// discovers (alone, if none answer within [`Config::startup_wait`]).
+    pub fn new(cfg: Config, now: Time) -> Node {
+        let me = cfg.me;
+        let id = null_view(me);
+        let mut streams = Streams::new(id, vec![me], me, 4 * cfg.window);
+        streams.agreed_in_arrival_order = cfg.bug == Some(Bug::AgreedInArrivalOrder);
+        let mut gather = Gather {
+            proc_set: BTreeSet::new(),
+            fail_set: BTreeSet::new(),
+            joins: BTreeMap::new(),
+            heard: BTreeMap::new(),
+            added: BTreeMap::new(),
+            last_change: now,
+            next_send: now,
+        };
+        gather.proc_set.insert(me);
+        let mut newest = BTreeMap::new();
+        newest.insert(me.node, me.incarnation);
+        Node {
+            rng: Rng(cfg.rng_seed
+                ^ (u64::from(me.node) << 32)
+                ^ me.incarnation
+                ^ 0x9e37_79b9_7f4a_7c15),
+            primary: cfg.primary.clone(),
+            me,
+            started: now,
+            now,
+            phase: Phase::Gather(gather),
+            cur: Current {
+                id,
+                members: vec![me],
+                primary: None,
+                streams,
+                install: None,
+                groups: BTreeMap::new(),
+                group_changes: BTreeMap::new(),
+                my_last_causal_sent: 0,
+            },
+            retained: VecDeque::new(),
+            clock: 0,
+            attempt: 1,
+            max_counter: 0,
+            send_queue: VecDeque::new(),
+            queued_bytes: 0,
+            groups_intent: BTreeSet::new(),
+            addrs: BTreeMap::new(),
+            newest,
+            last_heard: BTreeMap::new(),
+            cooldown: BTreeMap::new(),
+            pending_merge: BTreeSet::new(),
+            install_replies: BTreeMap::new(),
+            refusals: BTreeMap::new(),
+            leaving: false,
+            ack_pending: false,
+            ack_due: Time::NEVER,
+            next_heartbeat: now,
+            next_discovery: now,
+            out: Vec::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            trace: VecDeque::new(),
+            counters: Counters::default(),
+            cfg,
+        }
+    }
+
+    // ----- getters -----
+
+    /// This process.
+    pub fn pid(&self) -> Pid {
+        self.me
+    }
+
+    /// The current regular view and its members (the starting process's own
+    /// empty view until the first one is installed).
+    pub fn view(&self) -> (ViewId, &[Pid]) {
+        (self.cur.id, &self.cur.members)
+    }
+
+    /// The primary number when the current view is the primary component.
+    pub fn primary(&self) -> Option<u64> {
+        self.cur.primary
+    }
+
+    /// True when the process is between views.
+    pub fn changing_view(&self) -> bool {
+        !matches!(self.phase, Phase::Operational)
+    }
+
+    /// True once the process has left.
+    pub fn has_left(&self) -> bool {
+        matches!(self.phase, Phase::Left)
+    }
+
+    /// Members of a group in the current view.
+    pub fn group_members(&self, group: &str) -> Vec<Pid> {
+        self.cur
+            .groups
+            .get(group)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Application messages accepted but not yet sent.
+    pub fn unsent(&self) -> usize {
+        self.send_queue.len()
+    }
+
+    /// Bytes of message frames held now.
+    pub fn held_bytes(&self) -> usize {
+        self.cur.streams.held_bytes + self.retained.iter().map(|s| s.held_bytes).sum::<usize>()
+    }
+
+    // ----- outputs -----
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The next trace record (only with [`Config::trace`]).
+    pub fn poll_trace(&mut self) -> Option<TraceRecord> {
+        self.trace.pop_front()
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self, now: Time) -> Option<Transmit> {
+        self.advance(now);
+        if self.transmits.is_empty() {
+            if self.ack_pending && self.ack_due <= now {
+                self.send_ack();
+            }
+            self.assemble();
+        }
+        let t = self.transmits.pop_front()?;
+        self.counters.datagrams_out += 1;
+        self.counters.bytes_out += t.payload.len() as u64;
+        Some(t)
+    }
+
+    /// When [`Node::handle_timeout`] should be called next.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        let mut t = self.next_discovery;
+        let mut at = |x: Time| {
+            if x < t {
+                t = x
+            }
+        };
+        if self.ack_pending {
+            at(self.ack_due);
+        }
+        match &self.phase {
+            Phase::Left => return None,
+            Phase::Operational => {
+                at(self.next_heartbeat);
+                for m in &self.cur.members {
+                    if *m != self.me {
+                        let heard = self.last_heard.get(m).copied().unwrap_or(self.now);
+                        at(heard.add(self.cfg.suspect_timeout));
+                    }
+                }
+            }
+            Phase::Gather(g) => {
+                at(g.next_send);
+                at(g.last_change.add(self.cfg.consensus_timeout));
+                for (p, added) in &g.added {
+                    if *p != self.me && !g.fail_set.contains(p) {
+                        let heard = g.heard.get(p).copied().unwrap_or(*added);
+                        at(heard.add(self.cfg.join_timeout));
+                    }
+                }
+                let startup = self.started.add(self.cfg.startup_wait);
+                if self.cur.id.counter == 0 && self.now < startup {
+                    at(startup);
+                }
+            }
+            Phase::Installing(i) => {
+                at(i.next_send);
+                at(i.started.add(self.cfg.install_timeout));
+            }
+        }
+        for st in &self.cur.streams.senders {
+            at(st.next_nack);
+        }
+        Some(t)
+    }
+
+    // ----- inputs -----
+
+    /// Takes in a datagram from `from`.
+    pub fn handle_datagram(&mut self, now: Time, from: SocketAddr, bytes: &[u8]) {
+        self.advance(now);
+        if matches!(self.phase, Phase::Left) {
+            return;
+        }
+        self.counters.datagrams_in += 1;
+        self.counters.bytes_in += bytes.len() as u64;
+        let packet = match wire::decode(bytes) {
+            Ok(p) => p,
+            Err(e) => {
+                if let DecodeError::Version { .. } = e {
+                    self.counters.drop_version += 1;
+                    self.refuse(from, e.to_string());
+                } else {
+                    self.counters.drop_decode += 1;
+                }
+                return;
+            }
+        };
+        let sender = packet.from;
+        if sender == self.me {
+            return;
+        }
+        match self.newest.get(&sender.node) {
+            Some(&inc) if inc > sender.incarnation => {
+                self.counters.drop_stale += 1;
+                return;
+            }
+            Some(&inc) if inc < sender.incarnation => self.newer_incarnation(sender),
+            None => {
+                self.newest.insert(sender.node, sender.incarnation);
+            }
+            _ => {}
+        }
+        self.addrs.insert(sender, from);
+        self.last_heard.insert(sender, now);
+        for frame in packet.frames {
+            self.handle_frame(sender, frame);
+        }
+        self.progress();
+    }
+
+    /// Handles expired deadlines. Harmless when nothing is due.
+    pub fn handle_timeout(&mut self, now: Time) {
+        self.advance(now);
+        if matches!(self.phase, Phase::Left) {
+            return;
+        }
+        if now >= self.next_discovery {
+            self.send_hellos();
+            self.next_discovery = now.add(self.cfg.discovery_interval);
+        }
+        match &self.phase {
+            Phase::Operational => self.operational_timeouts(),
+            Phase::Gather(_) => self.gather_timeouts(),
+            Phase::Installing(_) => self.installing_timeouts(),
+            Phase::Left => {}
+        }
+        self.send_nacks();
+        self.progress();
+    }
+
+    /// Multicasts `payload` to `group` at `level`. Anyone may send to a
+    /// group; its members deliver it.
+    pub fn multicast(
+        &mut self,
+        now: Time,
+        group: &str,
+        level: Level,
+        payload: Vec<u8>,
+    ) -> Result<(), SendError> {
+        self.advance(now);
+        if wire::check_group(group).is_err() {
+            return Err(SendError::BadGroup);
+        }
+        self.enqueue(DataKind::App(group.to_owned()), level, payload)?;
+        self.progress();
+        Ok(())
+    }
+
+    /// Joins a group (in agreed order with the group's messages).
+    pub fn join_group(&mut self, now: Time, group: &str) -> Result<(), SendError> {
+        self.advance(now);
+        if wire::check_group(group).is_err() {
+            return Err(SendError::BadGroup);
+        }
+        if self.groups_intent.contains(group) {
+            return Ok(());
+        }
+        if self.groups_intent.len() >= MAX_GROUPS_PER_NODE {
+            return Err(SendError::TooManyGroups);
+        }
+        self.enqueue(
+            DataKind::GroupJoin(group.to_owned()),
+            Level::Agreed,
+            Vec::new(),
+        )?;
+        self.groups_intent.insert(group.to_owned());
+        self.progress();
+        Ok(())
+    }
+
+    /// Leaves a group.
+    pub fn leave_group(&mut self, now: Time, group: &str) -> Result<(), SendError> {
+        self.advance(now);
+        if !self.groups_intent.contains(group) {
+            return Ok(());
+        }
+        self.enqueue(
+            DataKind::GroupLeave(group.to_owned()),
+            Level::Agreed,
+            Vec::new(),
+        )?;
+        self.groups_intent.remove(group);
+        self.progress();
+        Ok(())
+    }
+
+    /// Leaves the cluster cleanly: once every message this process sent is
+    /// delivered and held by all members, it tells them and stops
+    /// ([`Event::Left`]). The others install a view without it.
+    pub fn leave(&mut self, now: Time) {
+        self.advance(now);
+        self.leaving = true;
+        self.progress();
+    }
+
+    // ----- internals -----
+
+    fn advance(&mut self, now: Time) {
+        if now > self.now {
+            self.now = now;
+        }
+    }
+
+    fn record(&mut self, event: TraceEvent) {
+        if self.cfg.trace {
+            self.trace.push_back(TraceRecord {
+                time: self.now,
+                event,
+            });
+        }
+    }
+
+    fn refuse(&mut self, addr: SocketAddr, reason: String) {
+        let now = self.now;
+        let due = self.refusals.get(&addr).map_or(true, |t| now >= *t);
+        if due {
+            if self.refusals.len() >= 1024 {
+                self.refusals.retain(|_, t| *t > now);
+            }
+            self.refusals.insert(addr, now.add(Duration::from_secs(60)));
+            self.events.push_back(Event::PeerRefused { addr, reason });
+        }
+    }
+
+    fn enqueue(&mut self, kind: DataKind, level: Level, payload: Vec<u8>) -> Result<(), SendError> {
+        if self.leaving || matches!(self.phase, Phase::Left) {
+            return Err(SendError::Leaving);
+        }
+        if payload.len() > self.cfg.max_message {
+            return Err(SendError::TooLarge {
+                len: payload.len(),
+                max: self.cfg.max_message,
+            });
+        }
+        if self.queued_bytes + payload.len() > self.cfg.send_queue_bytes
+            || self.send_queue.len() >= 1 << 20
+        {
+            return Err(SendError::QueueFull {
+                queued: self.queued_bytes,
+            });
+        }
+        self.queued_bytes += payload.len();
+        self.send_queue.push_back(Outgoing {
+            kind,
+            level,
+            payload,
+            started: None,
+            next_frag: 0,
+        });
+        Ok(())
+    }
+
+    fn newer_incarnation(&mut self, pid: Pid) {
+        self.newest.insert(pid.node, pid.incarnation);
+        let old: Vec<Pid> = self
+            .cur
+            .members
+            .iter()
+            .copied()
+            .filter(|m| m.node == pid.node && m.incarnation < pid.incarnation)
+            .collect();
+        if !old.is_empty() {
+            self.start_gather(&[], &old);
+        }
+        if let Phase::Gather(g) = &mut self.phase {
+            let stale: Vec<Pid> = g
+                .proc_set
+                .iter()
+                .copied()
+                .filter(|m| m.node == pid.node && m.incarnation < pid.incarnation)
+                .collect();
+            for s in stale {
+                g.fail_set.insert(s);
+                g.last_change = self.now;
+            }
+        }
+    }
+
+    fn queue_frame(&mut self, dest: Dest, frame: &Frame) {
+        let bytes = Arc::new(wire::encode_frame(frame));
+        self.out.push((dest, bytes));
+    }
+
+    fn queue_to_members(&mut self, members: &[Pid], frame: &Frame) {
+        let bytes = Arc::new(wire::encode_frame(frame));
+        for m in members {
+            if *m != self.me {
+                self.out.push((Dest::Pid(*m), bytes.clone()));
+            }
+        }
+    }
+
+    /// Batches queued frames into datagrams, one destination at a time.
+    fn assemble(&mut self) {
+        if self.out.is_empty() {
+            return;
+        }
+        let mut per_dest: BTreeMap<SocketAddr, Vec<Arc<Vec<u8>>>> = BTreeMap::new();
+        for (dest, bytes) in std::mem::take(&mut self.out) {
+            let addr = match dest {
+                Dest::Addr(a) => Some(a),
+                Dest::Pid(p) => self.addrs.get(&p).copied(),
+            };
+            if let Some(a) = addr {
+                per_dest.entry(a).or_default().push(bytes);
+            }
+        }
+        for (dest, frames) in per_dest {
+            let mut b = DatagramBuilder::new(self.me);
+            for f in frames {
+                if !b.is_empty()
+                    && (b.len_with(f.len()) > self.cfg.max_datagram
+                        || b.count() >= wire::MAX_FRAMES)
+                {
+                    self.transmits.push_back(Transmit {
+                        dest,
+                        payload: b.take(),
+                    });
+                }
+                b.push(&f);
+            }
+            if !b.is_empty() {
+                self.transmits.push_back(Transmit {
+                    dest,
+                    payload: b.take(),
+                });
+            }
+        }
+    }
+
+    fn handle_frame(&mut self, from: Pid, frame: Frame) {
+        match frame {
+            Frame::Data(d) => self.on_data(from, d),
+            Frame::Ack(a) => self.on_ack(from, a),
+            Frame::Nack(n) => self.on_nack(from, n),
+            Frame::Hello(h) => self.on_hello(from, h),
+            Frame::Join(j) => self.on_join(from, Arc::from(j)),
+            Frame::Install(i) => self.on_install(Arc::from(i)),
+            Frame::InstallAck { view } => self.on_install_ack(from, view),
+            Frame::Commit { view } => self.on_commit(view),
+            Frame::Leave { view } => {
+                if view == self.cur.id && self.cur.members.contains(&from) {
+                    let far = self.now.add(Duration::from_secs(3600));
+                    self.cooldown.insert(from, far);
+                    self.start_gather(&[], &[from]);
+                }
+            }
+        }
+    }
+
+    fn on_data(&mut self, from: Pid, d: DataFrame) {
+        self.max_counter = self.max_counter.max(d.view.counter);
+        let streams = if d.view == self.cur.id {
+            &mut self.cur.streams
+        } else if let Some(s) = self.retained.iter_mut().find(|s| s.view == d.view) {
+            s
+        } else {
+            return;
+        };
+        let Some(s) = streams.index_of(d.sender) else {
+            return;
+        };
+        if !streams.members.contains(&from) {
+            return;
+        }
+        if d.level == Level::Causal && d.frag.0 == 0 && d.deps.len() != streams.members.len() {
+            self.counters.drop_decode += 1;
+            return;
+        }
+        let ts = d.ts;
+        let is_current = d.view == self.cur.id;
+        match streams.insert(s, Arc::new(d), self.now) {
+            Received::New => {
+                if is_current {
+                    self.clock = self.clock.max(ts);
+                    self.ack_pending = true;
+                    if self.ack_due == Time::NEVER || self.ack_due < self.now {
+                        self.ack_due = self.now.add(self.cfg.ack_delay);
+                    }
+                }
+            }
+            Received::Duplicate => {}
+            Received::TooFarAhead => self.counters.drop_ahead += 1,
+        }
+    }
+
+    fn on_ack(&mut self, from: Pid, a: AckFrame) {
+        self.max_counter = self.max_counter.max(a.view.counter);
+        if a.view != self.cur.id {
+            return;
+        }
+        if let Some(q) = self.cur.streams.index_of(from) {
+            self.clock = self.clock.max(a.clock);
+            self.cur.streams.on_ack(q, &a, self.now);
+        }
+    }
+
+    fn on_nack(&mut self, from: Pid, n: NackFrame) {
+        let streams = if n.view == self.cur.id {
+            &self.cur.streams
+        } else if let Some(s) = self.retained.iter().find(|s| s.view == n.view) {
+            s
+        } else {
+            return;
+        };
+        let Some(s) = streams.index_of(n.sender) else {
+            return;
+        };
+        let frames: Vec<Arc<DataFrame>> = (n.from..=n.to)
+            .filter_map(|seq| streams.frame(s, seq))
+            .collect();
+        for f in frames {
+            self.counters.retransmissions += 1;
+            self.queue_frame(Dest::Pid(from), &Frame::Data((*f).clone()));
+        }
+    }
+
+    fn in_cooldown(&self, p: Pid) -> bool {
+        self.cooldown.get(&p).is_some_and(|t| *t > self.now)
+    }
+
+    fn on_hello(&mut self, from: Pid, h: HelloFrame) {
+        self.max_counter = self.max_counter.max(h.view.counter);
+        if self.cur.members.contains(&from) || self.in_cooldown(from) {
+            return;
+        }
+        match &mut self.phase {
+            Phase::Installing(_) => {
+                self.pending_merge.insert(from);
+            }
+            Phase::Gather(g) if g.fail_set.contains(&from) || g.proc_set.contains(&from) => {}
+            Phase::Left => {}
+            _ => self.start_gather(&[from], &[]),
+        }
+    }
+
+    fn on_join(&mut self, from: Pid, j: Arc<JoinFrame>) {
+        self.max_counter = self
+            .max_counter
+            .max(j.state.max_counter)
+            .max(j.state.view.counter);
+        for (p, a) in &j.addrs {
+            if *p != self.me
+                && self
+                    .newest
+                    .get(&p.node)
+                    .map_or(true, |i| *i <= p.incarnation)
+            {
+                self.addrs.entry(*p).or_insert(*a);
+            }
+        }
+        let excluded_me = j.fail_set.contains(&self.me);
+        match &self.phase {
+            Phase::Left => {}
+            Phase::Operational => {
+                if self.cur.members.contains(&from) {
+                    if j.state.view == self.cur.id {
+                        if excluded_me {
+                            self.start_gather(&[], &[from]);
+                        } else {
+                            self.start_gather(&j.proc_set, &j.fail_set);
+                            self.merge_join(from, j);
+                        }
+                    } else if self.is_stale_join(from, &j) {
+                        self.resend_install(from);
+                    } else {
+                        self.start_gather(&[], &[]);
+                        self.merge_join(from, j);
+                    }
+                } else if !excluded_me && !self.in_cooldown(from) {
+                    self.start_gather(&[from], &[]);
+                    self.merge_join(from, j);
+                }
+            }
+            Phase::Gather(_) => self.merge_join(from, j),
+            Phase::Installing(i) => {
+                let install = i.install.clone();
+                match install.index_of(from) {
+                    Some(idx) => {
+                        let used = install.attempts.get(idx).copied().unwrap_or(0);
+                        if j.attempt <= used && j.state.view != install.view {
+                            self.resend_install(from);
+                        } else if j.attempt > used {
+                            self.abort_install();
+                            self.merge_join(from, j);
+                        }
+                    }
+                    None => {
+                        if !excluded_me {
+                            self.pending_merge.insert(from);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A join from a member of the current view that reflects the view
+    /// change that formed it: it was delayed, or the member missed the
+    /// install.
+    fn is_stale_join(&self, from: Pid, j: &JoinFrame) -> bool {
+        let Some(inst) = &self.cur.install else {
+            return false;
+        };
+        let Some(idx) = inst.index_of(from) else {
+            return false;
+        };
+        let used = inst.attempts.get(idx).copied().unwrap_or(0);
+        inst.old_view_of(from)
+            .is_some_and(|o| o.view == j.state.view)
+            && j.attempt <= used
+    }
+
+    fn resend_install(&mut self, to: Pid) {
+        let install = match &self.phase {
+            Phase::Installing(i) => Some(i.install.clone()),
+            _ => self.cur.install.clone(),
+        };
+        let Some(inst) = install else {
+            return;
+        };
+        let now = self.now;
+        if self.install_replies.get(&to).is_some_and(|t| *t > now) {
+            return;
+        }
+        self.install_replies
+            .insert(to, now.add(self.cfg.join_interval));
+        self.queue_frame(Dest::Pid(to), &Frame::Install(Box::new((*inst).clone())));
+        if inst.view == self.cur.id && inst.primary_attempt.is_some() && self.cur.primary.is_some()
+        {
+            self.queue_frame(Dest::Pid(to), &Frame::Commit { view: inst.view });
+        }
+    }
+
+    /// Folds a join into the gathering (the node is in the gather phase).
+    fn merge_join(&mut self, from: Pid, j: Arc<JoinFrame>) {
+        let me = self.me;
+        let now = self.now;
+        let newest = &self.newest;
+        let superseded = |p: &Pid| newest.get(&p.node).is_some_and(|inc| *inc > p.incarnation);
+        let Phase::Gather(g) = &mut self.phase else {
+            return;
+        };
+        if g.fail_set.contains(&from) {
+            return;
+        }
+        let mut changed = false;
+        if j.fail_set.contains(&me) {
+            changed |= g.fail_set.insert(from);
+        } else {
+            for p in j.proc_set.iter().chain(std::iter::once(&from)) {
+                if !g.proc_set.contains(p) {
+                    g.proc_set.insert(*p);
+                    g.added.insert(*p, now);
+                    if superseded(p) {
+                        g.fail_set.insert(*p);
+                    }
+                    changed = true;
+                }
+            }
+            for p in &j.fail_set {
+                if *p != me && g.fail_set.insert(*p) {
+                    g.proc_set.insert(*p);
+                    changed = true;
+                }
+            }
+            g.heard.insert(from, now);
+            g.joins.insert(from, j);
+        }
+        if changed {
+            g.last_change = now;
+            g.next_send = now;
+            self.attempt += 1;
+        }
+        self.check_consensus();
+    }
+
+    fn start_gather(&mut self, add_proc: &[Pid], add_fail: &[Pid]) {
+        let now = self.now;
+        if matches!(self.phase, Phase::Installing(_)) {
+            self.abort_install();
+        }
+        match &mut self.phase {
+            Phase::Left => return,
+            Phase::Operational => {
+                let mut g = Gather {
+                    proc_set: self.cur.members.iter().copied().collect(),
+                    fail_set: BTreeSet::new(),
+                    joins: BTreeMap::new(),
+                    heard: BTreeMap::new(),
+                    added: BTreeMap::new(),
+                    last_change: now,
+                    next_send: now,
+                };
+                for m in &self.cur.members {
+                    // Members have been heard recently: give them the full
+                    // join timeout from now.
+                    g.added.insert(*m, now);
+                }
+                g.proc_set.insert(self.me);
+                g.added.remove(&self.me);
+                self.phase = Phase::Gather(g);
+                self.attempt += 1;
+                for o in &mut self.send_queue {
+                    o.started = None;
+                    o.next_frag = 0;
+                }
+            }
+            Phase::Gather(_) | Phase::Installing(_) => {}
+        }
+        if let Phase::Gather(g) = &mut self.phase {
+            let mut changed = false;
+            for p in add_proc {
+                if *p != self.me && g.proc_set.insert(*p) {
+                    g.added.insert(*p, now);
+                    changed = true;
+                }
+            }
+            for p in add_fail {
+                if *p != self.me && g.fail_set.insert(*p) {
+                    g.proc_set.insert(*p);
+                    changed = true;
+                }
+            }
+            if changed {
+                g.last_change = now;
+                g.next_send = now;
+                self.attempt += 1;
+            }
+        }
+        self.check_consensus();
+    }
+
+    fn abort_install(&mut self) {
+        let phase = std::mem::replace(&mut self.phase, Phase::Operational);
+        match phase {
+            Phase::Installing(i) => {
+                let mut g = i.gather;
+                g.last_change = self.now;
+                g.next_send = self.now;
+                // Everyone gets a fresh join timeout in the new round.
+                for p in g.proc_set.iter() {
+                    if *p != self.me {
+                        g.added.insert(*p, self.now);
+                        g.heard.remove(p);
+                    }
+                }
+                g.joins.clear();
+                self.phase = Phase::Gather(g);
+                self.attempt += 1;
+                self.cur.streams.clear_caps();
+            }
+            other => self.phase = other,
+        }
+    }
+
+    fn my_join_state(&self) -> JoinState {
+        JoinState {
+            view: self.cur.id,
+            view_members: self.cur.members.clone(),
+            contig: self.cur.streams.contig_vector(),
+            max_counter: self.max_counter,
+            last_primary: self.primary.last.clone(),
+            ambiguous: self.primary.ambiguous.clone(),
+            groups: self.groups_intent.iter().cloned().collect(),
+        }
+    }
+
+    fn send_join(&mut self) {
+        let Phase::Gather(g) = &self.phase else {
+            return;
+        };
+        let proc_set: Vec<Pid> = g.proc_set.iter().copied().collect();
+        let fail_set: Vec<Pid> = g.fail_set.iter().copied().collect();
+        let addrs: Vec<(Pid, SocketAddr)> = proc_set
+            .iter()
+            .filter_map(|p| self.addrs.get(p).map(|a| (*p, *a)))
+            .collect();
+        let frame = Frame::Join(Box::new(JoinFrame {
+            attempt: self.attempt,
+            proc_set: proc_set.clone(),
+            fail_set,
+            addrs,
+            state: self.my_join_state(),
+        }));
+        self.queue_to_members(&proc_set, &frame);
+    }
+
+    fn check_consensus(&mut self) {
+        let Phase::Gather(g) = &self.phase else {
+            return;
+        };
+        let memb: Vec<Pid> = g.proc_set.difference(&g.fail_set).copied().collect();
+        if memb.first() != Some(&self.me) {
+            return;
+        }
+        if memb.len() == 1
+            && self.cur.id.counter == 0
+            && self.now < self.started.add(self.cfg.startup_wait)
+        {
+            return;
+        }
+        let proc_set: Vec<Pid> = g.proc_set.iter().copied().collect();
+        let fail_set: Vec<Pid> = g.fail_set.iter().copied().collect();
+        let agreed = memb.iter().skip(1).all(|m| {
+            g.joins
+                .get(m)
+                .is_some_and(|j| j.proc_set == proc_set && j.fail_set == fail_set)
+        });
+        if agreed {
+            self.form_install(memb);
+        }
+    }
+
+    /// The representative decides the new view.
+    fn form_install(&mut self, members: Vec<Pid>) {
+        let Phase::Gather(g) = &self.phase else {
+            return;
+        };
+        let mine = Arc::new(JoinFrame {
+            attempt: self.attempt,
+            proc_set: Vec::new(),
+            fail_set: Vec::new(),
+            addrs: Vec::new(),
+            state: self.my_join_state(),
+        });
+        let mut joins: Vec<Arc<JoinFrame>> = Vec::with_capacity(members.len());
+        for m in &members {
+            if *m == self.me {
+                joins.push(mine.clone());
+            } else if let Some(j) = g.joins.get(m) {
+                joins.push(j.clone());
+            } else {
+                return;
+            }
+        }
+        let counter = joins
+            .iter()
+            .map(|j| j.state.max_counter.max(j.state.view.counter))
+            .max()
+            .unwrap_or(0)
+            .max(self.max_counter)
+            + 1;
+        self.max_counter = counter;
+        let view = ViewId {
+            counter,
+            coordinator: self.me,
+        };
+        let mut old_views: Vec<OldView> = Vec::new();
+        for (m, j) in members.iter().zip(&joins) {
+            let st = &j.state;
+            match old_views.iter_mut().find(|o| o.view == st.view) {
+                Some(o) => {
+                    if o.view_members != st.view_members {
+                        continue;
+                    }
+                    o.movers.push(*m);
+                    for (i, c) in st.contig.iter().enumerate() {
+                        if let (Some(t), Some(h)) = (o.targets.get_mut(i), o.holders.get_mut(i)) {
+                            if *c > *t {
+                                *t = *c;
+                                *h = *m;
+                            }
+                        }
+                    }
+                }
+                None => old_views.push(OldView {
+                    view: st.view,
+                    view_members: st.view_members.clone(),
+                    movers: vec![*m],
+                    targets: st.contig.clone(),
+                    holders: vec![*m; st.contig.len()],
+                }),
+            }
+        }
+        let nodes = wire::nodes_of(&members);
+        let reports: Vec<(NodeId, &PrimaryRecord, &[PrimaryRecord])> = members
+            .iter()
+            .zip(&joins)
+            .map(|(m, j)| (m.node, &j.state.last_primary, &j.state.ambiguous[..]))
+            .collect();
+        let decision = primary::decide(view, &nodes, &reports);
+        let install = InstallFrame {
+            view,
+            attempts: joins.iter().map(|j| j.attempt).collect(),
+            addrs: members
+                .iter()
+                .filter_map(|m| self.addrs.get(m).map(|a| (*m, *a)))
+                .collect(),
+            old_views,
+            groups: joins.iter().map(|j| j.state.groups.clone()).collect(),
+            known_primary: decision.known,
+            ambiguous: decision.ambiguous,
+            primary_attempt: decision.attempt,
+            members,
+        };
+        let frame = Frame::Install(Box::new(install.clone()));
+        let members = install.members.clone();
+        self.queue_to_members(&members, &frame);
+        self.on_install(Arc::new(install));
+    }
+
+    fn on_install(&mut self, inst: Arc<InstallFrame>) {
+        self.max_counter = self.max_counter.max(inst.view.counter);
+        if inst.members.len() > MAX_MEMBERS || inst.index_of(self.me).is_none() {
+            return;
+        }
+        if inst.old_view_of(self.me).map(|o| o.view) != Some(self.cur.id) {
+            return;
+        }
+        let gather = match &self.phase {
+            Phase::Gather(g) => g.clone(),
+            Phase::Installing(i) if inst.view > i.install.view => i.gather.clone(),
+            _ => return,
+        };
+        for (p, a) in &inst.addrs {
+            if *p != self.me {
+                self.addrs.insert(*p, *a);
+            }
+        }
+        let caps = inst
+            .old_view_of(self.me)
+            .map(|o| o.targets.clone())
+            .unwrap_or_default();
+        self.cur.streams.set_caps(caps, self.now);
+        self.phase = Phase::Installing(Installing {
+            install: inst,
+            gather,
+            started: self.now,
+            recovered: false,
+            acks: BTreeSet::new(),
+            next_send: self.now,
+        });
+        self.check_recovered();
+    }
+
+    /// Once every message the install asks for is here: acknowledge a
+    /// primary attempt, or install at once.
+    fn check_recovered(&mut self) {
+        let Phase::Installing(i) = &self.phase else {
+            return;
+        };
+        if i.recovered {
+            return;
+        }
+        let inst = i.install.clone();
+        let Some(old) = inst.old_view_of(self.me) else {
+            return;
+        };
+        let skip_flush = self.cfg.bug == Some(Bug::SkipFlush);
+        let complete = skip_flush
+            || old.targets.iter().enumerate().all(|(s, t)| {
+                self.cur
+                    .streams
+                    .senders
+                    .get(s)
+                    .is_some_and(|st| st.contig >= *t)
+            });
+        if !complete {
+            return;
+        }
+        if let Phase::Installing(i) = &mut self.phase {
+            i.recovered = true;
+            i.next_send = self.now;
+        }
+        match &inst.primary_attempt {
+            None => self.finish_install(None),
+            Some(attempt) => {
+                if self.primary.enter_attempt(attempt) {
+                    self.events
+                        .push_back(Event::PersistPrimary(self.primary.clone()));
+                }
+                let rep = inst.view.coordinator;
+                if rep == self.me {
+                    self.on_install_ack(self.me, inst.view);
+                } else {
+                    self.queue_frame(Dest::Pid(rep), &Frame::InstallAck { view: inst.view });
+                }
+            }
+        }
+    }
+
+    fn on_install_ack(&mut self, from: Pid, view: ViewId) {
+        let Phase::Installing(i) = &mut self.phase else {
+            return;
+        };
+        if i.install.view != view || view.coordinator != self.me {
+            return;
+        }
+        if i.install.index_of(from).is_none() {
+            return;
+        }
+        i.acks.insert(from);
+        if i.recovered && i.install.members.iter().all(|m| i.acks.contains(m)) {
+            let members = i.install.members.clone();
+            self.queue_to_members(&members, &Frame::Commit { view });
+            self.on_commit(view);
+        }
+    }
+
+    fn on_commit(&mut self, view: ViewId) {
+        let Phase::Installing(i) = &self.phase else {
+            return;
+        };
+        if i.install.view != view || !i.recovered {
+            return;
+        }
+        let Some(attempt) = i.install.primary_attempt.clone() else {
+            return;
+        };
+        if self.primary.adopt(&attempt) {
+            self.events
+                .push_back(Event::PersistPrimary(self.primary.clone()));
+        }
+        self.finish_install(Some(attempt.num));
+    }
+
+    fn emit_deliveries(&mut self, delivered: Vec<Delivered>, conf: ConfId) {
+        let regular = matches!(conf, ConfId::Regular(_));
+        for d in delivered {
+            self.counters.delivered += 1;
+            self.record(TraceEvent::Deliver {
+                msg: d.msg,
+                level: d.level,
+                group: d.kind.trace_group().to_owned(),
+                digest: digest(&d.payload),
+                conf,
+            });
+            let sender = d.msg.sender;
+            match d.kind {
+                DataKind::App(group) => {
+                    if self
+                        .cur
+                        .groups
+                        .get(&group)
+                        .is_some_and(|m| m.contains(&self.me))
+                    {
+                        self.events.push_back(Event::Deliver(Delivery {
+                            msg: d.msg,
+                            group,
+                            level: d.level,
+                            payload: d.payload,
+                            conf,
+                        }));
+                    }
+                }
+                DataKind::GroupJoin(group) => {
+                    let set = self.cur.groups.entry(group.clone()).or_default();
+                    if set.insert(sender) && regular {
+                        self.group_changed(&group);
+                    }
+                }
+                DataKind::GroupLeave(group) => {
+                    let removed = self
+                        .cur
+                        .groups
+                        .get_mut(&group)
+                        .is_some_and(|s| s.remove(&sender));
+                    if removed && regular {
+                        self.group_changed(&group);
+                    }
+                }
+            }
+        }
+    }
+
+    fn group_changed(&mut self, group: &str) {
+        let change = self.cur.group_changes.entry(group.to_owned()).or_insert(0);
+        *change += 1;
+        let id = GroupViewId {
+            view: self.cur.id,
+            change: *change,
+        };
+        let members: Vec<Pid> = self
+            .cur
+            .groups
+            .get(group)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        if members.contains(&self.me) {
+            self.emit_group_view(group, id, members);
+        }
+    }
+
+    fn emit_group_view(&mut self, group: &str, id: GroupViewId, members: Vec<Pid>) {
+        self.record(TraceEvent::GroupView {
+            group: group.to_owned(),
+            id,
+            members: members.clone(),
+        });
+        self.events.push_back(Event::GroupView {
+            group: group.to_owned(),
+            id,
+            members,
+        });
+    }
+
+    /// Delivers the rest of the old view and installs the new one.
+    fn finish_install(&mut self, primary_num: Option<u64>) {
+        let phase = std::mem::replace(&mut self.phase, Phase::Operational);
+        let Phase::Installing(inst_state) = phase else {
+            self.phase = phase;
+            return;
+        };
+        let inst = inst_state.install;
+        let old_id = self.cur.id;
+        let mut out = Vec::new();
+        self.cur.streams.deliver(self.clock, &mut out);
+        self.emit_deliveries(out, ConfId::Regular(old_id));
+        if old_id.counter != 0 {
+            let movers = inst
+                .old_view_of(self.me)
+                .map(|o| o.movers.clone())
+                .unwrap_or_default();
+            let conf = ConfId::Transitional {
+                from: old_id,
+                to: inst.view,
+            };
+            self.record(TraceEvent::Install {
+                conf,
+                members: movers.clone(),
+                primary: None,
+            });
+            self.events.push_back(Event::View(ViewInfo {
+                conf,
+                members: movers,
+                primary: None,
+            }));
+            if self.cfg.bug != Some(Bug::SkipFlush) {
+                let mut out = Vec::new();
+                self.cur.streams.deliver_rest(&mut out);
+                self.emit_deliveries(out, conf);
+            }
+        }
+        // The new regular view.
+        let mut streams = Streams::new(
+            inst.view,
+            inst.members.clone(),
+            self.me,
+            4 * self.cfg.window,
+        );
+        streams.agreed_in_arrival_order = self.cfg.bug == Some(Bug::AgreedInArrivalOrder);
+        let old = std::mem::replace(&mut self.cur.streams, streams);
+        if old_id.counter != 0 {
+            self.retained.push_back(old);
+            while self.retained.len() > 2 {
+                self.retained.pop_front();
+            }
+        }
+        let mut groups: BTreeMap<String, BTreeSet<Pid>> = BTreeMap::new();
+        for (m, gs) in inst.members.iter().zip(&inst.groups) {
+            for g in gs {
+                groups.entry(g.clone()).or_default().insert(*m);
+            }
+        }
+        self.cur.id = inst.view;
+        self.cur.members = inst.members.clone();
+        self.cur.primary = primary_num;
+        self.cur.groups = groups;
+        self.cur.group_changes = BTreeMap::new();
+        self.cur.my_last_causal_sent = 0;
+        self.cur.install = Some(inst.clone());
+        if self.primary.adopt(&inst.known_primary) {
+            self.events
+                .push_back(Event::PersistPrimary(self.primary.clone()));
+        }
+        self.counters.view_changes += 1;
+        self.record(TraceEvent::Install {
+            conf: ConfId::Regular(inst.view),
+            members: inst.members.clone(),
+            primary: primary_num,
+        });
+        self.events.push_back(Event::View(ViewInfo {
+            conf: ConfId::Regular(inst.view),
+            members: inst.members.clone(),
+            primary: primary_num,
+        }));
+        let mine: Vec<(String, Vec<Pid>)> = self
+            .cur
+            .groups
+            .iter()
+            .filter(|(_, s)| s.contains(&self.me))
+            .map(|(g, s)| (g.clone(), s.iter().copied().collect()))
+            .collect();
+        for (g, members) in mine {
+            let id = GroupViewId {
+                view: inst.view,
+                change: 0,
+            };
+            self.emit_group_view(&g, id, members);
+        }
+        let now = self.now;
+        for m in &inst.members {
+            self.last_heard.insert(*m, now);
+        }
+        for o in &mut self.send_queue {
+            o.started = None;
+            o.next_frag = 0;
+        }
+        // Group joins and leaves that were queued but not sent are already
+        // reflected in the new view's membership (it used our intent).
+        self.send_queue.retain(|o| match &o.kind {
+            DataKind::App(_) => true,
+            DataKind::GroupJoin(_) | DataKind::GroupLeave(_) => false,
+        });
+        self.queued_bytes = self.send_queue.iter().map(|o| o.payload.len()).sum();
+        self.ack_pending = true;
+        self.ack_due = now;
+        self.next_heartbeat = now;
+        if !self.pending_merge.is_empty() {
+            let merge: Vec<Pid> = std::mem::take(&mut self.pending_merge)
+                .into_iter()
+                .filter(|p| !self.cur.members.contains(p))
+                .collect();
+            if !merge.is_empty() {
+                self.start_gather(&merge, &[]);
+            }
+        }
+    }
+
+    /// Gives queued application messages their place in the stream, as far
+    /// as flow control allows.
+    fn pump_sends(&mut self) {
+        if !matches!(self.phase, Phase::Operational) {
+            return;
+        }
+        let frag_payload = self.cfg.max_datagram.saturating_sub(160).max(64);
+        loop {
+            let me_idx = self.cur.streams.me;
+            let next_seq = self
+                .cur
+                .streams
+                .senders
+                .get(me_idx)
+                .map_or(1, |s| s.contig + 1);
+            if next_seq.saturating_sub(self.cur.streams.stable(me_idx)) > self.cfg.window {
+                return;
+            }
+            let Some(head) = self.send_queue.front_mut() else {
+                return;
+            };
+            let count = head.payload.len().div_ceil(frag_payload).max(1) as u32;
+            let (ts, first) = match head.started {
+                Some(x) => x,
+                None => {
+                    self.clock += 1;
+                    head.started = Some((self.clock, next_seq));
+                    (self.clock, next_seq)
+                }
+            };
+            let i = head.next_frag;
+            let start = (i as usize) * frag_payload;
+            let end = (start + frag_payload).min(head.payload.len());
+            let deps = if i == 0 && head.level == Level::Causal {
+                let mut d: Vec<u64> = self
+                    .cur
+                    .streams
+                    .senders
+                    .iter()
+                    .map(|s| s.last_causal_delivered())
+                    .collect();
+                if let Some(x) = d.get_mut(me_idx) {
+                    *x = self.cur.my_last_causal_sent;
+                }
+                d
+            } else {
+                Vec::new()
+            };
+            let frame = DataFrame {
+                view: self.cur.id,
+                sender: self.me,
+                seq: next_seq,
+                ts,
+                level: head.level,
+                frag: (i, count),
+                kind: (i == 0).then(|| head.kind.clone()),
+                deps,
+                payload: head.payload.get(start..end).unwrap_or_default().to_vec(),
+            };
+            head.next_frag += 1;
+            let done = head.next_frag == count;
+            let wire_frame = Frame::Data(frame.clone());
+            let members = self.cur.members.clone();
+            self.queue_to_members(&members, &wire_frame);
+            self.cur.streams.insert(me_idx, Arc::new(frame), self.now);
+            self.ack_pending = true;
+            if done {
+                if let Some(o) = self.send_queue.pop_front() {
+                    self.queued_bytes = self.queued_bytes.saturating_sub(o.payload.len());
+                    if o.level.is_causal_class() {
+                        self.cur.my_last_causal_sent = first;
+                    }
+                    self.record(TraceEvent::Send {
+                        msg: MsgId {
+                            sender: self.me,
+                            view: self.cur.id,
+                            seq: first,
+                        },
+                        level: o.level,
+                        group: o.kind.trace_group().to_owned(),
+                        digest: digest(&o.payload),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Everything that may follow an input: sending, delivering, freeing,
+    /// and view-change progress.
+    fn progress(&mut self) {
+        if matches!(self.phase, Phase::Left) {
+            return;
+        }
+        if let Phase::Installing(_) = self.phase {
+            self.check_recovered();
+        }
+        if let Phase::Gather(_) = self.phase {
+            self.check_consensus();
+        }
+        if let Phase::Gather(g) = &self.phase {
+            if g.next_send <= self.now {
+                self.send_join();
+                let interval = self.cfg.join_interval;
+                if let Phase::Gather(g) = &mut self.phase {
+                    g.next_send = self.now.add(interval);
+                }
+            }
+        }
+        if matches!(self.phase, Phase::Operational) {
+            self.pump_sends();
+            let mut out = Vec::new();
+            self.cur.streams.deliver(self.clock, &mut out);
+            let conf = ConfId::Regular(self.cur.id);
+            self.emit_deliveries(out, conf);
+            self.cur.streams.collect_garbage();
+            self.pump_sends();
+            self.maybe_depart();
+        }
+        let held = self.held_bytes() as u64;
+        self.counters.max_held_bytes = self.counters.max_held_bytes.max(held);
+        let frames = (self.cur.streams.held_frames
+            + self.retained.iter().map(|s| s.held_frames).sum::<usize>())
+            as u64;
+        self.counters.max_held_frames = self.counters.max_held_frames.max(frames);
+    }
+
+    fn maybe_depart(&mut self) {
+        if !self.leaving || !self.send_queue.is_empty() {
+            return;
+        }
+        let me_idx = self.cur.streams.me;
+        let Some(own) = self.cur.streams.senders.get(me_idx) else {
+            return;
+        };
+        if self.cur.streams.stable(me_idx) < own.contig || !self.cur.streams.own_all_delivered() {
+            return;
+        }
+        let members = self.cur.members.clone();
+        let frame = Frame::Leave { view: self.cur.id };
+        self.queue_to_members(&members, &frame);
+        self.queue_to_members(&members, &frame);
+        self.phase = Phase::Left;
+        self.events.push_back(Event::Left);
+    }
+
+    fn send_ack(&mut self) {
+        self.ack_pending = false;
+        self.ack_due = Time::NEVER;
+        self.next_heartbeat = self.now.add(self.cfg.heartbeat_interval);
+        if !matches!(self.phase, Phase::Operational) || self.cur.members.len() < 2 {
+            return;
+        }
+        let me_idx = self.cur.streams.me;
+        let sent = self.cur.streams.senders.get(me_idx).map_or(0, |s| s.contig);
+        let frame = Frame::Ack(AckFrame {
+            view: self.cur.id,
+            clock: self.clock,
+            sent,
+            contig: self.cur.streams.contig_vector(),
+        });
+        let members = self.cur.members.clone();
+        self.queue_to_members(&members, &frame);
+    }
+
+    fn send_hellos(&mut self) {
+        let frame = Frame::Hello(HelloFrame {
+            view: self.cur.id,
+            members: self.cur.members.len() as u32,
+        });
+        let member_addrs: BTreeSet<SocketAddr> = self
+            .cur
+            .members
+            .iter()
+            .filter_map(|m| self.addrs.get(m).copied())
+            .collect();
+        let mut targets: BTreeSet<SocketAddr> = self.cfg.seeds.iter().copied().collect();
+        for (p, a) in &self.addrs {
+            if !self.cur.members.contains(p)
+                && self
+                    .newest
+                    .get(&p.node)
+                    .map_or(true, |i| *i <= p.incarnation)
+            {
+                targets.insert(*a);
+            }
+        }
+        let bytes = Arc::new(wire::encode_frame(&frame));
+        for a in targets {
+            if !member_addrs.contains(&a) {
+                self.out.push((Dest::Addr(a), bytes.clone()));
+            }
+        }
+    }
+
+    fn operational_timeouts(&mut self) {
+        let now = self.now;
+        let suspects: Vec<Pid> = self
+            .cur
+            .members
+            .iter()
+            .copied()
+            .filter(|m| {
+                *m != self.me
+                    && now.since(self.last_heard.get(m).copied().unwrap_or(now))
+                        >= self.cfg.suspect_timeout
+            })
+            .collect();
+        if !suspects.is_empty() {
+            self.counters.suspicions += suspects.len() as u64;
+            self.start_gather(&[], &suspects);
+            return;
+        }
+        if now >= self.next_heartbeat {
+            self.send_ack();
+        }
+    }
+
+    fn gather_timeouts(&mut self) {
+        let now = self.now;
+        let me = self.me;
+        let cfg_join_timeout = self.cfg.join_timeout;
+        let consensus_timeout = self.cfg.consensus_timeout;
+        let merge_cooldown = self.cfg.merge_cooldown;
+        let Phase::Gather(g) = &mut self.phase else {
+            return;
+        };
+        let mut failed: Vec<Pid> = Vec::new();
+        for p in g.proc_set.difference(&g.fail_set) {
+            if *p == me {
+                continue;
+            }
+            let since = g
+                .heard
+                .get(p)
+                .or_else(|| g.added.get(p))
+                .copied()
+                .unwrap_or(now);
+            if now.since(since) >= cfg_join_timeout {
+                failed.push(*p);
+            }
+        }
+        if failed.is_empty() && now.since(g.last_change) >= consensus_timeout {
+            let proc_set: Vec<Pid> = g.proc_set.iter().copied().collect();
+            let fail_set: Vec<Pid> = g.fail_set.iter().copied().collect();
+            for p in g.proc_set.difference(&g.fail_set) {
+                let agrees = g
+                    .joins
+                    .get(p)
+                    .is_some_and(|j| j.proc_set == proc_set && j.fail_set == fail_set);
+                if *p != me && !agrees {
+                    failed.push(*p);
+                }
+            }
+            g.last_change = now;
+        }
+        if !failed.is_empty() {
+            for p in &failed {
+                g.fail_set.insert(*p);
+                self.cooldown.insert(*p, now.add(merge_cooldown));
+            }
+            g.last_change = now;
+            g.next_send = now;
+            self.attempt += 1;
+        }
+    }
+
+    fn installing_timeouts(&mut self) {
+        let now = self.now;
+        let Phase::Installing(i) = &mut self.phase else {
+            return;
+        };
+        if now.since(i.started) >= self.cfg.install_timeout {
+            // Drop whoever held the install up, so the next round can
+            // succeed without them.
+            let inst = i.install.clone();
+            let rep = inst.view.coordinator;
+            let mut blame: Vec<Pid> = Vec::new();
+            if rep == self.me {
+                blame.extend(inst.members.iter().filter(|m| !i.acks.contains(m)));
+            } else if i.recovered {
+                blame.push(rep);
+            } else if let Some(old) = inst.old_view_of(self.me) {
+                for (s, t) in old.targets.iter().enumerate() {
+                    let have = self.cur.streams.senders.get(s).map_or(0, |st| st.contig);
+                    if have < *t {
+                        if let Some(h) = old.holders.get(s) {
+                            blame.push(*h);
+                        }
+                    }
+                }
+            }
+            blame.retain(|p| *p != self.me);
+            self.abort_install();
+            self.start_gather(&[], &blame);
+            return;
+        }
+        if i.next_send > now {
+            return;
+        }
+        i.next_send = now.add(self.cfg.join_interval);
+        let inst = i.install.clone();
+        let rep = inst.view.coordinator;
+        if rep == self.me {
+            let missing: Vec<Pid> = inst
+                .members
+                .iter()
+                .copied()
+                .filter(|m| *m != self.me && !i.acks.contains(m))
+                .collect();
+            let frame = Frame::Install(Box::new((*inst).clone()));
+            self.queue_to_members(&missing, &frame);
+        } else if i.recovered && inst.primary_attempt.is_some() {
+            self.queue_frame(Dest::Pid(rep), &Frame::InstallAck { view: inst.view });
+        }
+    }
+
+    /// Asks for missing frames: gaps in the current view, and during an
+    /// install the frames the install says to deliver.
+    fn send_nacks(&mut self) {
+        let now = self.now;
+        let view = self.cur.id;
+        let targets: Option<(Vec<u64>, Vec<Pid>)> = match &self.phase {
+            Phase::Installing(i) => i
+                .install
+                .old_view_of(self.me)
+                .map(|o| (o.targets.clone(), o.holders.clone())),
+            _ => None,
+        };
+        let n = self.cur.members.len();
+        let me_idx = self.cur.streams.me;
+        let mut requests: Vec<(Pid, NackFrame)> = Vec::new();
+        let mut idle: Vec<usize> = Vec::new();
+        for s in 0..n {
+            if s == me_idx {
+                continue;
+            }
+            let Some(st) = self.cur.streams.senders.get(s) else {
+                continue;
+            };
+            if st.next_nack > now {
+                continue;
+            }
+            let upto = match &targets {
+                Some((t, _)) => t.get(s).copied().unwrap_or(0),
+                None => st.known_max,
+            };
+            let Some((from, to)) = self.cur.streams.missing(s, upto, MAX_NACK_SPAN) else {
+                idle.push(s);
+                continue;
+            };
+            let sender = self.cur.members[s];
+            let tries = st.nack_tries;
+            let holder = match &targets {
+                Some((_, h)) if tries % 2 == 0 => h.get(s).copied().unwrap_or(sender),
+                _ if tries % 2 == 0 => sender,
+                _ => {
+                    // Anyone who has it: pick among members that acknowledged it.
+                    let have: Vec<Pid> = (0..n)
+                        .filter(|q| *q != me_idx)
+                        .filter(|q| {
+                            self.cur
+                                .streams
+                                .acks
+                                .get(*q)
+                                .and_then(|r| r.get(s))
+                                .is_some_and(|c| *c >= to)
+                        })
+                        .map(|q| self.cur.members[q])
+                        .collect();
+                    if have.is_empty() {
+                        sender
+                    } else {
+                        have[(self.rng.next() % have.len() as u64) as usize]
+                    }
+                }
+            };
+            requests.push((
+                holder,
+                NackFrame {
+                    view,
+                    sender,
+                    from,
+                    to,
+                },
+            ));
+        }
+        for s in idle {
+            // Nothing to ask for now: wait for news of a gap.
+            if let Some(st) = self.cur.streams.senders.get_mut(s) {
+                st.next_nack = Time::NEVER;
+            }
+        }
+        for (holder, nack) in requests {
+            if let Some(s) = self.cur.streams.index_of(nack.sender) {
+                if let Some(st) = self.cur.streams.senders.get_mut(s) {
+                    st.next_nack = now.add(self.cfg.nack_interval);
+                    st.nack_tries += 1;
+                }
+            }
+            if holder != self.me {
+                self.counters.nacks_sent += 1;
+                self.queue_frame(Dest::Pid(holder), &Frame::Nack(nack));
+            }
+        }
+    }
+}
