@@ -9,6 +9,7 @@
 //! `PROTOCOL.md` beside this crate describes the protocol and argues each
 //! guarantee.
 
+pub mod check;
 mod node;
 pub mod primary;
 pub mod sim;

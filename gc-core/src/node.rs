@@ -533,27 +533,27 @@ impl Node {
                 for m in &self.cur.members {
                     if *m != self.me {
                         let heard = self.last_heard.get(m).copied().unwrap_or(self.now);
-                        at(heard.add(self.cfg.suspect_timeout));
+                        at(heard.plus(self.cfg.suspect_timeout));
                     }
                 }
             }
             Phase::Gather(g) => {
                 at(g.next_send);
-                at(g.last_change.add(self.cfg.consensus_timeout));
+                at(g.last_change.plus(self.cfg.consensus_timeout));
                 for (p, added) in &g.added {
                     if *p != self.me && !g.fail_set.contains(p) {
                         let heard = g.heard.get(p).copied().unwrap_or(*added);
-                        at(heard.add(self.cfg.join_timeout));
+                        at(heard.plus(self.cfg.join_timeout));
                     }
                 }
-                let startup = self.started.add(self.cfg.startup_wait);
+                let startup = self.started.plus(self.cfg.startup_wait);
                 if self.cur.id.counter == 0 && self.now < startup {
                     at(startup);
                 }
             }
             Phase::Installing(i) => {
                 at(i.next_send);
-                at(i.started.add(self.cfg.install_timeout));
+                at(i.started.plus(self.cfg.install_timeout));
             }
         }
         for st in &self.cur.streams.senders {
@@ -615,7 +615,7 @@ impl Node {
         }
         if now >= self.next_discovery {
             self.send_hellos();
-            self.next_discovery = now.add(self.cfg.discovery_interval);
+            self.next_discovery = now.plus(self.cfg.discovery_interval);
         }
         match &self.phase {
             Phase::Operational => self.operational_timeouts(),
@@ -716,7 +716,7 @@ impl Node {
             if self.refusals.len() >= 1024 {
                 self.refusals.retain(|_, t| *t > now);
             }
-            self.refusals.insert(addr, now.add(Duration::from_secs(60)));
+            self.refusals.insert(addr, now.plus(Duration::from_secs(60)));
             self.events.push_back(Event::PeerRefused { addr, reason });
         }
     }
@@ -839,7 +839,7 @@ impl Node {
             Frame::Commit { view } => self.on_commit(view),
             Frame::Leave { view } => {
                 if view == self.cur.id && self.cur.members.contains(&from) {
-                    let far = self.now.add(Duration::from_secs(3600));
+                    let far = self.now.plus(Duration::from_secs(3600));
                     self.cooldown.insert(from, far);
                     self.start_gather(&[], &[from]);
                 }
@@ -874,7 +874,7 @@ impl Node {
                     self.clock = self.clock.max(ts);
                     self.ack_pending = true;
                     if self.ack_due == Time::NEVER || self.ack_due < self.now {
-                        self.ack_due = self.now.add(self.cfg.ack_delay);
+                        self.ack_due = self.now.plus(self.cfg.ack_delay);
                     }
                 }
             }
@@ -1023,7 +1023,7 @@ impl Node {
             return;
         }
         self.install_replies
-            .insert(to, now.add(self.cfg.join_interval));
+            .insert(to, now.plus(self.cfg.join_interval));
         self.queue_frame(Dest::Pid(to), &Frame::Install(Box::new((*inst).clone())));
         if inst.view == self.cur.id && inst.primary_attempt.is_some() && self.cur.primary.is_some()
         {
@@ -1195,7 +1195,7 @@ impl Node {
         }
         if memb.len() == 1
             && self.cur.id.counter == 0
-            && self.now < self.started.add(self.cfg.startup_wait)
+            && self.now < self.started.plus(self.cfg.startup_wait)
         {
             return;
         }
@@ -1721,7 +1721,7 @@ impl Node {
                 self.send_join();
                 let interval = self.cfg.join_interval;
                 if let Phase::Gather(g) = &mut self.phase {
-                    g.next_send = self.now.add(interval);
+                    g.next_send = self.now.plus(interval);
                 }
             }
         }
@@ -1765,7 +1765,7 @@ impl Node {
     fn send_ack(&mut self) {
         self.ack_pending = false;
         self.ack_due = Time::NEVER;
-        self.next_heartbeat = self.now.add(self.cfg.heartbeat_interval);
+        self.next_heartbeat = self.now.plus(self.cfg.heartbeat_interval);
         if !matches!(self.phase, Phase::Operational) || self.cur.members.len() < 2 {
             return;
         }
@@ -1875,7 +1875,7 @@ impl Node {
         if !failed.is_empty() {
             for p in &failed {
                 g.fail_set.insert(*p);
-                self.cooldown.insert(*p, now.add(merge_cooldown));
+                self.cooldown.insert(*p, now.plus(merge_cooldown));
             }
             g.last_change = now;
             g.next_send = now;
@@ -1916,7 +1916,7 @@ impl Node {
         if i.next_send > now {
             return;
         }
-        i.next_send = now.add(self.cfg.join_interval);
+        i.next_send = now.plus(self.cfg.join_interval);
         let inst = i.install.clone();
         let rep = inst.view.coordinator;
         if rep == self.me {
@@ -2012,7 +2012,7 @@ impl Node {
         for (holder, nack) in requests {
             if let Some(s) = self.cur.streams.index_of(nack.sender) {
                 if let Some(st) = self.cur.streams.senders.get_mut(s) {
-                    st.next_nack = now.add(self.cfg.nack_interval);
+                    st.next_nack = now.plus(self.cfg.nack_interval);
                     st.nack_tries += 1;
                 }
             }

@@ -416,7 +416,7 @@ impl Sim {
                 let delay = self.cfg.delay_min + self.rng.exp(self.cfg.delay_mean);
                 self.seq += 1;
                 self.network.insert(
-                    (now.add(delay), self.seq),
+                    (now.plus(delay), self.seq),
                     InFlight {
                         to,
                         from,
@@ -585,7 +585,7 @@ impl Sim {
                 // A deadline that handling did not move would spin forever:
                 // a protocol bug, counted so runs report it.
                 self.stats.stuck_timers += 1;
-                self.slots[i].timer = now.add(Duration::from_micros(100));
+                self.slots[i].timer = now.plus(Duration::from_micros(100));
             }
         }
         true
@@ -636,9 +636,9 @@ impl Sim {
         for i in 0..self.slots.len() {
             self.start(i);
         }
-        let fault_end = Time::ZERO.add(self.cfg.fault_phase);
-        let mut next_fault = self.now.add(self.rng.exp(self.cfg.fault_interval));
-        let mut next_send = self.now.add(self.rng.exp(self.cfg.send_interval));
+        let fault_end = Time::ZERO.plus(self.cfg.fault_phase);
+        let mut next_fault = self.now.plus(self.rng.exp(self.cfg.fault_interval));
+        let mut next_send = self.now.plus(self.rng.exp(self.cfg.send_interval));
         while self.now < fault_end {
             let until = next_fault.min(next_send).min(fault_end);
             self.run_until(until);
@@ -647,11 +647,11 @@ impl Sim {
             }
             if self.now >= next_fault {
                 self.fault();
-                next_fault = self.now.add(self.rng.exp(self.cfg.fault_interval));
+                next_fault = self.now.plus(self.rng.exp(self.cfg.fault_interval));
             }
             if self.now >= next_send {
                 self.multicast_random();
-                next_send = self.now.add(self.rng.exp(self.cfg.send_interval));
+                next_send = self.now.plus(self.rng.exp(self.cfg.send_interval));
             }
         }
         // Liveness phase: heal, stop faults, restart the crashed.
@@ -663,10 +663,10 @@ impl Sim {
             }
         }
         let healed_at = self.now;
-        let deadline = healed_at.add(self.cfg.liveness_bound);
+        let deadline = healed_at.plus(self.cfg.liveness_bound);
         let tick = Duration::from_millis(10);
         while self.now < deadline && !self.converged() {
-            let until = self.now.add(tick);
+            let until = self.now.plus(tick);
             self.run_until(until);
         }
         if self.converged() {
@@ -686,11 +686,11 @@ impl Sim {
                 }
             }
             while self.now < deadline && !self.probes_delivered(&probes) {
-                let until = self.now.add(tick);
+                let until = self.now.plus(tick);
                 self.run_until(until);
             }
             // Let acknowledgements settle so unsent counts are final.
-            let until = self.now.add(Duration::from_millis(50));
+            let until = self.now.plus(Duration::from_millis(50));
             self.run_until(until.min(deadline.max(self.now)));
         }
         self.stats.virtual_time = self.now.since(Time::ZERO);

@@ -163,7 +163,7 @@ impl Time {
     }
 
     /// `self + d`, saturating.
-    pub fn add(self, d: Duration) -> Time {
+    pub fn plus(self, d: Duration) -> Time {
         Time(
             self.0
                 .saturating_add(d.as_micros().min(u64::MAX as u128) as u64),
