@@ -58,7 +58,7 @@ impl TraceBuilder {
         TraceBuilder {
             processes: Vec::new(),
             by_pid: BTreeMap::new(),
-            clock: Time::ZERO.add(TICK),
+            clock: Time::ZERO.plus(TICK),
             sends: BTreeMap::new(),
             view: BTreeMap::new(),
             next_seq: BTreeMap::new(),
@@ -203,7 +203,7 @@ impl TraceBuilder {
     /// Appends any event to `p`'s records.
     pub fn record(&mut self, p: Pid, event: TraceEvent) -> &mut Self {
         let time = self.clock;
-        self.clock = self.clock.add(TICK);
+        self.clock = self.clock.plus(TICK);
         let i = self.slot(p);
         if let Some(pt) = self.processes.get_mut(i) {
             pt.records.push(TraceRecord { time, event });

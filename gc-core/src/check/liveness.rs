@@ -25,7 +25,7 @@ pub(super) fn check(ix: &Index<'_>, out: &mut Sink<'_>) {
     let Some(phase) = ix.trace.liveness else {
         return;
     };
-    let deadline = phase.healed_at.add(phase.bound);
+    let deadline = phase.healed_at.plus(phase.bound);
     let live: Vec<usize> = (0..ix.procs.len())
         .filter(|&i| {
             ix.procs
