@@ -5,6 +5,7 @@
 //! causal, agreed, safe), named lightweight groups and a primary component,
 //! plus the deterministic simulator and the checker that prove it.
 
+pub mod seal;
 pub mod trace;
 pub mod types;
 
