@@ -1058,3 +1058,6 @@ impl Sealer {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;
