@@ -12,6 +12,7 @@
 pub mod check;
 mod node;
 pub mod primary;
+pub mod seal;
 pub mod sim;
 mod streams;
 pub mod trace;
