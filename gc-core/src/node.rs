@@ -459,6 +459,29 @@ impl Node {
         !matches!(self.phase, Phase::Operational)
     }
 
+    /// What the process is doing, for status displays and diagnostics.
+    pub fn describe(&self) -> String {
+        match &self.phase {
+            Phase::Operational => format!("operational in {}", self.cur.id),
+            Phase::Gather(g) => format!(
+                "gathering from {} (attempt {}): candidates {:?}, failed {:?}, joins from {:?}",
+                self.cur.id,
+                self.attempt,
+                g.proc_set.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+                g.fail_set.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+                g.joins.keys().map(|p| p.to_string()).collect::<Vec<_>>(),
+            ),
+            Phase::Installing(i) => format!(
+                "installing {} from {} (recovered: {}, acks {:?})",
+                i.install.view,
+                self.cur.id,
+                i.recovered,
+                i.acks.iter().map(|p| p.to_string()).collect::<Vec<_>>()
+            ),
+            Phase::Left => "left".to_owned(),
+        }
+    }
+
     /// True once the process has left.
     pub fn has_left(&self) -> bool {
         matches!(self.phase, Phase::Left)
@@ -600,8 +623,10 @@ impl Node {
             _ => {}
         }
         self.addrs.insert(sender, from);
-        self.last_heard.insert(sender, now);
         for frame in packet.frames {
+            if self.shows_membership(&frame) {
+                self.last_heard.insert(sender, now);
+            }
             self.handle_frame(sender, frame);
         }
         self.progress();
@@ -716,7 +741,8 @@ impl Node {
             if self.refusals.len() >= 1024 {
                 self.refusals.retain(|_, t| *t > now);
             }
-            self.refusals.insert(addr, now.plus(Duration::from_secs(60)));
+            self.refusals
+                .insert(addr, now.plus(Duration::from_secs(60)));
             self.events.push_back(Event::PeerRefused { addr, reason });
         }
     }
@@ -827,6 +853,52 @@ impl Node {
         }
     }
 
+    /// Frames that show the sender is in this process's view or taking
+    /// part in a view change with it; a beacon alone does not keep a member
+    /// from being suspected, since a member that moved to another view still
+    /// sends beacons.
+    fn shows_membership(&self, frame: &Frame) -> bool {
+        match frame {
+            Frame::Data(d) => d.view == self.cur.id,
+            Frame::Ack(a) => a.view == self.cur.id,
+            Frame::Hello(h) => h.view == self.cur.id,
+            Frame::Nack(_) | Frame::Leave { .. } => false,
+            Frame::Join(_)
+            | Frame::Install(_)
+            | Frame::InstallAck { .. }
+            | Frame::Commit { .. } => true,
+        }
+    }
+
+    /// Traffic of a view this process is not in: a member that moved on, or
+    /// a separate component to merge with.
+    fn foreign_traffic(&mut self, from: Pid, view: ViewId) {
+        if view == self.cur.id || self.retained.iter().any(|s| s.view == view) {
+            return;
+        }
+        match &self.phase {
+            Phase::Installing(i) if i.install.view == view => return,
+            Phase::Left => return,
+            _ => {}
+        }
+        if self.in_cooldown(from) {
+            return;
+        }
+        if self.cur.members.contains(&from) {
+            if view.counter > self.cur.id.counter {
+                self.start_gather(&[], &[]);
+            }
+        } else {
+            match &mut self.phase {
+                Phase::Installing(_) => {
+                    self.pending_merge.insert(from);
+                }
+                Phase::Gather(g) if g.proc_set.contains(&from) => {}
+                _ => self.start_gather(&[from], &[]),
+            }
+        }
+    }
+
     fn handle_frame(&mut self, from: Pid, frame: Frame) {
         match frame {
             Frame::Data(d) => self.on_data(from, d),
@@ -854,6 +926,7 @@ impl Node {
         } else if let Some(s) = self.retained.iter_mut().find(|s| s.view == d.view) {
             s
         } else {
+            self.foreign_traffic(from, d.view);
             return;
         };
         let Some(s) = streams.index_of(d.sender) else {
@@ -886,6 +959,7 @@ impl Node {
     fn on_ack(&mut self, from: Pid, a: AckFrame) {
         self.max_counter = self.max_counter.max(a.view.counter);
         if a.view != self.cur.id {
+            self.foreign_traffic(from, a.view);
             return;
         }
         if let Some(q) = self.cur.streams.index_of(from) {
@@ -920,7 +994,13 @@ impl Node {
 
     fn on_hello(&mut self, from: Pid, h: HelloFrame) {
         self.max_counter = self.max_counter.max(h.view.counter);
-        if self.cur.members.contains(&from) || self.in_cooldown(from) {
+        if self.cur.members.contains(&from) {
+            if h.view != self.cur.id {
+                self.foreign_traffic(from, h.view);
+            }
+            return;
+        }
+        if self.in_cooldown(from) {
             return;
         }
         match &mut self.phase {
@@ -966,7 +1046,10 @@ impl Node {
                         self.start_gather(&[], &[]);
                         self.merge_join(from, j);
                     }
-                } else if !excluded_me && !self.in_cooldown(from) {
+                } else if !excluded_me {
+                    // A join is direct evidence the sender wants to merge:
+                    // it overrides the cooldown, which only mutes beacons.
+                    self.cooldown.remove(&from);
                     self.start_gather(&[from], &[]);
                     self.merge_join(from, j);
                 }
@@ -1504,7 +1587,8 @@ impl Node {
         let inst = inst_state.install;
         let old_id = self.cur.id;
         let mut out = Vec::new();
-        self.cur.streams.deliver(self.clock, &mut out);
+        let floor = self.my_floor();
+        self.cur.streams.deliver(floor, &mut out);
         self.emit_deliveries(out, ConfId::Regular(old_id));
         if old_id.counter != 0 {
             let movers = inst
@@ -1728,7 +1812,8 @@ impl Node {
         if matches!(self.phase, Phase::Operational) {
             self.pump_sends();
             let mut out = Vec::new();
-            self.cur.streams.deliver(self.clock, &mut out);
+            let floor = self.my_floor();
+            self.cur.streams.deliver(floor, &mut out);
             let conf = ConfId::Regular(self.cur.id);
             self.emit_deliveries(out, conf);
             self.cur.streams.collect_garbage();
@@ -1762,6 +1847,16 @@ impl Node {
         self.events.push_back(Event::Left);
     }
 
+    /// Every later message of this process will have a timestamp above
+    /// this: the clock, or just below a message whose fragments are still
+    /// going out (they keep its timestamp).
+    fn my_floor(&self) -> u64 {
+        match self.send_queue.front().and_then(|o| o.started) {
+            Some((ts, _)) => ts.saturating_sub(1),
+            None => self.clock,
+        }
+    }
+
     fn send_ack(&mut self) {
         self.ack_pending = false;
         self.ack_due = Time::NEVER;
@@ -1773,7 +1868,7 @@ impl Node {
         let sent = self.cur.streams.senders.get(me_idx).map_or(0, |s| s.contig);
         let frame = Frame::Ack(AckFrame {
             view: self.cur.id,
-            clock: self.clock,
+            clock: self.my_floor(),
             sent,
             contig: self.cur.streams.contig_vector(),
         });

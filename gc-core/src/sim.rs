@@ -180,6 +180,8 @@ pub struct SimStats {
     pub steps: u64,
     /// Deadlines that handling a timeout did not move (a protocol bug).
     pub stuck_timers: u64,
+    /// What each running node was doing when the run ended.
+    pub final_states: Vec<(Pid, String)>,
     /// Agreed-delivery latencies seen in the quiet phase, in microseconds.
     pub agreed_latency_us: Vec<u64>,
 }
@@ -694,6 +696,11 @@ impl Sim {
             self.run_until(until.min(deadline.max(self.now)));
         }
         self.stats.virtual_time = self.now.since(Time::ZERO);
+        self.stats.final_states = self
+            .slots
+            .iter()
+            .filter_map(|s| s.node.as_ref().map(|n| (n.pid(), n.describe())))
+            .collect();
         let mut processes = std::mem::take(&mut self.done);
         for slot in &mut self.slots {
             if let (Some(node), Some(mut t)) = (slot.node.as_ref(), slot.trace.take()) {

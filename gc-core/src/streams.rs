@@ -227,16 +227,25 @@ impl Streams {
         }
     }
 
-    /// Every later message of member `s` has a timestamp above this.
-    fn floor(&self, s: usize, my_clock: u64) -> u64 {
+    /// Every message of member `s` with a timestamp up to this one is
+    /// complete here. `my_floor` is the same for this process itself.
+    fn floor(&self, s: usize, my_floor: u64) -> u64 {
         if s == self.me {
-            return my_clock;
+            return my_floor;
         }
         let Some(st) = self.senders.get(s) else {
             return 0;
         };
         let c = self.cap(s);
-        let mut f = st.ts_of(c);
+        // The fragments of one message share its timestamp: while the last
+        // received frame is not a message's last fragment, that message is
+        // still incomplete and only earlier timestamps are settled.
+        let mut f = match st.frames.get(&c) {
+            Some(tail) if tail.frame.frag.0 + 1 != tail.frame.frag.1 => {
+                tail.frame.ts.saturating_sub(1)
+            }
+            _ => st.ts_of(c),
+        };
         if st.promise_sent <= c {
             f = f.max(st.promise_clock);
         }
@@ -321,10 +330,10 @@ impl Streams {
             .all(|(&d, st)| d <= st.last_causal)
     }
 
-    fn total_deliverable(&self, key: Key, my_clock: u64) -> bool {
+    fn total_deliverable(&self, key: Key, my_floor: u64) -> bool {
         let (ts, s, first) = key;
         let n = self.members.len();
-        if (0..n).any(|q| q != s && self.floor(q, my_clock) < ts) {
+        if (0..n).any(|q| q != s && self.floor(q, my_floor) < ts) {
             return false;
         }
         let Some(level) = self
@@ -386,8 +395,9 @@ impl Streams {
         }
     }
 
-    /// Delivers every message the rules allow now.
-    pub(crate) fn deliver(&mut self, my_clock: u64, out: &mut Vec<Delivered>) {
+    /// Delivers every message the rules allow now. `my_floor`: every later
+    /// message of this process will have a larger timestamp.
+    pub(crate) fn deliver(&mut self, my_floor: u64, out: &mut Vec<Delivered>) {
         self.process_new_frames(out);
         loop {
             let mut progress = false;
@@ -405,7 +415,7 @@ impl Streams {
                 }
             }
             if let Some(&head) = self.pending_total.first() {
-                if self.total_deliverable(head, my_clock) {
+                if self.total_deliverable(head, my_floor) {
                     let before: Vec<Key> = self.pending_causal.range(..head).copied().collect();
                     let mut blocked = false;
                     for key in before {
