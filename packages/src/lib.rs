@@ -47,11 +47,13 @@
 //! # }
 //! ```
 
+mod archive;
 mod digest;
 mod manifest;
 mod paths;
 mod requirements;
 mod units;
+mod unpack;
 mod version;
 
 pub use digest::{
@@ -64,6 +66,8 @@ pub use manifest::{
 };
 pub use requirements::{HostFacts, NotEligible, Unmet};
 
+pub use paths::SymlinkProblem;
 pub use units::{format_bytes, parse_bytes, parse_duration, ParseUnitError};
 
+pub use unpack::{unpack, Limits, UnpackError, Unpacked};
 pub use version::{ParseVersionError, Version};
