@@ -123,10 +123,11 @@ pub(crate) fn path_error(display: String, problem: PathProblem) -> UnpackError {
 /// bytes of file data in total; non-file entries that carry data; over-long
 /// extension headers. After the last entry it reads the rest of the gzip
 /// stream (a bounded amount), so the gzip checksum is verified too.
-pub(crate) fn walk<R, F>(gzip: R, limits: &Limits, mut visit: F) -> Result<Totals, UnpackError>
+pub(crate) fn walk<R, F, E>(gzip: R, limits: &Limits, mut visit: F) -> Result<Totals, E>
 where
     R: Read,
-    F: FnMut(&ArchiveEntry, &mut dyn Read) -> Result<(), UnpackError>,
+    F: FnMut(&ArchiveEntry, &mut dyn Read) -> Result<(), E>,
+    E: From<UnpackError>,
 {
     let mut archive = tar::Archive::new(GzDecoder::new(gzip));
     let mut totals = Totals::default();
@@ -152,7 +153,8 @@ where
                         path: format!("(a GNU long {what} of {size} bytes)"),
                         len: usize::try_from(size).unwrap_or(usize::MAX),
                         max: limits.max_path_len,
-                    });
+                    }
+                    .into());
                 }
                 let slot = if entry_type == EntryType::GNULongName {
                     &mut pending.long_name
@@ -160,9 +162,9 @@ where
                     &mut pending.long_link
                 };
                 if slot.is_some() {
-                    return Err(malformed(format!(
-                        "two GNU long {what} headers for one entry"
-                    )));
+                    return Err(
+                        malformed(format!("two GNU long {what} headers for one entry")).into(),
+                    );
                 }
                 *slot = Some(strip_nuls(read_small(&mut entry, size)?));
                 continue;
@@ -172,13 +174,14 @@ where
                     return Err(UnpackError::ExtensionTooLarge {
                         size,
                         max: MAX_PAX_HEADER,
-                    });
+                    }
+                    .into());
                 }
                 if pending.pax_path.is_some()
                     || pending.pax_link.is_some()
                     || pending.pax_size.is_some()
                 {
-                    return Err(malformed("two PAX headers for one entry"));
+                    return Err(malformed("two PAX headers for one entry").into());
                 }
                 let data = read_small(&mut entry, size)?;
                 for record in tar::PaxExtensions::new(&data) {
@@ -197,7 +200,8 @@ where
                             return Err(UnpackError::UnsupportedEntry {
                                 path: "(PAX header)".to_owned(),
                                 kind: "GNU sparse file".to_owned(),
-                            });
+                            }
+                            .into());
                         }
                         // Times, owners, comments, xattrs: not used.
                         _ => {}
@@ -213,7 +217,8 @@ where
                     return Err(UnpackError::ExtensionTooLarge {
                         size,
                         max: MAX_PAX_HEADER,
-                    });
+                    }
+                    .into());
                 }
                 read_small(&mut entry, size)?;
                 continue;
@@ -237,31 +242,36 @@ where
                 return Err(UnpackError::SpecialFile {
                     path: display,
                     kind: "character device",
-                })
+                }
+                .into())
             }
             EntryType::Block => {
                 return Err(UnpackError::SpecialFile {
                     path: display,
                     kind: "block device",
-                })
+                }
+                .into())
             }
             EntryType::Fifo => {
                 return Err(UnpackError::SpecialFile {
                     path: display,
                     kind: "FIFO",
-                })
+                }
+                .into())
             }
             EntryType::GNUSparse => {
                 return Err(UnpackError::UnsupportedEntry {
                     path: display,
                     kind: "GNU sparse file".to_owned(),
-                });
+                }
+                .into());
             }
             other => {
                 return Err(UnpackError::UnsupportedEntry {
                     path: display,
                     kind: format!("type {:?}", char::from(other.as_byte())),
-                });
+                }
+                .into());
             }
         };
 
@@ -273,7 +283,8 @@ where
                 return Err(UnpackError::UnsupportedEntry {
                     path: display,
                     kind: "a PAX size that overrides the header's size".to_owned(),
-                });
+                }
+                .into());
             }
         }
 
@@ -283,25 +294,29 @@ where
             return Err(UnpackError::BadPath {
                 path: display,
                 reason: "names the root itself".to_owned(),
-            });
+            }
+            .into());
         }
         if kind == Kind::Regular && raw_path.ends_with(b"/") {
             return Err(UnpackError::BadPath {
                 path: display,
                 reason: "is a file whose name ends with `/`".to_owned(),
-            });
+            }
+            .into());
         }
         if kind != Kind::Regular && size != 0 {
             return Err(malformed(format!(
                 "{display}: a {kind:?} entry carries {size} bytes of data"
-            )));
+            ))
+            .into());
         }
         if kind == Kind::Regular {
             totals.bytes = totals.bytes.saturating_add(size);
             if totals.bytes > limits.max_bytes {
                 return Err(UnpackError::TooLarge {
                     max: limits.max_bytes,
-                });
+                }
+                .into());
             }
         }
         let mode = header.mode().map_err(UnpackError::Malformed)?;
@@ -331,9 +346,9 @@ where
         visit(&checked, &mut entry)?;
     }
     if !pending.is_empty() {
-        return Err(malformed(
-            "the archive ends with an extension header that describes no entry",
-        ));
+        return Err(
+            malformed("the archive ends with an extension header that describes no entry").into(),
+        );
     }
     archive_rest(archive)?;
     Ok(totals)

@@ -48,6 +48,7 @@
 //! ```
 
 mod archive;
+mod build;
 mod digest;
 mod manifest;
 mod paths;
@@ -56,6 +57,9 @@ mod units;
 mod unpack;
 mod version;
 
+pub use build::{
+    build, inspect, BuildError, BuiltPackage, EntryKind, FileInfo, InspectError, Inspection,
+};
 pub use digest::{
     sha256_file, sha256_reader, verify_digest, verify_file_digest, DigestMismatch,
     ParseDigestError, Sha256Digest, VerifyError,
