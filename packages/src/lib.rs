@@ -49,6 +49,7 @@
 
 mod archive;
 mod build;
+mod db;
 mod digest;
 mod manifest;
 mod paths;
@@ -60,6 +61,7 @@ mod version;
 pub use build::{
     build, inspect, BuildError, BuiltPackage, EntryKind, FileInfo, InspectError, Inspection,
 };
+pub use db::{DbError, InstallOutcome, InstalledPackage, PackageDb, DB_FILE};
 pub use digest::{
     sha256_file, sha256_reader, verify_digest, verify_file_digest, DigestMismatch,
     ParseDigestError, Sha256Digest, VerifyError,
