@@ -54,6 +54,7 @@ mod digest;
 mod manifest;
 mod paths;
 mod requirements;
+mod script;
 mod units;
 mod unpack;
 mod version;
@@ -73,6 +74,7 @@ pub use manifest::{
 pub use requirements::{HostFacts, NotEligible, Unmet};
 
 pub use paths::SymlinkProblem;
+pub use script::{run_script, Captured, ExitStatus, ScriptError, ScriptOutcome, KILL_GRACE};
 pub use units::{format_bytes, parse_bytes, parse_duration, ParseUnitError};
 
 pub use unpack::{unpack, Limits, UnpackError, Unpacked};
