@@ -71,11 +71,9 @@ pub use manifest::{
     AllowedValues, Manifest, ManifestError, PackageRequirement, Requirements,
     DEFAULT_INSTALL_TIMEOUT, MANIFEST_FILE, MAX_INSTALL_TIMEOUT, MAX_MANIFEST_BYTES,
 };
-pub use requirements::{HostFacts, NotEligible, Unmet};
-
 pub use paths::SymlinkProblem;
+pub use requirements::{HostFacts, NotEligible, Unmet};
 pub use script::{run_script, Captured, ExitStatus, ScriptError, ScriptOutcome, KILL_GRACE};
 pub use units::{format_bytes, parse_bytes, parse_duration, ParseUnitError};
-
 pub use unpack::{unpack, Limits, UnpackError, Unpacked};
 pub use version::{ParseVersionError, Version};

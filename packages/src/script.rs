@@ -199,7 +199,8 @@ pub(crate) fn run_script_with_grace(
         }
     };
 
-    let deadline = start + timeout;
+    // A timeout too large to add to the clock means no timeout.
+    let deadline = start.checked_add(timeout);
     let mut poll = Duration::from_millis(1);
     let exited = loop {
         match child.try_wait() {
@@ -214,10 +215,13 @@ pub(crate) fn run_script_with_grace(
             }
         }
         let now = Instant::now();
-        if now >= deadline {
+        let left = deadline.map_or(Duration::MAX, |deadline| {
+            deadline.saturating_duration_since(now)
+        });
+        if left.is_zero() {
             break None;
         }
-        thread::sleep(poll.min(deadline - now));
+        thread::sleep(poll.min(left));
         poll = (poll * 2).min(Duration::from_millis(20));
     };
 
