@@ -530,3 +530,73 @@ fn speed() {
     }
     eprintln!("check on the large run, best of 40: {best:?}");
 }
+
+/// The checker reads traces from real runs too, so nonsense must give
+/// violations, never a panic: random records over a few pids, views and
+/// messages, with repeated pids, deliveries before sends and the like.
+#[test]
+fn arbitrary_traces_never_panic() {
+    let mut rng = Rng(7);
+    let pids: Vec<Pid> = (1..=4)
+        .flat_map(|n| [Pid::new(n, 0), Pid::new(n, 1)])
+        .collect();
+    let views: Vec<ViewId> = (1..=3)
+        .flat_map(|c| pids.iter().take(3).map(move |&p| view(c, p)))
+        .collect();
+    let confs: Vec<ConfId> = views
+        .iter()
+        .flat_map(|&v| {
+            views
+                .iter()
+                .take(4)
+                .map(move |&w| trans(v, w))
+                .chain([reg(v)])
+        })
+        .collect();
+    let ends = [ProcessEnd::Running, ProcessEnd::Crashed, ProcessEnd::Left];
+    for round in 0..300 {
+        let mut t = TraceBuilder::new();
+        for _ in 0..rng.below(60) {
+            let p = pids[rng.below(pids.len())];
+            let msg = MsgId {
+                sender: pids[rng.below(pids.len())],
+                view: views[rng.below(views.len())],
+                seq: rng.below(4) as u64,
+            };
+            let members: Vec<Pid> = pids.iter().copied().filter(|_| rng.below(2) == 0).collect();
+            let level = Level::ALL[rng.below(4)];
+            let conf = confs[rng.below(confs.len())];
+            match rng.below(6) {
+                0 => t.install(
+                    p,
+                    conf,
+                    &members,
+                    (rng.below(3) == 0).then(|| rng.below(4) as u64),
+                ),
+                1 | 2 => t.send(p, msg, level, "", rng.below(2) as u64),
+                3 | 4 => t.deliver(p, msg, conf),
+                _ => t.group_view(
+                    p,
+                    "g",
+                    GroupViewId {
+                        view: msg.view,
+                        change: 1,
+                    },
+                    &members,
+                ),
+            };
+            t.end(p, ends[rng.below(3)]);
+        }
+        if round % 2 == 0 {
+            t.liveness(t.now(), Duration::from_millis(rng.below(100) as u64));
+        }
+        let mut trace = t.build();
+        if round % 5 == 0 {
+            if let Some(p) = trace.processes.first().cloned() {
+                trace.processes.push(p);
+            }
+        }
+        let found = check(&trace);
+        assert_eq!(check(&trace), found);
+    }
+}

@@ -227,7 +227,7 @@ impl<'t> Index<'t> {
                 let (Some(entry), Some(h)) = (msgs.get_mut(s.msg), has_level.get_mut(s.msg)) else {
                     continue;
                 };
-                entry.sends += 1;
+                entry.sends = entry.sends.saturating_add(1);
                 // The sender's own record wins over anyone else's.
                 let better = match &entry.send {
                     None => true,
