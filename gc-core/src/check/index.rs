@@ -79,6 +79,7 @@ pub(crate) struct Delivery<'t> {
 impl<'t> Delivery<'t> {
     /// Index in `installs` of the configuration installed most recently
     /// before this delivery.
+    #[inline]
     pub(crate) fn installed(&self) -> Option<usize> {
         (self.installed != NONE).then_some(self.installed as usize)
     }
@@ -297,6 +298,7 @@ impl<'t> Index<'t> {
         }
     }
 
+    #[inline]
     pub(crate) fn id(&self, m: usize) -> Option<MsgId> {
         self.msgs.get(m).map(|x| x.id)
     }
@@ -306,11 +308,13 @@ impl<'t> Index<'t> {
         ms.into_iter().filter_map(|m| self.id(m)).collect()
     }
 
+    #[inline]
     pub(crate) fn pid(&self, p: usize) -> Option<Pid> {
         self.procs.get(p).map(|x| x.pid)
     }
 
     /// Where process `p` first delivered message `m`, in its delivery order.
+    #[inline]
     pub(crate) fn delivered_at(&self, p: usize, m: usize) -> Option<u32> {
         self.procs
             .get(p)?

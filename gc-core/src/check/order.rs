@@ -73,6 +73,7 @@ impl Class {
         self.msgs.len()
     }
 
+    #[inline]
     pub(crate) fn bit(&self, m: usize) -> Option<usize> {
         self.bit_of
             .get(m)
@@ -81,11 +82,13 @@ impl Class {
             .map(|b| b as usize)
     }
 
+    #[inline]
     pub(crate) fn msg(&self, b: usize) -> Option<usize> {
         self.msgs.get(b).copied()
     }
 
     /// The bits of the messages of the same view as bit `b`'s.
+    #[inline]
     pub(crate) fn view_bits(&self, b: usize) -> std::ops::Range<usize> {
         self.view_of
             .get(b)
