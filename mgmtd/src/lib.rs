@@ -1,0 +1,7 @@
+//! Flotilla's management server, `mgmtd`, as a library.
+//!
+//! One `mgmtd` runs on every host of a fleet; together they form the `mgmt`
+//! process group over `gc-core` and carry out the operator's commands
+//! (`status`, `chdir`, `simex`, `exit`, later `siminst` and the replicated
+//! maps). The binary in `src/main.rs` is a thin shell over this library, in
+//! the manner of mini-redis.
