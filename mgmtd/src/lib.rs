@@ -5,3 +5,13 @@
 //! (`status`, `chdir`, `simex`, `exit`, later `siminst` and the replicated
 //! maps). The binary in `src/main.rs` is a thin shell over this library, in
 //! the manner of mini-redis.
+//!
+//! This first part holds what does not depend on the group-communication
+//! core:
+//!
+//! - [`exec`]: the `simex` execution engine: one command in its own process
+//!   group, with a timeout, capped output and optional line streaming;
+
+pub mod exec;
+
+pub use exec::{ExecOptions, ExecOutcome, ExecStatus};
