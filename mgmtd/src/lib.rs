@@ -9,9 +9,13 @@
 //! This first part holds what does not depend on the group-communication
 //! core:
 //!
+//! - [`config`]: the YAML configuration, parsed and then validated into a
+//!   settled [`config::Config`];
 //! - [`exec`]: the `simex` execution engine: one command in its own process
 //!   group, with a timeout, capped output and optional line streaming;
 
+pub mod config;
 pub mod exec;
 
+pub use config::{Config, ConfigError, LogLevel};
 pub use exec::{ExecOptions, ExecOutcome, ExecStatus};
