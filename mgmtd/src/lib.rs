@@ -11,11 +11,15 @@
 //!
 //! - [`config`]: the YAML configuration, parsed and then validated into a
 //!   settled [`config::Config`];
+//! - [`key`]: the cluster key file (`mgmtd keygen FILE`, and the permission
+//!   check made before the daemon starts);
 //! - [`exec`]: the `simex` execution engine: one command in its own process
 //!   group, with a timeout, capped output and optional line streaming;
 
 pub mod config;
 pub mod exec;
+pub mod key;
 
 pub use config::{Config, ConfigError, LogLevel};
 pub use exec::{ExecOptions, ExecOutcome, ExecStatus};
+pub use key::ClusterKey;
