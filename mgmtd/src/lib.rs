@@ -15,11 +15,15 @@
 //!   check made before the daemon starts);
 //! - [`exec`]: the `simex` execution engine: one command in its own process
 //!   group, with a timeout, capped output and optional line streaming;
+//! - [`jobs`]: job ids, the bounded on-disk store of recent job outcomes and
+//!   the audit log.
 
 pub mod config;
 pub mod exec;
+pub mod jobs;
 pub mod key;
 
 pub use config::{Config, ConfigError, LogLevel};
 pub use exec::{ExecOptions, ExecOutcome, ExecStatus};
+pub use jobs::{AuditLog, JobId, JobRecord, JobStore};
 pub use key::ClusterKey;
