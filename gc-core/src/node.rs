@@ -222,6 +222,8 @@ pub struct Counters {
     pub drop_version: u64,
     /// Datagrams dropped from an older incarnation of a node.
     pub drop_stale: u64,
+    /// Datagrams that claim this node's id with another incarnation.
+    pub drop_own_node: u64,
     /// Joins dropped because the sender had since sent a later attempt.
     pub drop_stale_join: u64,
     /// Frames dropped because they were too far ahead of what was received.
@@ -630,7 +632,13 @@ impl Node {
             }
         };
         let sender = packet.from;
-        if sender == self.me {
+        if sender.node == self.me.node {
+            // An older incarnation's leftovers, or a second process
+            // configured with this node's id. Taking a newer one at its word
+            // would make this process fail itself.
+            if sender != self.me {
+                self.counters.drop_own_node += 1;
+            }
             return;
         }
         match self.newest.get(&sender.node) {
