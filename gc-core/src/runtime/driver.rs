@@ -670,7 +670,13 @@ impl Driver {
             return;
         };
         match self.sealer.open(datagram, &mut self.open_buf) {
-            Ok(opened) => self.node.handle_datagram(now, from, opened.plaintext),
+            // The seal authenticated the sender; the node drops a packet
+            // whose header names anyone else, so a member holding the key
+            // still cannot speak for another member.
+            Ok(opened) => {
+                self.node
+                    .handle_authenticated(now, from, opened.sender, opened.plaintext)
+            }
             Err(e) => log_drop(&mut self.logs, &e, from),
         }
     }
