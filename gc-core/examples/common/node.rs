@@ -29,6 +29,7 @@ usage: node --id N --bind ADDR [--seed ADDR]... --key FILE [options]
 options:
   --seed ADDR[,ADDR...]  discovery addresses of other nodes (repeatable)
   --state FILE           incarnation and primary state (default node-<id>.state)
+  --event-log FILE       append the checker's trace records to FILE
   --bootstrap 1,2,3      the initial primary component's node ids
   --groups g1,g2         groups to join at start
   --multicast GROUP:PORT IP multicast discovery (with --interface IP)
@@ -86,6 +87,7 @@ struct Opts {
     seeds: Vec<SocketAddr>,
     key: PathBuf,
     state: PathBuf,
+    event_log: Option<PathBuf>,
     bootstrap: Vec<u32>,
     groups: Vec<String>,
     multicast: Option<MulticastConfig>,
@@ -149,6 +151,7 @@ impl Opts {
             state: flag(args, "--state")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(format!("node-{id}.state"))),
+            event_log: flag(args, "--event-log").map(PathBuf::from),
             bootstrap: list_flag(args, "--bootstrap")?
                 .into_iter()
                 .map(|n| n as u32)
@@ -307,6 +310,7 @@ async fn run(o: Opts) -> Result<(), Box<dyn Error>> {
     cfg.primary = PrimaryState::initial(o.bootstrap.clone());
     let mut rc = RuntimeConfig::new(cfg, o.bind, key, FileStorage::new(&o.state));
     rc.multicast = o.multicast;
+    rc.event_log = o.event_log.clone();
     apply_sets(&mut rc, &o.sets)?;
     let (handle, mut events) = Runtime::start(rc).await?;
     emit(json!({
@@ -465,7 +469,9 @@ async fn on_command(
             let text: Vec<&str> = words.collect();
             let text = text.join(" ");
             match handle.multicast(group, level, text.clone()).await {
-                Ok(()) => emit(json!({"type": "sent", "ok": true, "text": text})),
+                Ok(id) => {
+                    emit(json!({"type": "sent", "ok": true, "text": text, "msg": id.to_string()}))
+                }
                 Err(e) => {
                     emit(json!({"type": "sent", "ok": false, "text": text, "error": e.to_string()}))
                 }
@@ -572,7 +578,7 @@ fn start_load(
                     )
                     .await
                 {
-                    Ok(()) => {
+                    Ok(_) => {
                         sent.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(gc_core::runtime::Error::Stopped) => break,
