@@ -306,7 +306,7 @@ fn a_node_with_the_wrong_key_never_enters_and_is_counted() -> R {
     let cluster = Cluster::new("gc-udp-wrong-key", 3)?;
     let wrong = cluster.dir.join("wrong.key");
     gc_core::seal::ClusterKey::generate()?.write_new(&wrong)?;
-    let mut nodes = vec![cluster.spawn(1)?, cluster.spawn(2)?];
+    let mut nodes = [cluster.spawn(1)?, cluster.spawn(2)?];
     let mut intruder = cluster.spawn_with_key(3, &wrong)?;
     {
         let mut refs: Vec<&mut NodeProc> = nodes.iter_mut().collect();
