@@ -837,15 +837,15 @@ impl Driver {
         let Some(datagram) = self.recv_buf.get(..len) else {
             return;
         };
-        match self.sealer.open(datagram, &mut self.open_buf) {
-            // The seal authenticated the sender; the node drops a packet
-            // whose header names anyone else, so a member holding the key
-            // still cannot speak for another member.
-            Ok(opened) => {
-                self.node
-                    .handle_authenticated(now, from, opened.sender, opened.plaintext)
-            }
-            Err(e) => log_drop(&mut self.logs, &e, from),
+        if let Err(e) = super::receive(
+            &mut self.sealer,
+            &mut self.node,
+            &mut self.open_buf,
+            now,
+            from,
+            datagram,
+        ) {
+            log_drop(&mut self.logs, &e, from);
         }
     }
 

@@ -127,6 +127,7 @@
 //! per 10 s, with the count since the last one.
 
 mod driver;
+pub mod fuzzing;
 mod ratelimit;
 mod storage;
 
@@ -791,6 +792,31 @@ impl Handle {
             mpsc::error::TrySendError::Closed(_) => Error::Stopped,
         })
     }
+}
+
+/// The receive path of the driver, for every datagram the socket gives it:
+/// opened by `sealer` (authenticated, decrypted, replay-checked) before the
+/// node decodes a byte of it, then handed to
+/// [`Node::handle_authenticated`](crate::Node::handle_authenticated) with
+/// the sender the seal authenticated. A datagram that fails to open is
+/// counted by the sealer and returned as the error; one that opens but does
+/// not decode is counted by the node. Never panics, whatever the bytes:
+/// the fuzz target (`gc-core/fuzz`) and `tests/receive_path.rs` feed it
+/// arbitrary input. `buf` is scratch space, reused across calls.
+pub fn receive(
+    sealer: &mut crate::seal::Sealer,
+    node: &mut crate::Node,
+    buf: &mut Vec<u8>,
+    now: crate::Time,
+    from: SocketAddr,
+    datagram: &[u8],
+) -> Result<(), crate::seal::OpenError> {
+    let opened = sealer.open(datagram, buf)?;
+    // The seal authenticated the sender; the node drops a packet whose
+    // header names anyone else, so a member holding the key still cannot
+    // speak for another member.
+    node.handle_authenticated(now, from, opened.sender, opened.plaintext);
+    Ok(())
 }
 
 /// `timeout` from now, or a year from now if that overflows.
