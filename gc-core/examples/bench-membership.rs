@@ -10,6 +10,8 @@
 //!
 //! Also the resident memory of the idle nodes after the start.
 //!
+//! `--multicast`: discovery and dissemination over IP multicast.
+//!
 //! ```text
 //! cargo run --release -p gc-core --example bench-membership -- --nodes 16 --trials 10 [--netns]
 //! ```
@@ -47,6 +49,9 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         return Err("--nodes must be at least 3".into());
     }
     let mut fleet = Fleet::new("bench-membership", n, netns)?;
+    if args.iter().any(|a| a == "--multicast") {
+        fleet.use_multicast()?;
+    }
     for (i, a) in args.iter().enumerate() {
         if a == "--set" {
             if let Some(v) = args.get(i + 1) {
@@ -146,8 +151,13 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let (h50, hmax) = p50_max(&mut heal);
     rss.sort_unstable();
     println!(
-        "# {} placement, machine: {}; default timers unless --set",
+        "# {} placement, {}, machine: {}; default timers unless --set",
         if netns { "netns" } else { "loopback" },
+        if fleet.multicast.is_some() {
+            "IP multicast dissemination"
+        } else {
+            "unicast"
+        },
         machine()
     );
     println!(

@@ -3,6 +3,8 @@
 //! node 1 has delivered every answer. Nodes are separate processes over
 //! real UDP (loopback, or one network namespace each with `--netns`).
 //!
+//! `--multicast`: discovery and dissemination over IP multicast.
+//!
 //! ```text
 //! cargo run --release -p gc-core --example bench-query -- --nodes N --samples 500
 //!     [--level agreed|safe|fifo|causal] [--netns] [--set KNOB=VALUE]...
@@ -36,6 +38,9 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         return Err("--nodes must be at least 2".into());
     }
     let mut fleet = Fleet::new("bench-query", n, netns)?;
+    if args.iter().any(|a| a == "--multicast") {
+        fleet.use_multicast()?;
+    }
     for (i, a) in args.iter().enumerate() {
         if a == "--set" {
             if let Some(v) = args.get(i + 1) {
@@ -75,8 +80,13 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let p99 = report["p99_us"].as_u64().unwrap_or(0);
     let got = report["samples"].as_u64().unwrap_or(0);
     println!(
-        "# {level} query round trip, {} placement, machine: {}",
+        "# {level} query round trip, {} placement, {}, machine: {}",
         if netns { "netns" } else { "loopback" },
+        if fleet.multicast.is_some() {
+            "IP multicast dissemination"
+        } else {
+            "unicast"
+        },
         machine()
     );
     println!("# p99_us: {p99}, max_us: {}", report["max_us"]);

@@ -6,6 +6,8 @@
 //! suspicions raised during the run (there must be none: a busy member is
 //! not a crashed one).
 //!
+//! `--multicast`: discovery and dissemination over IP multicast.
+//!
 //! ```text
 //! cargo run --release -p gc-core --example bench-throughput -- --nodes 5 \
 //!     --size 100 --level agreed --seconds 5 [--netns] [--set KNOB=VALUE]...
@@ -41,6 +43,9 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let level = flag(args, "--level").unwrap_or("agreed").to_owned();
     let netns = args.iter().any(|a| a == "--netns");
     let mut fleet = Fleet::new("bench-throughput", n, netns)?;
+    if args.iter().any(|a| a == "--multicast") {
+        fleet.use_multicast()?;
+    }
     for (i, a) in args.iter().enumerate() {
         if a == "--set" {
             if let Some(v) = args.get(i + 1) {
@@ -132,8 +137,13 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         .map(|r| r["counters"]["event_stalls"].as_u64().unwrap_or(0))
         .sum();
     println!(
-        "# {} placement, machine: {}; {senders} sending tasks per node",
+        "# {} placement, {}, machine: {}; {senders} sending tasks per node",
         if netns { "netns" } else { "loopback" },
+        if fleet.multicast.is_some() {
+            "IP multicast dissemination"
+        } else {
+            "unicast"
+        },
         machine()
     );
     println!(

@@ -429,6 +429,8 @@ pub struct Fleet {
     exe: PathBuf,
     /// Extra arguments for every node.
     pub common_args: Vec<String>,
+    /// IP multicast group for discovery and dissemination, when used.
+    pub multicast: Option<SocketAddr>,
 }
 
 /// The port every node binds in its own namespace.
@@ -456,7 +458,17 @@ impl Fleet {
             placement,
             exe: node_exe()?,
             common_args: Vec::new(),
+            multicast: None,
         })
+    }
+
+    /// Discovery and dissemination through an IP multicast group of this
+    /// run (a free port, so concurrent runs stay apart).
+    pub fn use_multicast(&mut self) -> std::io::Result<()> {
+        let port = free_addrs(1)?[0].port();
+        let octet = (std::process::id() % 250) as u8 + 1;
+        self.multicast = Some(SocketAddr::from(([239, 255, 77, octet], port)));
+        Ok(())
     }
 
     /// Starts node `id` (1-based) with `extra` arguments, seeded with every
@@ -482,6 +494,15 @@ impl Fleet {
             "--bootstrap".into(),
             bootstrap.join(","),
         ];
+        if let Some(group) = self.multicast {
+            args.extend([
+                "--multicast".to_owned(),
+                group.to_string(),
+                "--interface".to_owned(),
+                addr.ip().to_string(),
+                "--disseminate".to_owned(),
+            ]);
+        }
         args.extend(self.common_args.iter().cloned());
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = self.dir.join(format!("node{id}.log"));

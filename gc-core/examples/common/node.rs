@@ -33,6 +33,8 @@ options:
   --bootstrap 1,2,3      the initial primary component's node ids
   --groups g1,g2         groups to join at start
   --multicast GROUP:PORT IP multicast discovery (with --interface IP)
+  --disseminate          with --multicast: send what goes to every member once
+                         to the group
   --quiet                do not print deliveries
   --answer Q:A           answer every message 'Q...' delivered in group Q with
                          'A...' at the same level to group A (query benchmark)
@@ -136,6 +138,7 @@ impl Opts {
                 let group: SocketAddrV4 = g.parse().map_err(|_| "--multicast: expected IP:PORT")?;
                 let mut m = MulticastConfig::new(group);
                 m.interface = flag_or(args, "--interface", Ipv4Addr::UNSPECIFIED)?;
+                m.disseminate = args.iter().any(|a| a == "--disseminate");
                 Some(m)
             }
         };
@@ -771,5 +774,6 @@ pub fn counters_json(c: &RuntimeCounters) -> Value {
         "send_errors": c.io.send_errors,
         "recv_errors": c.io.recv_errors,
         "state_saves": c.io.state_saves,
+        "multicast_out": c.io.multicast_out,
     })
 }
