@@ -21,7 +21,8 @@
 pub mod config;
 pub mod exec;
 pub mod jobs;
-pub mod key;
+/// The cluster key file, shared with the monitor: see [`flotilla_client::key`].
+pub use flotilla_client::key;
 
 pub use config::{Config, ConfigError, LogLevel};
 pub use exec::{ExecOptions, ExecOutcome, ExecStatus};
