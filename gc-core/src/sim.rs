@@ -178,6 +178,8 @@ pub struct SimStats {
     pub virtual_time: Duration,
     /// Simulation steps.
     pub steps: u64,
+    /// The run hit [`MAX_STEPS`] and was stopped.
+    pub step_budget_exceeded: bool,
     /// Deadlines that handling a timeout did not move (a protocol bug).
     pub stuck_timers: u64,
     /// What each running node was doing when the run ended.
@@ -242,6 +244,10 @@ fn addr_of(i: usize) -> SocketAddr {
         7000,
     ))
 }
+
+/// Most simulation steps one run may take (a quiet 9-node run takes about
+/// 30,000).
+pub const MAX_STEPS: u64 = 2_000_000;
 
 const GROUP_NAMES: [&str; 3] = ["mgmt", "table", "install"];
 
@@ -566,6 +572,12 @@ impl Sim {
     /// Advances to the next thing that happens before `until`; false when
     /// nothing does.
     fn step(&mut self, until: Time) -> bool {
+        if self.stats.steps >= MAX_STEPS {
+            // A run that never quiets down (a datagram storm) is a liveness
+            // failure; stop it instead of eating the machine.
+            self.stats.step_budget_exceeded = true;
+            return false;
+        }
         let net = self.network.keys().next().copied();
         let timer = self
             .slots
@@ -613,6 +625,10 @@ impl Sim {
     fn run_until(&mut self, until: Time) {
         while self.step(until) {}
         self.now = self.now.max(until);
+    }
+
+    fn out_of_budget(&self) -> bool {
+        self.stats.step_budget_exceeded
     }
 
     /// The live nodes share one regular view made of exactly them, with
@@ -783,7 +799,7 @@ impl Sim {
         let fault_end = Time::ZERO.plus(self.cfg.fault_phase);
         let mut next_fault = self.now.plus(self.rng.exp(self.cfg.fault_interval));
         let mut next_send = self.now.plus(self.rng.exp(self.cfg.send_interval));
-        while self.now < fault_end {
+        while self.now < fault_end && !self.out_of_budget() {
             let until = next_fault.min(next_send).min(fault_end);
             self.run_until(until);
             if self.now >= fault_end {
@@ -809,7 +825,7 @@ impl Sim {
         let healed_at = self.now;
         let deadline = healed_at.plus(self.cfg.liveness_bound);
         let tick = Duration::from_millis(10);
-        while self.now < deadline && !self.converged() {
+        while self.now < deadline && !self.converged() && !self.out_of_budget() {
             let until = self.now.plus(tick);
             self.run_until(until);
         }
@@ -829,7 +845,7 @@ impl Sim {
                     self.drain(i);
                 }
             }
-            while self.now < deadline && !self.probes_delivered(&probes) {
+            while self.now < deadline && !self.probes_delivered(&probes) && !self.out_of_budget() {
                 let until = self.now.plus(tick);
                 self.run_until(until);
             }
