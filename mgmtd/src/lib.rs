@@ -10,6 +10,8 @@
 //!   trait) and an in-memory fake for tests;
 //! - [`server`]: the server logic over a group: commands in agreed order,
 //!   at most once per job id, M/NR for the monitors it serves;
+//! - [`gc`]: the real group, over the `gc-core` runtime;
+//! - [`listener`]: the monitors' Unix socket and TCP listener;
 //! - [`wire`]: the messages servers exchange in the `mgmt` group;
 //! - [`status`]: the host figures `monitor status` shows;
 //! - [`config`]: the YAML configuration, parsed and then validated into a
@@ -23,8 +25,10 @@
 
 pub mod config;
 pub mod exec;
+pub mod gc;
 pub mod group;
 pub mod jobs;
+pub mod listener;
 pub mod server;
 pub mod status;
 pub mod wire;
