@@ -85,6 +85,7 @@ impl Group for GcGroup {
         self.handle
             .multicast(MGMT_GROUP, level, payload)
             .await
+            .map(|_id| ())
             .map_err(|e| match e {
                 gc_core::runtime::Error::Stopped => GroupError::Stopped,
                 other => GroupError::Refused(other.to_string()),
