@@ -10,6 +10,7 @@
 //! guarantee.
 
 pub mod check;
+pub mod eventlog;
 mod node;
 pub mod primary;
 #[cfg(feature = "runtime")]

@@ -590,13 +590,7 @@ impl Node {
     /// Takes in a datagram whose sender the runtime authenticated (the
     /// sealed header named `sender`): a packet that claims another sender
     /// is dropped and counted, so a member cannot speak for another.
-    pub fn handle_authenticated(
-        &mut self,
-        now: Time,
-        from: SocketAddr,
-        sender: Pid,
-        bytes: &[u8],
-    ) {
+    pub fn handle_authenticated(&mut self, now: Time, from: SocketAddr, sender: Pid, bytes: &[u8]) {
         match wire::peek_sender(bytes) {
             Some(p) if p == sender => self.handle_datagram(now, from, bytes),
             _ => {
@@ -757,7 +751,7 @@ impl Node {
 
     fn refuse(&mut self, addr: SocketAddr, reason: String) {
         let now = self.now;
-        let due = self.refusals.get(&addr).map_or(true, |t| now >= *t);
+        let due = self.refusals.get(&addr).is_none_or(|t| now >= *t);
         if due {
             if self.refusals.len() >= 1024 {
                 self.refusals.retain(|_, t| *t > now);
@@ -1040,12 +1034,7 @@ impl Node {
             .max(j.state.max_counter)
             .max(j.state.view.counter);
         for (p, a) in &j.addrs {
-            if *p != self.me
-                && self
-                    .newest
-                    .get(&p.node)
-                    .map_or(true, |i| *i <= p.incarnation)
-            {
+            if *p != self.me && self.newest.get(&p.node).is_none_or(|i| *i <= p.incarnation) {
                 self.addrs.entry(*p).or_insert(*a);
             }
         }
@@ -1911,10 +1900,7 @@ impl Node {
         let mut targets: BTreeSet<SocketAddr> = self.cfg.seeds.iter().copied().collect();
         for (p, a) in &self.addrs {
             if !self.cur.members.contains(p)
-                && self
-                    .newest
-                    .get(&p.node)
-                    .map_or(true, |i| *i <= p.incarnation)
+                && self.newest.get(&p.node).is_none_or(|i| *i <= p.incarnation)
             {
                 targets.insert(*a);
             }

@@ -29,9 +29,12 @@ usage: node --id N --bind ADDR [--seed ADDR]... --key FILE [options]
 options:
   --seed ADDR[,ADDR...]  discovery addresses of other nodes (repeatable)
   --state FILE           incarnation and primary state (default node-<id>.state)
+  --event-log FILE       append the checker's trace records to FILE
   --bootstrap 1,2,3      the initial primary component's node ids
   --groups g1,g2         groups to join at start
   --multicast GROUP:PORT IP multicast discovery (with --interface IP)
+  --disseminate          with --multicast: send what goes to every member once
+                         to the group
   --quiet                do not print deliveries
   --answer Q:A           answer every message 'Q...' delivered in group Q with
                          'A...' at the same level to group A (query benchmark)
@@ -47,6 +50,9 @@ stdin commands:
   send <fifo|causal|agreed|safe> <group> <text>
   join <group> | leave-group <group> | leave | view | counters
   load <level> <size> <duration_ms> <group> [rate_per_s] [senders]
+  query <level> <samples> <answers> <qgroup> <agroup>
+                         round trips: multicast 'Q<k>' to qgroup, wait for
+                         <answers> answers in agroup (nodes run with --answer)
 ";
 
 /// Microseconds since the Unix epoch.
@@ -86,6 +92,7 @@ struct Opts {
     seeds: Vec<SocketAddr>,
     key: PathBuf,
     state: PathBuf,
+    event_log: Option<PathBuf>,
     bootstrap: Vec<u32>,
     groups: Vec<String>,
     multicast: Option<MulticastConfig>,
@@ -131,6 +138,7 @@ impl Opts {
                 let group: SocketAddrV4 = g.parse().map_err(|_| "--multicast: expected IP:PORT")?;
                 let mut m = MulticastConfig::new(group);
                 m.interface = flag_or(args, "--interface", Ipv4Addr::UNSPECIFIED)?;
+                m.disseminate = args.iter().any(|a| a == "--disseminate");
                 Some(m)
             }
         };
@@ -149,6 +157,7 @@ impl Opts {
             state: flag(args, "--state")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(format!("node-{id}.state"))),
+            event_log: flag(args, "--event-log").map(PathBuf::from),
             bootstrap: list_flag(args, "--bootstrap")?
                 .into_iter()
                 .map(|n| n as u32)
@@ -288,6 +297,74 @@ struct Load {
 
 const LOAD_TAG: u8 = b'L';
 
+/// A query benchmark under way (`query` command): one question at a time.
+struct Query {
+    level: Level,
+    qgroup: String,
+    agroup: String,
+    /// Questions still to ask, warm-up included.
+    remaining: u32,
+    /// Questions whose round trip is not recorded (connections, caches).
+    warmup: u32,
+    expected: usize,
+    k: u64,
+    t0: Instant,
+    answered: std::collections::BTreeSet<Pid>,
+    latencies: Vec<u64>,
+}
+
+impl Query {
+    async fn ask(&mut self, handle: &Handle) {
+        self.k += 1;
+        self.answered.clear();
+        let mut payload = vec![b'Q'];
+        payload.extend_from_slice(&self.k.to_le_bytes());
+        self.t0 = Instant::now();
+        if let Err(e) = handle.multicast(&self.qgroup, self.level, payload).await {
+            emit(json!({"type": "error", "message": format!("query: {e}")}));
+        }
+    }
+
+    /// An answer; true when the benchmark is over.
+    async fn on_answer(&mut self, handle: &Handle, from: Pid, payload: &[u8]) -> bool {
+        let k = payload
+            .get(1..9)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_le_bytes);
+        if k != Some(self.k) || !self.answered.insert(from) || self.answered.len() < self.expected {
+            return false;
+        }
+        let us = u64::try_from(self.t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+        if self.warmup > 0 {
+            self.warmup -= 1;
+        } else {
+            self.latencies.push(us);
+        }
+        self.remaining = self.remaining.saturating_sub(1);
+        if self.remaining == 0 {
+            return true;
+        }
+        self.ask(handle).await;
+        false
+    }
+
+    fn report(mut self) {
+        self.latencies.sort_unstable();
+        let l = &self.latencies;
+        emit(json!({
+            "type": "query_report",
+            "level": level_name(self.level),
+            "answers": self.expected,
+            "samples": l.len(),
+            "p50_us": super::percentile(l, 50.0),
+            "p95_us": super::percentile(l, 95.0),
+            "p99_us": super::percentile(l, 99.0),
+            "max_us": l.last().copied().unwrap_or(0),
+            "time_us": wall_us(),
+        }));
+    }
+}
+
 fn load_payload(size: usize, id: u32) -> Vec<u8> {
     let mut p = vec![0x55u8; size.max(13)];
     p[..8].copy_from_slice(&wall_us().to_le_bytes());
@@ -307,6 +384,7 @@ async fn run(o: Opts) -> Result<(), Box<dyn Error>> {
     cfg.primary = PrimaryState::initial(o.bootstrap.clone());
     let mut rc = RuntimeConfig::new(cfg, o.bind, key, FileStorage::new(&o.state));
     rc.multicast = o.multicast;
+    rc.event_log = o.event_log.clone();
     apply_sets(&mut rc, &o.sets)?;
     let (handle, mut events) = Runtime::start(rc).await?;
     emit(json!({
@@ -323,15 +401,36 @@ async fn run(o: Opts) -> Result<(), Box<dyn Error>> {
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = o.stdin;
     let mut load: Option<Load> = None;
+    let mut query: Option<Query> = None;
     let mut rss_tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         let report_at = load.as_ref().map(|l| l.report_at);
         tokio::select! {
             event = events.recv() => match event {
+                Some(Event::Deliver(d)) if query.as_ref().is_some_and(|q| q.agroup == d.group) => {
+                    let done = match &mut query {
+                        Some(q) => q.on_answer(&handle, d.msg.sender, &d.payload).await,
+                        None => false,
+                    };
+                    if done {
+                        if let Some(q) = query.take() {
+                            q.report();
+                        }
+                    }
+                }
                 Some(e) => on_event(&o, &handle, e, &mut load).await,
                 None => break,
             },
             line = lines.next_line(), if stdin_open => match line {
+                Ok(Some(l)) if l.starts_with("query ") => {
+                    match parse_query(&l) {
+                        Ok(mut q) => {
+                            q.ask(&handle).await;
+                            query = Some(q);
+                        }
+                        Err(e) => emit(json!({"type": "error", "command": l, "message": e})),
+                    }
+                }
                 Ok(Some(l)) => {
                     if let Err(e) = on_command(&o, &handle, &l, &mut load).await {
                         emit(json!({"type": "error", "command": l, "message": e}));
@@ -356,6 +455,27 @@ async fn run(o: Opts) -> Result<(), Box<dyn Error>> {
     }
     handle.closed().await?;
     Ok(())
+}
+
+fn parse_query(line: &str) -> Result<Query, String> {
+    let w: Vec<&str> = line.split_whitespace().collect();
+    let [_, level, samples, answers, qgroup, agroup] = w[..] else {
+        return Err("query <level> <samples> <answers> <qgroup> <agroup>".into());
+    };
+    let samples: u32 = samples.parse().map_err(|_| "query: samples")?;
+    let warmup = (samples / 10).clamp(5, 100);
+    Ok(Query {
+        level: parse_level(level)?,
+        qgroup: qgroup.to_owned(),
+        agroup: agroup.to_owned(),
+        remaining: samples + warmup,
+        warmup,
+        expected: answers.parse().map_err(|_| "query: answers")?,
+        k: 0,
+        t0: Instant::now(),
+        answered: Default::default(),
+        latencies: Vec::new(),
+    })
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -465,7 +585,9 @@ async fn on_command(
             let text: Vec<&str> = words.collect();
             let text = text.join(" ");
             match handle.multicast(group, level, text.clone()).await {
-                Ok(()) => emit(json!({"type": "sent", "ok": true, "text": text})),
+                Ok(id) => {
+                    emit(json!({"type": "sent", "ok": true, "text": text, "msg": id.to_string()}))
+                }
                 Err(e) => {
                     emit(json!({"type": "sent", "ok": false, "text": text, "error": e.to_string()}))
                 }
@@ -572,7 +694,7 @@ fn start_load(
                     )
                     .await
                 {
-                    Ok(()) => {
+                    Ok(_) => {
                         sent.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(gc_core::runtime::Error::Stopped) => break,
@@ -652,5 +774,6 @@ pub fn counters_json(c: &RuntimeCounters) -> Value {
         "send_errors": c.io.send_errors,
         "recv_errors": c.io.recv_errors,
         "state_saves": c.io.state_saves,
+        "multicast_out": c.io.multicast_out,
     })
 }

@@ -3,14 +3,16 @@
 use super::ratelimit::{Limiter, Logs};
 use super::{
     check_config, next_incarnation, Command, Error, Events, FatalError, Handle, IoCounters,
-    KeyStep, MulticastConfig, Outcome, RuntimeConfig, RuntimeCounters, StartError, Storage,
-    StoredState, View,
+    KeyStatus, KeyStep, MulticastConfig, Outcome, RuntimeConfig, RuntimeCounters, StartError,
+    Storage, StoredState, View,
 };
+use crate::eventlog::{LogLine, EVENT_LOG_FORMAT};
 use crate::seal::{OpenError, SealError, Sealer, MAX_DATAGRAM_LEN};
-use crate::{Event, Level, Node, PrimaryState, SendError, Time, Transmit};
+use crate::trace::{ProcessEnd, TraceEvent, TraceRecord};
+use crate::{Event, Level, MsgId, Node, PrimaryState, SendError, Time, Transmit};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::VecDeque;
-use std::io::{self, ErrorKind};
+use std::io::{self, ErrorKind, Write};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Duration;
 use tokio::net::UdpSocket;
@@ -35,7 +37,7 @@ struct Parked {
     deadline: Instant,
     /// The wait the caller asked for, for its error.
     timeout: Duration,
-    reply: oneshot::Sender<Result<(), Error>>,
+    reply: oneshot::Sender<Result<MsgId, Error>>,
 }
 
 /// What [`Driver::offer`] made of a multicast.
@@ -83,7 +85,32 @@ pub(super) struct Driver {
     recv_batch: usize,
     recv_errors_in_a_row: u32,
     outcome: watch::Sender<Outcome>,
+    /// One entry per application message in the node's send queue, in its
+    /// order: who waits for the message's [`MsgId`]. The node keeps every
+    /// application message in its send queue until it pops it from the
+    /// head with a [`TraceEvent::Send`] record (it drops only queued group
+    /// joins and leaves at a view change), so the two stay in step; bounded
+    /// by the node's send queue bounds.
+    sends: VecDeque<oneshot::Sender<Result<MsgId, Error>>>,
+    /// The multicast group to disseminate through, when configured.
+    disseminate: Option<SocketAddr>,
+    event_log: Option<EventLog>,
+    /// Microseconds since the Unix epoch at `epoch`, for event log times.
+    epoch_wall_us: u64,
 }
+
+/// The event log being written.
+struct EventLog {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+    /// Lines not yet written; written at the end of every wake-up.
+    buf: Vec<u8>,
+    failed: bool,
+}
+
+/// The event log buffer is written out once it holds this much, even in
+/// the middle of a wake-up.
+const EVENT_LOG_BUFFER: usize = 256 << 10;
 
 pub(super) async fn start(config: RuntimeConfig) -> Result<(Handle, Events), StartError> {
     if tokio::runtime::Handle::try_current().is_err() {
@@ -96,6 +123,7 @@ pub(super) async fn start(config: RuntimeConfig) -> Result<(Handle, Events), Sta
         key,
         multicast,
         storage,
+        event_log,
         event_capacity,
         command_capacity,
         send_timeout,
@@ -138,6 +166,9 @@ pub(super) async fn start(config: RuntimeConfig) -> Result<(Handle, Events), Sta
     let stored = stored?;
 
     node_config.me.incarnation = stored.incarnation;
+    // The trace records give each sent message its MsgId (Handle::multicast)
+    // and feed the event log.
+    node_config.trace = true;
     node_config.primary = stored.primary.clone();
     if let Some(m) = &multicast {
         node_config.seeds.push(SocketAddr::V4(m.group));
@@ -159,6 +190,40 @@ pub(super) async fn start(config: RuntimeConfig) -> Result<(Handle, Events), Sta
         _ => None,
     };
 
+    let epoch_wall_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    let event_log = match event_log {
+        None => None,
+        Some(path) => {
+            let open = || -> io::Result<std::fs::File> {
+                let mut options = std::fs::OpenOptions::new();
+                options.append(true).create(true);
+                let mut file = options.open(&path)?;
+                let start = LogLine::Start {
+                    pid: me,
+                    wall_us: epoch_wall_us,
+                    format: EVENT_LOG_FORMAT,
+                };
+                let mut line = serde_json::to_vec(&start).map_err(io::Error::other)?;
+                // A line torn by an earlier crash ends here, so this one
+                // starts on a line of its own.
+                line.insert(0, b'\n');
+                line.push(b'\n');
+                file.write_all(&line)?;
+                Ok(file)
+            };
+            match open() {
+                Ok(file) => Some(EventLog {
+                    path,
+                    file,
+                    buf: Vec::new(),
+                    failed: false,
+                }),
+                Err(source) => return Err(StartError::EventLog { path, source }),
+            }
+        }
+    };
     let (command_tx, command_rx) = mpsc::channel(command_capacity);
     let (event_tx, event_rx) = mpsc::channel(event_capacity);
     let (outcome_tx, outcome_rx) = watch::channel(None);
@@ -190,6 +255,13 @@ pub(super) async fn start(config: RuntimeConfig) -> Result<(Handle, Events), Sta
         recv_batch,
         recv_errors_in_a_row: 0,
         outcome: outcome_tx,
+        sends: VecDeque::new(),
+        disseminate: multicast
+            .as_ref()
+            .filter(|m| m.disseminate)
+            .map(|m| SocketAddr::V4(m.group)),
+        event_log,
+        epoch_wall_us,
     };
     info!(%me, %local_addr, multicast = ?multicast.map(|m| m.group), "gc-core node started");
     tokio::spawn(driver.run());
@@ -278,6 +350,19 @@ impl Driver {
         for p in self.parked.drain(..) {
             let _ = p.reply.send(Err(Error::Stopped));
         }
+        self.drain_trace();
+        let end = if result.is_ok() {
+            ProcessEnd::Left
+        } else {
+            ProcessEnd::Crashed
+        };
+        self.log_line(&LogLine::End {
+            end,
+            unsent_at_end: self.node.unsent() as u64,
+        });
+        self.write_log();
+        // Waiters for messages never sent get `Stopped` as they drop.
+        self.sends.clear();
         if let Some(leaving) = self.leaving.take() {
             for w in leaving.waiters {
                 let _ = w.send(result.clone());
@@ -450,9 +535,7 @@ impl Driver {
                 continue;
             }
             match self.offer(&p.group, p.level, p.payload) {
-                Offer::Accepted => {
-                    let _ = p.reply.send(Ok(()));
-                }
+                Offer::Accepted => self.sends.push_back(p.reply),
                 Offer::Refused(e) => {
                     let _ = p.reply.send(Err(e.into()));
                 }
@@ -468,6 +551,10 @@ impl Driver {
     /// Gives a multicast to the node. The payload is copied first only when
     /// the queue might be full, so that it can be given back.
     fn offer(&mut self, group: &str, level: Level, payload: Vec<u8>) -> Offer {
+        if group.is_empty() {
+            // "" marks the protocol's own messages in the trace.
+            return Offer::Refused(SendError::BadGroup);
+        }
         let len = payload.len();
         if len > self.send_queue_bytes {
             return Offer::Refused(SendError::TooLarge {
@@ -516,9 +603,7 @@ impl Driver {
                         });
                     }
                     Some((deadline, timeout)) => match self.offer(&group, level, payload) {
-                        Offer::Accepted => {
-                            let _ = reply.send(Ok(()));
-                        }
+                        Offer::Accepted => self.sends.push_back(reply),
                         Offer::Refused(e) => {
                             let _ = reply.send(Err(e.into()));
                         }
@@ -536,7 +621,10 @@ impl Driver {
                     },
                     None => {
                         let result = match self.offer(&group, level, payload) {
-                            Offer::Accepted => Ok(()),
+                            Offer::Accepted => {
+                                self.sends.push_back(reply);
+                                return;
+                            }
                             Offer::Full(_) => {
                                 self.io.refused_queue_full += 1;
                                 Err(SendError::QueueFull {
@@ -556,10 +644,20 @@ impl Driver {
                 }
             }
             Command::JoinGroup { group, reply } => {
-                let _ = reply.send(self.node.join_group(now, &group).map_err(Error::from));
+                let result = if group.is_empty() {
+                    Err(SendError::BadGroup)
+                } else {
+                    self.node.join_group(now, &group)
+                };
+                let _ = reply.send(result.map_err(Error::from));
             }
             Command::LeaveGroup { group, reply } => {
-                let _ = reply.send(self.node.leave_group(now, &group).map_err(Error::from));
+                let result = if group.is_empty() {
+                    Err(SendError::BadGroup)
+                } else {
+                    self.node.leave_group(now, &group)
+                };
+                let _ = reply.send(result.map_err(Error::from));
             }
             Command::Leave { reply } => self.begin_leave(Some(reply)),
             Command::Counters { reply } => {
@@ -581,20 +679,96 @@ impl Driver {
                 });
             }
             Command::Key { step, reply } => {
+                let changed = !matches!(step, KeyStep::Status);
                 match step {
                     KeyStep::Stage(k) => self.sealer.stage(&k),
                     KeyStep::Rotate(k) => self.sealer.rotate(&k),
                     KeyStep::RetireOld => self.sealer.retire_old(),
+                    KeyStep::Status => {}
                 }
-                info!(
-                    current = %self.sealer.current_key(),
-                    staged = ?self.sealer.staged_key().map(|k| k.to_string()),
-                    previous = ?self.sealer.previous_key().map(|k| k.to_string()),
-                    "cluster key rotation step"
-                );
-                let _ = reply.send(());
+                let status = KeyStatus {
+                    current: self.sealer.current_key(),
+                    staged: self.sealer.staged_key(),
+                    previous: self.sealer.previous_key(),
+                };
+                if changed {
+                    info!(
+                        current = %status.current,
+                        staged = ?status.staged.map(|k| k.to_string()),
+                        previous = ?status.previous.map(|k| k.to_string()),
+                        "cluster key rotation step"
+                    );
+                }
+                let _ = reply.send(status);
             }
         }
+    }
+
+    /// Takes every trace record from the node.
+    fn drain_trace(&mut self) {
+        while let Some(r) = self.node.poll_trace() {
+            self.on_trace(r);
+        }
+    }
+
+    /// A trace record: a sent message's identity goes to whoever waits for
+    /// it; every record goes to the event log.
+    fn on_trace(&mut self, record: TraceRecord) {
+        // Group joins and leaves are traced with the group "" (which the
+        // runtime refuses as a group name), application messages with
+        // their group.
+        if let TraceEvent::Send { msg, group, .. } = &record.event {
+            if !group.is_empty() {
+                match self.sends.pop_front() {
+                    Some(reply) => {
+                        let _ = reply.send(Ok(*msg));
+                    }
+                    None => debug!(%msg, "a sent message nobody waited for (a bug)"),
+                }
+            }
+        }
+        if self.event_log.is_some() {
+            let record = TraceRecord {
+                time: Time(record.time.as_micros().saturating_add(self.epoch_wall_us)),
+                event: record.event,
+            };
+            self.log_line(&LogLine::Record(record));
+        }
+    }
+
+    fn log_line(&mut self, line: &LogLine) {
+        let Some(log) = &mut self.event_log else {
+            return;
+        };
+        if log.failed {
+            return;
+        }
+        // Serializing these types into a Vec cannot fail (no maps with
+        // non-string keys, no custom serializers); if it ever does, the
+        // line is skipped rather than the node stopped.
+        if serde_json::to_writer(&mut log.buf, line).is_ok() {
+            log.buf.push(b'\n');
+        }
+        if log.buf.len() >= EVENT_LOG_BUFFER {
+            self.write_log();
+        }
+    }
+
+    /// Writes what the event log buffer holds. A failure (full disk) stops
+    /// the log, not the node: the group's work matters more than its record.
+    fn write_log(&mut self) {
+        let Some(log) = &mut self.event_log else {
+            return;
+        };
+        if log.buf.is_empty() || log.failed {
+            log.buf.clear();
+            return;
+        }
+        if let Err(e) = log.file.write_all(&log.buf) {
+            log.failed = true;
+            warn!(path = %log.path.display(), error = %e, "cannot write the event log; it stops here");
+        }
+        log.buf.clear();
     }
 
     fn park(&mut self, p: Parked) {
@@ -669,15 +843,15 @@ impl Driver {
         let Some(datagram) = self.recv_buf.get(..len) else {
             return;
         };
-        match self.sealer.open(datagram, &mut self.open_buf) {
-            // The seal authenticated the sender; the node drops a packet
-            // whose header names anyone else, so a member holding the key
-            // still cannot speak for another member.
-            Ok(opened) => {
-                self.node
-                    .handle_authenticated(now, from, opened.sender, opened.plaintext)
-            }
-            Err(e) => log_drop(&mut self.logs, &e, from),
+        if let Err(e) = super::receive(
+            &mut self.sealer,
+            &mut self.node,
+            &mut self.open_buf,
+            now,
+            from,
+            datagram,
+        ) {
+            log_drop(&mut self.logs, &e, from);
         }
     }
 
@@ -697,9 +871,16 @@ impl Driver {
             }
         }
         let now = self.now();
-        while let Some(transmit) = self.node.poll_transmit(now) {
-            self.send(transmit).await?;
+        match self.disseminate {
+            None => {
+                while let Some(transmit) = self.node.poll_transmit(now) {
+                    self.send(transmit).await?;
+                }
+            }
+            Some(group) => self.send_disseminating(now, group).await?,
         }
+        self.drain_trace();
+        self.write_log();
         self.forward_events();
         Ok(())
     }
@@ -730,6 +911,54 @@ impl Driver {
         self.events = None;
         self.io.events_discarded += self.pending.len() as u64;
         self.pending.clear();
+    }
+
+    /// Sends what the node has, once to the multicast `group` for every
+    /// datagram addressed identically to every other view member. Per
+    /// destination the order is kept: a datagram is sent at its first
+    /// occurrence, and each destination's datagrams come in its order.
+    async fn send_disseminating(&mut self, now: Time, group: SocketAddr) -> Result<(), Error> {
+        let mut batch = Vec::new();
+        while let Some(t) = self.node.poll_transmit(now) {
+            batch.push(t);
+        }
+        let others = self.node.view().1.len().saturating_sub(1);
+        if batch.len() < 2 || others < 2 {
+            for t in batch {
+                self.send(t).await?;
+            }
+            return Ok(());
+        }
+        // How many distinct destinations each payload goes to.
+        let mut dests: std::collections::HashMap<&[u8], Vec<SocketAddr>> =
+            std::collections::HashMap::with_capacity(batch.len());
+        for t in &batch {
+            let d = dests.entry(t.payload.as_slice()).or_default();
+            if !d.contains(&t.dest) {
+                d.push(t.dest);
+            }
+        }
+        let to_group: std::collections::HashSet<Vec<u8>> = dests
+            .into_iter()
+            .filter(|(_, d)| d.len() == others)
+            .map(|(p, _)| p.to_vec())
+            .collect();
+        let mut sent_to_group = std::collections::HashSet::new();
+        for t in batch {
+            if to_group.contains(&t.payload) {
+                if sent_to_group.insert(t.payload.clone()) {
+                    self.io.multicast_out += 1;
+                    self.send(Transmit {
+                        dest: group,
+                        payload: t.payload,
+                    })
+                    .await?;
+                }
+            } else {
+                self.send(t).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn send(&mut self, transmit: Transmit) -> Result<(), Error> {

@@ -1,12 +1,43 @@
 //! The tokio runtime: one task drives a [`Node`](crate::Node) over a UDP
 //! socket, as `quinn` drives `quinn-proto`.
 //!
-//! [`Runtime::start`] binds the socket, gives the process a fresh
-//! incarnation, and spawns the **driver**, the one task that owns the node,
-//! the [`Sealer`](crate::seal::Sealer) and the socket. The application talks
-//! to it through a [`Handle`] (cloneable; requests go through a bounded
-//! command queue) and reads what the node delivers from [`Events`] (a
-//! bounded queue).
+//! [`spawn`] (or [`Runtime::start`]) binds the socket, gives the process a
+//! fresh incarnation, and spawns the **driver**, the one task that owns the
+//! node, the [`Sealer`](crate::seal::Sealer) and the socket. The
+//! application talks to it through a [`Handle`] (cloneable; requests go
+//! through a bounded command queue) and reads what the node delivers from
+//! [`Events`] (a bounded queue).
+//!
+//! ```no_run
+//! use gc_core::runtime::{spawn, RuntimeConfig};
+//! use gc_core::{Config, Event, Level, Pid, PrimaryState};
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut node = Config::new(Pid::new(1, 0)); // the runtime picks the incarnation
+//! node.seeds = vec!["10.0.0.2:7470".parse()?, "10.0.0.3:7470".parse()?];
+//! node.primary = PrimaryState::initial(vec![1, 2, 3]);
+//! let mut config = RuntimeConfig::from_files(
+//!     node,
+//!     "0.0.0.0:7470".parse()?,
+//!     "/etc/flotilla/cluster.key", // must be mode 0600
+//!     "/var/lib/flotilla",         // incarnation and primary state
+//! )?;
+//! config.event_log = Some("/var/lib/flotilla/events.jsonl".into());
+//! let (handle, mut events) = spawn(config).await?;
+//! handle.join_group("mgmt").await?;
+//! let id = handle.multicast("mgmt", Level::Agreed, b"status".to_vec()).await?;
+//! while let Some(event) = events.recv().await {
+//!     match event {
+//!         Event::View(v) => println!("view {} primary {:?}: {:?}", v.conf, v.primary, v.members),
+//!         Event::Deliver(d) if d.msg == id => println!("my own message is back"),
+//!         Event::Deliver(d) => println!("{} says {:?}", d.msg.sender, d.payload),
+//!         _ => {}
+//!     }
+//! #   break;
+//! }
+//! handle.shutdown().await?; // a clean leave: the others see a view change
+//! # Ok(()) }
+//! ```
 //!
 //! # The driver
 //! It waits on three things at once: the socket becoming readable, the
@@ -32,6 +63,33 @@
 //! whose state file was lost from reusing an old incarnation (unless the
 //! clock went back too) and lets it outrank its earlier incarnations, which
 //! its peers still remember.
+//!
+//! # Event log
+//! With [`RuntimeConfig::event_log`] the driver appends every configuration
+//! it installs, every message it sends and delivers and every group view to
+//! a file, in the format of [`crate::eventlog`], so that
+//! [`crate::eventlog::check_event_logs`] can run the checker over the logs
+//! of every host of a real run. The file is written as the events happen
+//! (one `write` per driver wake-up, not synced: after a host crash the log
+//! is a prefix, which the checker accepts).
+//!
+//! # Key rotation
+//! The cluster key can be changed without stopping the group; every node
+//! accepts the old and the new key during the change:
+//! 1. generate the new key (`ClusterKey::generate`, `write_new`) and copy it
+//!    to every host (mode 0600);
+//! 2. on every node, [`Handle::stage_key`] with the new key: the node now
+//!    *accepts* datagrams under it, still sealing under the old one;
+//! 3. once every node has staged it, on every node [`Handle::rotate_key`]:
+//!    it now *seals* under the new key and still accepts the old one, so
+//!    the nodes that have not rotated yet are still heard;
+//! 4. once every node has rotated, on every node
+//!    [`Handle::retire_old_key`]: the old key is refused from now on.
+//!
+//! A node that misses a step is not heard by the others after step 4 (its
+//! datagrams are dropped and counted as authentication failures): it is
+//! excluded from the view as if it had crashed, and merges again once it
+//! holds the new key. [`Handle::key_status`] shows each node's keys.
 //!
 //! # When the application does not keep up
 //! Events are never dropped: a lost delivery would break the guarantees the
@@ -60,8 +118,12 @@
 //! second socket bound to the group's port (with `SO_REUSEADDR`, so that
 //! several processes on one host can join) and adds the group to the node's
 //! discovery addresses: discovery beacons go to every process of the group
-//! without knowing their addresses. Dissemination stays unicast to each
-//! member (the node addresses its datagrams to members).
+//! without knowing their addresses. With [`MulticastConfig::disseminate`]
+//! the driver also sends once to the group every datagram that the node
+//! addressed, byte for byte the same, to every other member of its view
+//! (acknowledgements, heartbeats, data), instead of once per member: the
+//! sender's cost per datagram no longer grows with the view. Otherwise
+//! dissemination is unicast to each member.
 //!
 //! # Logging
 //! Through `tracing`, never a line per datagram: each cause of dropped
@@ -69,14 +131,16 @@
 //! per 10 s, with the count since the last one.
 
 mod driver;
+pub mod fuzzing;
 mod ratelimit;
 mod storage;
 
 pub use storage::{FileStorage, Storage, StorageError, StoredState};
 
-use crate::seal::{ClusterKey, SealCounters, SealError, MAX_PLAINTEXT_LEN};
-use crate::{Config, Counters, Event, Level, Pid, SendError, ViewId};
+use crate::seal::{ClusterKey, KeyError, KeyId, SealCounters, SealError, MAX_PLAINTEXT_LEN};
+use crate::{Config, Counters, Event, Level, MsgId, Pid, SendError, ViewId};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -99,6 +163,10 @@ pub struct RuntimeConfig {
     pub multicast: Option<MulticastConfig>,
     /// Where the incarnation and the primary state are kept.
     pub storage: Box<dyn Storage>,
+    /// When set, every installed configuration, sent and delivered message
+    /// and group view is appended to this file for the checker (see
+    /// [`crate::eventlog`]).
+    pub event_log: Option<PathBuf>,
     /// Capacity of [`Events`]; when it is full the driver waits (see the
     /// module documentation).
     pub event_capacity: usize,
@@ -133,6 +201,7 @@ impl RuntimeConfig {
             key,
             multicast: None,
             storage: Box::new(storage),
+            event_log: None,
             event_capacity: 4096,
             command_capacity: 1024,
             send_timeout: Duration::from_secs(5),
@@ -141,6 +210,43 @@ impl RuntimeConfig {
             recv_batch: 256,
         }
     }
+}
+
+impl RuntimeConfig {
+    /// [`RuntimeConfig::new`] with the cluster key read from `key_file`
+    /// (which must be a private file, mode 0600: see
+    /// [`ClusterKey::load`]) and the node's state kept in
+    /// `data_dir/node.state` (the directory is created if missing), so that
+    /// each start is a new incarnation.
+    pub fn from_files(
+        node: Config,
+        bind: SocketAddr,
+        key_file: impl AsRef<Path>,
+        data_dir: impl AsRef<Path>,
+    ) -> Result<RuntimeConfig, StartError> {
+        let key = ClusterKey::load(key_file)?;
+        let dir = data_dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|source| {
+            StartError::Storage(StorageError::Io {
+                path: dir.to_path_buf(),
+                action: "create the data directory",
+                source,
+            })
+        })?;
+        Ok(RuntimeConfig::new(
+            node,
+            bind,
+            key,
+            FileStorage::new(dir.join("node.state")),
+        ))
+    }
+}
+
+/// Starts a node: binds the socket, loads the stored state, saves a fresh
+/// incarnation and spawns the driver on the current tokio runtime. The
+/// same as [`Runtime::start`].
+pub async fn spawn(config: RuntimeConfig) -> Result<(Handle, Events), StartError> {
+    driver::start(config).await
 }
 
 /// IP multicast discovery (IPv4).
@@ -157,6 +263,13 @@ pub struct MulticastConfig {
     /// Whether this host's own processes receive what it sends to the group
     /// (needed for several processes on one host).
     pub loopback: bool,
+    /// Also disseminate through the group: a datagram the node addresses
+    /// identically to every other member of its view is sent once to the
+    /// group instead of once per member. Every node of the cluster must
+    /// then listen on the same group (same `group`). Processes of the group
+    /// outside the view receive such datagrams too; they treat them as
+    /// traffic of a foreign view, as they do discovery beacons.
+    pub disseminate: bool,
 }
 
 impl MulticastConfig {
@@ -167,6 +280,7 @@ impl MulticastConfig {
             interface: Ipv4Addr::UNSPECIFIED,
             ttl: 1,
             loopback: true,
+            disseminate: false,
         }
     }
 }
@@ -203,6 +317,18 @@ pub enum StartError {
     /// be saved.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The cluster key file is missing, readable by others, or not a key.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The event log could not be opened for appending.
+    #[error("cannot open event log {}", path.display())]
+    EventLog {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The stored incarnation is `u64::MAX`: there is no fresh one left.
     #[error("the stored incarnation is the largest possible; no fresh incarnation is left")]
     IncarnationsExhausted,
@@ -257,6 +383,19 @@ pub enum FatalError {
     Task(String),
 }
 
+impl Error {
+    /// True when the request failed because the group is not absorbing
+    /// messages as fast as they are sent (a full send queue, a full command
+    /// queue, or a wait for room that timed out): back off and retry, or
+    /// shed load.
+    pub fn is_backpressure(&self) -> bool {
+        matches!(
+            self,
+            Error::Busy | Error::Timeout(_) | Error::Refused(SendError::QueueFull { .. })
+        )
+    }
+}
+
 impl From<FatalError> for Error {
     fn from(e: FatalError) -> Self {
         Error::Fatal(Arc::new(e))
@@ -293,6 +432,9 @@ pub struct IoCounters {
     pub refused_queue_full: u64,
     /// Saves of the stored state.
     pub state_saves: u64,
+    /// Datagrams sent once to the multicast group instead of to each member
+    /// ([`MulticastConfig::disseminate`]).
+    pub multicast_out: u64,
 }
 
 /// Dropped datagrams and refused requests by cause, summed over the
@@ -361,11 +503,25 @@ pub struct View {
     pub state: String,
 }
 
+/// The cluster keys a node holds (their ids, never the keys).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyStatus {
+    /// The key it seals under.
+    pub current: KeyId,
+    /// A key it accepts but does not seal under yet (after
+    /// [`Handle::stage_key`]).
+    pub staged: Option<KeyId>,
+    /// The key it sealed under before the last rotation, still accepted
+    /// until [`Handle::retire_old_key`].
+    pub previous: Option<KeyId>,
+}
+
 /// A key rotation step (see [`crate::seal`]).
 enum KeyStep {
     Stage(ClusterKey),
     Rotate(ClusterKey),
     RetireOld,
+    Status,
 }
 
 /// A request from a handle to the driver.
@@ -377,7 +533,7 @@ enum Command {
         /// When to give up waiting for room in the send queue, and the
         /// wait asked for; `None`: refuse at once when it is full.
         deadline: Option<(Instant, Duration)>,
-        reply: oneshot::Sender<Result<(), Error>>,
+        reply: oneshot::Sender<Result<MsgId, Error>>,
     },
     JoinGroup {
         group: String,
@@ -398,7 +554,7 @@ enum Command {
     },
     Key {
         step: KeyStep,
-        reply: oneshot::Sender<()>,
+        reply: oneshot::Sender<KeyStatus>,
     },
 }
 
@@ -457,20 +613,25 @@ impl Handle {
         self.local_addr
     }
 
-    /// Multicasts `payload` to `group` at `level`, waiting up to
+    /// Multicasts `payload` to `group` (a non-empty name) at `level`,
+    /// waiting up to
     /// [`RuntimeConfig::send_timeout`] for room in the node's send queue.
     ///
-    /// `Ok` means the node accepted the message: it will be sent in the
-    /// current view or, if a view change is under way, in the next one, and
-    /// delivered to the group's members (this process included, if it is
-    /// one) unless the process crashes. [`Error::Timeout`] means it was not
-    /// accepted and will never be sent.
+    /// Returns the message's identity once the node has given it its place
+    /// in a view's stream (at once when the group keeps up; after the view
+    /// change when one is under way; later when flow control holds it). It
+    /// will be delivered to the group's members (this process included, if
+    /// it is one) with that [`MsgId`], unless this process crashes.
+    ///
+    /// Backpressure ([`Error::is_backpressure`]): [`Error::Timeout`] when
+    /// the send queue ([`Config::send_queue_bytes`]) stayed full for the
+    /// whole wait; the message was not accepted and will never be sent.
     pub async fn multicast(
         &self,
         group: &str,
         level: Level,
         payload: impl Into<Vec<u8>>,
-    ) -> Result<(), Error> {
+    ) -> Result<MsgId, Error> {
         self.multicast_within(group, level, payload, self.send_timeout)
             .await
     }
@@ -482,7 +643,7 @@ impl Handle {
         level: Level,
         payload: impl Into<Vec<u8>>,
         timeout: Duration,
-    ) -> Result<(), Error> {
+    ) -> Result<MsgId, Error> {
         let deadline = deadline_after(timeout);
         let (reply, answer) = oneshot::channel();
         let command = Command::Multicast {
@@ -497,25 +658,23 @@ impl Handle {
             Ok(Err(_)) => return Err(Error::Stopped),
             Ok(Ok(())) => {}
         }
-        // The driver answers by the deadline; the grace covers a driver
-        // busy saving state. It never sends the message after the deadline.
-        let grace = deadline_after(timeout + Duration::from_secs(1));
-        match tokio::time::timeout_at(grace, answer).await {
-            Err(_) => Err(Error::Timeout(timeout)),
-            Ok(Err(_)) => Err(Error::Stopped),
-            Ok(Ok(result)) => result,
-        }
+        // The driver refuses by the deadline a message it could not accept;
+        // once accepted, the answer (the MsgId) comes when the message is
+        // given its place, which a view change can delay: no timeout here,
+        // the message will be sent and must not be reported as refused.
+        answer.await.unwrap_or(Err(Error::Stopped))
     }
 
     /// Multicasts without waiting for room: [`Error::Busy`] when the
     /// command queue is full, [`Error::Refused`] with
-    /// [`SendError::QueueFull`] when the node's send queue is.
+    /// [`SendError::QueueFull`] when the node's send queue is. Otherwise as
+    /// [`Handle::multicast`].
     pub async fn try_multicast(
         &self,
         group: &str,
         level: Level,
         payload: impl Into<Vec<u8>>,
-    ) -> Result<(), Error> {
+    ) -> Result<MsgId, Error> {
         let (reply, answer) = oneshot::channel();
         let command = Command::Multicast {
             group: group.to_owned(),
@@ -567,6 +726,12 @@ impl Handle {
         }
     }
 
+    /// Leaves the cluster cleanly and waits until the driver has ended (the
+    /// same as [`Handle::leave`]).
+    pub async fn shutdown(&self) -> Result<(), Error> {
+        self.leave().await
+    }
+
     /// All counters.
     pub async fn counters(&self) -> Result<RuntimeCounters, Error> {
         let (reply, answer) = oneshot::channel();
@@ -574,26 +739,37 @@ impl Handle {
         answer.await.map_err(|_| Error::Stopped)
     }
 
-    /// The current view.
+    /// A snapshot of the current view.
     pub async fn view(&self) -> Result<View, Error> {
         let (reply, answer) = oneshot::channel();
         self.command(Command::View { reply }).await?;
         answer.await.map_err(|_| Error::Stopped)
     }
 
-    /// Key rotation, step 1: accept datagrams sealed under `next` too.
-    pub async fn stage_key(&self, next: ClusterKey) -> Result<(), Error> {
+    /// The members of the current regular view, sorted.
+    pub async fn members(&self) -> Result<Vec<Pid>, Error> {
+        Ok(self.view().await?.members)
+    }
+
+    /// Key rotation, step 1 (see the module documentation): accept
+    /// datagrams sealed under `next` too.
+    pub async fn stage_key(&self, next: ClusterKey) -> Result<KeyStatus, Error> {
         self.key_step(KeyStep::Stage(next)).await
     }
 
     /// Key rotation, step 2: seal under `new`, still accepting the old key.
-    pub async fn rotate_key(&self, new: ClusterKey) -> Result<(), Error> {
+    pub async fn rotate_key(&self, new: ClusterKey) -> Result<KeyStatus, Error> {
         self.key_step(KeyStep::Rotate(new)).await
     }
 
     /// Key rotation, step 3: stop accepting the previous key.
-    pub async fn retire_old_key(&self) -> Result<(), Error> {
+    pub async fn retire_old_key(&self) -> Result<KeyStatus, Error> {
         self.key_step(KeyStep::RetireOld).await
+    }
+
+    /// The ids of the keys the node holds.
+    pub async fn key_status(&self) -> Result<KeyStatus, Error> {
+        self.key_step(KeyStep::Status).await
     }
 
     /// Waits until the driver has ended: `Ok` after a clean leave, the
@@ -612,7 +788,7 @@ impl Handle {
         self.outcome.borrow().is_some()
     }
 
-    async fn key_step(&self, step: KeyStep) -> Result<(), Error> {
+    async fn key_step(&self, step: KeyStep) -> Result<KeyStatus, Error> {
         let (reply, answer) = oneshot::channel();
         self.command(Command::Key { step, reply }).await?;
         answer.await.map_err(|_| Error::Stopped)
@@ -631,6 +807,31 @@ impl Handle {
             mpsc::error::TrySendError::Closed(_) => Error::Stopped,
         })
     }
+}
+
+/// The receive path of the driver, for every datagram the socket gives it:
+/// opened by `sealer` (authenticated, decrypted, replay-checked) before the
+/// node decodes a byte of it, then handed to
+/// [`Node::handle_authenticated`](crate::Node::handle_authenticated) with
+/// the sender the seal authenticated. A datagram that fails to open is
+/// counted by the sealer and returned as the error; one that opens but does
+/// not decode is counted by the node. Never panics, whatever the bytes:
+/// the fuzz target (`gc-core/fuzz`) and `tests/receive_path.rs` feed it
+/// arbitrary input. `buf` is scratch space, reused across calls.
+pub fn receive(
+    sealer: &mut crate::seal::Sealer,
+    node: &mut crate::Node,
+    buf: &mut Vec<u8>,
+    now: crate::Time,
+    from: SocketAddr,
+    datagram: &[u8],
+) -> Result<(), crate::seal::OpenError> {
+    let opened = sealer.open(datagram, buf)?;
+    // The seal authenticated the sender; the node drops a packet whose
+    // header names anyone else, so a member holding the key still cannot
+    // speak for another member.
+    node.handle_authenticated(now, from, opened.sender, opened.plaintext);
+    Ok(())
 }
 
 /// `timeout` from now, or a year from now if that overflows.
