@@ -185,6 +185,15 @@ impl Streams {
                 *c = contig;
             }
         }
+        // The sender holds every frame of its own stream up to this one (it
+        // sent them in order): that is its acknowledgement of them. Without
+        // this a safe message waited for its sender's next periodic ack (a
+        // heartbeat interval, 50 ms) although the sender had it all along.
+        if s != self.me {
+            if let Some(c) = self.acks.get_mut(s).and_then(|row| row.get_mut(s)) {
+                *c = (*c).max(seq);
+            }
+        }
         Received::New
     }
 
