@@ -59,6 +59,14 @@ pub struct Config {
     pub startup_wait: Duration,
     /// Retransmission request period.
     pub nack_interval: Duration,
+    /// How long a gap in a sender's stream must stand, in a regular view,
+    /// before the first retransmission request for it. Zero (the default)
+    /// asks at once. On a loaded host the missing frames are often still
+    /// unread in the socket buffer behind the frame or ack that revealed
+    /// the gap: a few milliseconds here removed most retransmissions in the
+    /// runtime's throughput benchmark (BENCHMARKS.md). Left at zero until
+    /// the simulator's liveness runs are checked with it.
+    pub nack_grace: Duration,
     /// How long an acknowledgement may wait for other traffic to ride on.
     pub ack_delay: Duration,
     /// Record a [`TraceRecord`] stream for the checker.
@@ -103,6 +111,7 @@ impl Config {
             merge_cooldown: Duration::from_millis(1000),
             startup_wait: Duration::from_millis(100),
             nack_interval: Duration::from_millis(10),
+            nack_grace: Duration::ZERO,
             ack_delay: Duration::ZERO,
             trace: false,
             rng_seed: 0,
@@ -1659,6 +1668,7 @@ impl Node {
             4 * self.cfg.window,
         );
         streams.agreed_in_arrival_order = self.cfg.bug == Some(Bug::AgreedInArrivalOrder);
+        streams.nack_grace = self.cfg.nack_grace;
         let old = std::mem::replace(&mut self.cur.streams, streams);
         if old_id.counter != 0 {
             self.retained.push_back(old);

@@ -42,7 +42,7 @@ options:
   --set KNOB=VALUE       protocol and runtime settings (repeatable): max_datagram,
                          ack_delay_us, heartbeat_ms, suspect_ms, join_interval_ms,
                          join_timeout_ms, consensus_ms, install_ms, discovery_ms,
-                         merge_cooldown_ms, startup_wait_ms, nack_ms, window,
+                         merge_cooldown_ms, startup_wait_ms, nack_ms, nack_grace_us, window,
                          send_queue_bytes, event_capacity, socket_buffer, recv_batch
   env NODE_LOG=error|warn|info|debug|trace (default warn), logs go to stderr
 
@@ -199,6 +199,7 @@ fn apply_sets(rc: &mut RuntimeConfig, sets: &[(String, String)]) -> Result<(), S
             "merge_cooldown_ms" => c.merge_cooldown = ms,
             "startup_wait_ms" => c.startup_wait = ms,
             "nack_ms" => c.nack_interval = ms,
+            "nack_grace_us" => c.nack_grace = Duration::from_micros(n),
             "window" => c.window = n,
             "send_queue_bytes" => c.send_queue_bytes = n as usize,
             "event_capacity" => rc.event_capacity = n as usize,
