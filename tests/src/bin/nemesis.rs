@@ -1,0 +1,3 @@
+//! Random faults against a live fleet (placeholder until the runtime lands).
+
+fn main() {}

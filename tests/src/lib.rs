@@ -1,0 +1,17 @@
+//! Flotilla's end-to-end tests and fault harness.
+//!
+//! - [`vlan`]: hosts as Linux network namespaces on a bridge, and the
+//!   processes running in them;
+//! - [`faults`]: partitions, heals, kill -9 and restart, SIGSTOP/SIGCONT,
+//!   packet loss between chosen hosts;
+//! - [`scenario`]: fleets of real processes on such a network, and the gc-core
+//!   checker run on the event logs every host wrote;
+//! - [`nemesis`]: random faults against a live fleet under a steady workload.
+//!
+//! The tests in `tests/` need root and iproute2; without them they print why
+//! and pass without doing anything. `tests/FAULTS.md` describes the suite.
+
+pub mod faults;
+pub mod nemesis;
+pub mod scenario;
+pub mod vlan;

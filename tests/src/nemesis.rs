@@ -1,0 +1,1 @@
+//! Random faults against a live fleet (see `src/bin/nemesis.rs`).

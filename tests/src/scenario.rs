@@ -1,0 +1,1 @@
+//! Fleets of real processes on a virtual LAN, and the checker on their traces.
