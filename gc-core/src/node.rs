@@ -590,13 +590,7 @@ impl Node {
     /// Takes in a datagram whose sender the runtime authenticated (the
     /// sealed header named `sender`): a packet that claims another sender
     /// is dropped and counted, so a member cannot speak for another.
-    pub fn handle_authenticated(
-        &mut self,
-        now: Time,
-        from: SocketAddr,
-        sender: Pid,
-        bytes: &[u8],
-    ) {
+    pub fn handle_authenticated(&mut self, now: Time, from: SocketAddr, sender: Pid, bytes: &[u8]) {
         match wire::peek_sender(bytes) {
             Some(p) if p == sender => self.handle_datagram(now, from, bytes),
             _ => {
@@ -757,7 +751,7 @@ impl Node {
 
     fn refuse(&mut self, addr: SocketAddr, reason: String) {
         let now = self.now;
-        let due = self.refusals.get(&addr).map_or(true, |t| now >= *t);
+        let due = self.refusals.get(&addr).is_none_or(|t| now >= *t);
         if due {
             if self.refusals.len() >= 1024 {
                 self.refusals.retain(|_, t| *t > now);
@@ -1044,7 +1038,7 @@ impl Node {
                 && self
                     .newest
                     .get(&p.node)
-                    .map_or(true, |i| *i <= p.incarnation)
+                    .is_none_or(|i| *i <= p.incarnation)
             {
                 self.addrs.entry(*p).or_insert(*a);
             }
@@ -1914,7 +1908,7 @@ impl Node {
                 && self
                     .newest
                     .get(&p.node)
-                    .map_or(true, |i| *i <= p.incarnation)
+                    .is_none_or(|i| *i <= p.incarnation)
             {
                 targets.insert(*a);
             }

@@ -201,7 +201,7 @@ mod tests {
         // {3,4,5} holds a majority of {1..5} but not of {1,2,3}.
         let init = PrimaryState::initial(vec![1, 2, 3, 4, 5]);
         let attempt = rec(1, view(5, 1), &[1, 2, 3]);
-        let amb = vec![attempt.clone()];
+        let amb = [attempt.clone()];
         let reports = vec![
             (3, &init.last, &amb[..]),
             (4, &init.last, &[][..]),
@@ -214,7 +214,7 @@ mod tests {
     fn an_attempt_whose_coordinator_never_committed_is_dropped() {
         let init = PrimaryState::initial(vec![1, 2, 3, 4, 5]);
         let attempt = rec(1, view(5, 1), &[1, 2, 3]);
-        let amb = vec![attempt.clone()];
+        let amb = [attempt.clone()];
         // Host 1, the attempt's coordinator, reports last primary 0.
         let reports = vec![
             (1, &init.last, &amb[..]),
