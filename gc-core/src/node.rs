@@ -1034,12 +1034,7 @@ impl Node {
             .max(j.state.max_counter)
             .max(j.state.view.counter);
         for (p, a) in &j.addrs {
-            if *p != self.me
-                && self
-                    .newest
-                    .get(&p.node)
-                    .is_none_or(|i| *i <= p.incarnation)
-            {
+            if *p != self.me && self.newest.get(&p.node).is_none_or(|i| *i <= p.incarnation) {
                 self.addrs.entry(*p).or_insert(*a);
             }
         }
@@ -1905,10 +1900,7 @@ impl Node {
         let mut targets: BTreeSet<SocketAddr> = self.cfg.seeds.iter().copied().collect();
         for (p, a) in &self.addrs {
             if !self.cur.members.contains(p)
-                && self
-                    .newest
-                    .get(&p.node)
-                    .is_none_or(|i| *i <= p.incarnation)
+                && self.newest.get(&p.node).is_none_or(|i| *i <= p.incarnation)
             {
                 targets.insert(*a);
             }

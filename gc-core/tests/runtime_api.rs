@@ -161,3 +161,53 @@ async fn every_start_is_a_new_incarnation() -> R {
     timeout(Duration::from_secs(5), h2.shutdown()).await??;
     Ok(())
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_full_send_queue_is_backpressure_not_memory() -> R {
+    let dir = tempfile::tempdir()?;
+    let key = dir.path().join("cluster.key");
+    ClusterKey::generate()?.write_new(&key)?;
+    let addrs = free_addrs(1)?;
+    let mut node = Config::new(Pid::new(1, 0));
+    node.seeds = addrs.clone();
+    // No view for a long while: nothing leaves the send queue.
+    node.startup_wait = Duration::from_secs(30);
+    node.send_queue_bytes = 1000;
+    let rc = RuntimeConfig::from_files(node, addrs[0], &key, dir.path().join("n1"))?;
+    let (h, _events) = spawn(rc).await?;
+    let first = {
+        let h = h.clone();
+        tokio::spawn(async move { h.multicast("g", Level::Agreed, vec![0u8; 800]).await })
+    };
+    // Let the first one be accepted.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let refused = h.try_multicast("g", Level::Agreed, vec![0u8; 800]).await;
+    match &refused {
+        Err(e) => assert!(e.is_backpressure(), "{e}"),
+        Ok(id) => panic!("accepted beyond the queue bound: {id}"),
+    }
+    let waited = h
+        .multicast_within(
+            "g",
+            Level::Agreed,
+            vec![0u8; 800],
+            Duration::from_millis(100),
+        )
+        .await;
+    assert!(
+        matches!(waited, Err(gc_core::runtime::Error::Timeout(_))),
+        "{waited:?}"
+    );
+    let empty = h.try_multicast("", Level::Agreed, vec![1]).await;
+    assert!(matches!(
+        empty,
+        Err(gc_core::runtime::Error::Refused(
+            gc_core::SendError::BadGroup
+        ))
+    ));
+    let c = h.counters().await?;
+    assert_eq!(c.drops().overload, 2);
+    assert!(!first.is_finished(), "sent without a view");
+    first.abort();
+    Ok(())
+}

@@ -85,12 +85,13 @@ pub(super) struct Driver {
     recv_batch: usize,
     recv_errors_in_a_row: u32,
     outcome: watch::Sender<Outcome>,
-    /// One entry per message in the node's send queue, in its order: who
-    /// waits for the message's [`MsgId`] (`None` for group joins and
-    /// leaves). The node's send queue changes only by appending and by
-    /// popping the head with a [`TraceEvent::Send`] record, so the two stay
-    /// in step; bounded by the node's send queue bounds.
-    sends: VecDeque<Option<oneshot::Sender<Result<MsgId, Error>>>>,
+    /// One entry per application message in the node's send queue, in its
+    /// order: who waits for the message's [`MsgId`]. The node keeps every
+    /// application message in its send queue until it pops it from the
+    /// head with a [`TraceEvent::Send`] record (it drops only queued group
+    /// joins and leaves at a view change), so the two stay in step; bounded
+    /// by the node's send queue bounds.
+    sends: VecDeque<oneshot::Sender<Result<MsgId, Error>>>,
     event_log: Option<EventLog>,
     /// Microseconds since the Unix epoch at `epoch`, for event log times.
     epoch_wall_us: u64,
@@ -528,7 +529,7 @@ impl Driver {
                 continue;
             }
             match self.offer(&p.group, p.level, p.payload) {
-                Offer::Accepted => self.sends.push_back(Some(p.reply)),
+                Offer::Accepted => self.sends.push_back(p.reply),
                 Offer::Refused(e) => {
                     let _ = p.reply.send(Err(e.into()));
                 }
@@ -544,6 +545,10 @@ impl Driver {
     /// Gives a multicast to the node. The payload is copied first only when
     /// the queue might be full, so that it can be given back.
     fn offer(&mut self, group: &str, level: Level, payload: Vec<u8>) -> Offer {
+        if group.is_empty() {
+            // "" marks the protocol's own messages in the trace.
+            return Offer::Refused(SendError::BadGroup);
+        }
         let len = payload.len();
         if len > self.send_queue_bytes {
             return Offer::Refused(SendError::TooLarge {
@@ -592,7 +597,7 @@ impl Driver {
                         });
                     }
                     Some((deadline, timeout)) => match self.offer(&group, level, payload) {
-                        Offer::Accepted => self.sends.push_back(Some(reply)),
+                        Offer::Accepted => self.sends.push_back(reply),
                         Offer::Refused(e) => {
                             let _ = reply.send(Err(e.into()));
                         }
@@ -611,7 +616,7 @@ impl Driver {
                     None => {
                         let result = match self.offer(&group, level, payload) {
                             Offer::Accepted => {
-                                self.sends.push_back(Some(reply));
+                                self.sends.push_back(reply);
                                 return;
                             }
                             Offer::Full(_) => {
@@ -633,12 +638,20 @@ impl Driver {
                 }
             }
             Command::JoinGroup { group, reply } => {
-                let result = self.membership_request(|node| node.join_group(now, &group));
-                let _ = reply.send(result);
+                let result = if group.is_empty() {
+                    Err(SendError::BadGroup)
+                } else {
+                    self.node.join_group(now, &group)
+                };
+                let _ = reply.send(result.map_err(Error::from));
             }
             Command::LeaveGroup { group, reply } => {
-                let result = self.membership_request(|node| node.leave_group(now, &group));
-                let _ = reply.send(result);
+                let result = if group.is_empty() {
+                    Err(SendError::BadGroup)
+                } else {
+                    self.node.leave_group(now, &group)
+                };
+                let _ = reply.send(result.map_err(Error::from));
             }
             Command::Leave { reply } => self.begin_leave(Some(reply)),
             Command::Counters { reply } => {
@@ -685,33 +698,6 @@ impl Driver {
         }
     }
 
-    /// A group join or leave: the node may or may not enqueue a membership
-    /// message for it (not when it is already in that state); when it does,
-    /// [`Driver::sends`] gets an entry so it stays in step.
-    fn membership_request(
-        &mut self,
-        request: impl FnOnce(&mut Node) -> Result<(), SendError>,
-    ) -> Result<(), Error> {
-        self.drain_trace();
-        let before = self.node.unsent();
-        let result = request(&mut self.node);
-        let mut records = Vec::new();
-        while let Some(r) = self.node.poll_trace() {
-            records.push(r);
-        }
-        let sent = records
-            .iter()
-            .filter(|r| matches!(r.event, TraceEvent::Send { .. }))
-            .count();
-        if self.node.unsent() + sent > before {
-            self.sends.push_back(None);
-        }
-        for r in records {
-            self.on_trace(r);
-        }
-        result.map_err(Error::from)
-    }
-
     /// Takes every trace record from the node.
     fn drain_trace(&mut self) {
         while let Some(r) = self.node.poll_trace() {
@@ -722,13 +708,17 @@ impl Driver {
     /// A trace record: a sent message's identity goes to whoever waits for
     /// it; every record goes to the event log.
     fn on_trace(&mut self, record: TraceRecord) {
-        if let TraceEvent::Send { msg, .. } = &record.event {
-            match self.sends.pop_front() {
-                Some(Some(reply)) => {
-                    let _ = reply.send(Ok(*msg));
+        // Group joins and leaves are traced with the group "" (which the
+        // runtime refuses as a group name), application messages with
+        // their group.
+        if let TraceEvent::Send { msg, group, .. } = &record.event {
+            if !group.is_empty() {
+                match self.sends.pop_front() {
+                    Some(reply) => {
+                        let _ = reply.send(Ok(*msg));
+                    }
+                    None => debug!(%msg, "a sent message nobody waited for (a bug)"),
                 }
-                Some(None) => {}
-                None => debug!(%msg, "a sent message nobody waited for (a bug)"),
             }
         }
         if self.event_log.is_some() {

@@ -597,7 +597,8 @@ impl Handle {
         self.local_addr
     }
 
-    /// Multicasts `payload` to `group` at `level`, waiting up to
+    /// Multicasts `payload` to `group` (a non-empty name) at `level`,
+    /// waiting up to
     /// [`RuntimeConfig::send_timeout`] for room in the node's send queue.
     ///
     /// Returns the message's identity once the node has given it its place
