@@ -75,7 +75,11 @@ fn workload(fleet: &mut NodeFleet, rounds: u64) -> usize {
 
 /// The end of every scenario: drain, check live with a liveness phase from
 /// `healed_at`, stop cleanly, check the complete logs.
-fn finish(mut fleet: NodeFleet, mut out: Outcome, healed_at: Time) -> Result<Outcome, ScenarioError> {
+fn finish(
+    mut fleet: NodeFleet,
+    mut out: Outcome,
+    healed_at: Time,
+) -> Result<Outcome, ScenarioError> {
     fleet.wait_quiet(Duration::from_millis(600), Duration::from_secs(20))?;
     out.checks.push(fleet.check_live(Some(LivenessPhase {
         healed_at,
@@ -136,12 +140,18 @@ pub fn partition_and_heal(hosts: usize) -> Result<Outcome, ScenarioError> {
     let comps = vec![(0..cut).collect::<Vec<_>>(), (cut..hosts).collect()];
     fleet.inject(Fault::Partition(comps.clone()))?;
     // The bridge really is cut before anything is concluded from the nodes.
-    if fleet.vlan.reachable(0, hosts - 1, Duration::from_millis(300))? {
-        out.notes.push("WARNING: the partition did not cut h1 from the last host".into());
+    if fleet
+        .vlan
+        .reachable(0, hosts - 1, Duration::from_millis(300))?
+    {
+        out.notes
+            .push("WARNING: the partition did not cut h1 from the last host".into());
     }
     let t = fleet.wait_views(&comps, VIEW_TIMEOUT)?;
-    out.notes
-        .push(format!("each component in its own view {} after the cut", secs(t)));
+    out.notes.push(format!(
+        "each component in its own view {} after the cut",
+        secs(t)
+    ));
     workload(&mut fleet, 8);
     fleet.inject(Fault::Heal)?;
     let at = wall_time();
@@ -164,8 +174,11 @@ pub fn kill_and_restart(hosts: usize) -> Result<Outcome, ScenarioError> {
     fleet.inject(Fault::Kill(victim))?;
     let rest: Vec<usize> = (0..hosts).filter(|&h| h != victim).collect();
     let t = fleet.wait_views(&[rest], VIEW_TIMEOUT)?;
-    out.notes
-        .push(format!("survivors' view without h{} {} after kill -9", victim + 1, secs(t)));
+    out.notes.push(format!(
+        "survivors' view without h{} {} after kill -9",
+        victim + 1,
+        secs(t)
+    ));
     workload(&mut fleet, 6);
     fleet.inject(Fault::Restart(victim))?;
     let at = wall_time();
@@ -229,8 +242,10 @@ pub fn multicast_discovery(hosts: usize) -> Result<Outcome, ScenarioError> {
     fleet.inject(Fault::Heal)?;
     let at = wall_time();
     let t = fleet.wait_one_view(VIEW_TIMEOUT)?;
-    out.notes
-        .push(format!("rediscovered by multicast and merged {} after the heal", secs(t)));
+    out.notes.push(format!(
+        "rediscovered by multicast and merged {} after the heal",
+        secs(t)
+    ));
     workload(&mut fleet, 4);
     finish(fleet, out, at)
 }

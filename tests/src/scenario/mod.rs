@@ -122,7 +122,12 @@ impl fmt::Display for CheckReport {
 ///
 /// `FLOTILLA_<NAME>_BIN` (e.g. `FLOTILLA_NODE_BIN`) skips the build and uses
 /// that file.
-pub fn cargo_build(package: &str, kind: &str, name: &str, release: bool) -> Result<PathBuf, ScenarioError> {
+pub fn cargo_build(
+    package: &str,
+    kind: &str,
+    name: &str,
+    release: bool,
+) -> Result<PathBuf, ScenarioError> {
     let var = format!("FLOTILLA_{}_BIN", name.to_uppercase().replace('-', "_"));
     if let Some(p) = std::env::var_os(&var) {
         return Ok(PathBuf::from(p));
@@ -132,7 +137,12 @@ pub fn cargo_build(package: &str, kind: &str, name: &str, release: bool) -> Resu
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut cmd = std::process::Command::new(cargo);
     cmd.current_dir(&workspace)
-        .args(["build", "--message-format=json-render-diagnostics", "-p", package])
+        .args([
+            "build",
+            "--message-format=json-render-diagnostics",
+            "-p",
+            package,
+        ])
         .arg(format!("--{kind}"))
         .arg(name);
     if release {
@@ -168,12 +178,14 @@ pub fn node_binary(release: bool) -> Result<PathBuf, ScenarioError> {
     static DEV: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     static REL: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let cell = if release { &REL } else { &DEV };
-    cell.get_or_init(|| cargo_build("gc-core", "example", "node", release).map_err(|e| e.to_string()))
-        .clone()
-        .map_err(|detail| ScenarioError::Build {
-            what: "gc-core example node".into(),
-            detail,
-        })
+    cell.get_or_init(|| {
+        cargo_build("gc-core", "example", "node", release).map_err(|e| e.to_string())
+    })
+    .clone()
+    .map_err(|detail| ScenarioError::Build {
+        what: "gc-core example node".into(),
+        detail,
+    })
 }
 
 /// Where runs keep their logs: `FLOTILLA_RUN_DIR`, or `$TMPDIR/flotilla-runs`.

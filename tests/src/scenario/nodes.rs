@@ -267,12 +267,9 @@ impl NodeFleet {
                 let first = comp.first().and_then(|&h| self.seen[h].view.clone());
                 first.is_some_and(|(id, members)| {
                     members == want
-                        && comp.iter().all(|&h| {
-                            self.seen[h]
-                                .view
-                                .as_ref()
-                                .is_some_and(|(i, _)| *i == id)
-                        })
+                        && comp
+                            .iter()
+                            .all(|&h| self.seen[h].view.as_ref().is_some_and(|(i, _)| *i == id))
                 })
             });
             if ok {
@@ -387,7 +384,10 @@ impl NodeFleet {
     /// running (the others as crashed, which is all a log without an end can
     /// say), so the checker demands that they share one view, installed by
     /// `healed_at + bound`, and delivered its messages.
-    pub fn check_live(&mut self, liveness: Option<LivenessPhase>) -> Result<CheckReport, ScenarioError> {
+    pub fn check_live(
+        &mut self,
+        liveness: Option<LivenessPhase>,
+    ) -> Result<CheckReport, ScenarioError> {
         self.pump();
         let mut trace = gc_core::eventlog::read_event_logs(&self.event_logs())?;
         let live: BTreeSet<Pid> = self
