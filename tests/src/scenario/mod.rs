@@ -165,7 +165,7 @@ pub fn cargo_build(
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == name)
         .filter_map(|v| v["executable"].as_str().map(PathBuf::from))
-        .last()
+        .next_back()
         .ok_or(ScenarioError::Build {
             what,
             detail: "cargo named no executable".into(),

@@ -219,11 +219,9 @@ impl NodeFleet {
                     Some("started") => seen.incarnation = v["incarnation"].as_u64(),
                     Some("sent") if v["ok"] == true => seen.sent += 1,
                     Some("sent") => seen.refused += 1,
-                    Some("error") => {
-                        if seen.errors.len() < 100 {
-                            seen.errors.push(v.to_string());
-                        }
-                    }
+                    // Bounded: a node stuck in a loop of errors must not
+                    // fill the harness's memory.
+                    Some("error") if seen.errors.len() < 100 => seen.errors.push(v.to_string()),
                     _ => {}
                 }
             }
