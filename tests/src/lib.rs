@@ -1,5 +1,7 @@
 //! Flotilla's end-to-end tests and fault harness.
 //!
+//! - [`loopback`] (re-exported at the crate root): a fleet of real `mgmtd`
+//!   processes on loopback, driven by the real `monitor` binary;
 //! - [`vlan`]: hosts as Linux network namespaces on a bridge, and the
 //!   processes running in them;
 //! - [`faults`]: partitions, heals, kill -9 and restart, SIGSTOP/SIGCONT,
@@ -12,6 +14,9 @@
 //! and pass without doing anything. `tests/FAULTS.md` describes the suite.
 
 pub mod faults;
+pub mod loopback;
 pub mod nemesis;
 pub mod scenario;
 pub mod vlan;
+
+pub use loopback::*;
