@@ -81,6 +81,8 @@ impl Group for GcGroup {
         self.handle
             .multicast(MGMT_GROUP, Level::Agreed, payload)
             .await
+            // The runtime now returns the message's id; mgmtd does not need it.
+            .map(drop)
             .map_err(|e| match e {
                 gc_core::runtime::Error::Stopped => GroupError::Stopped,
                 other => GroupError::Refused(other.to_string()),
