@@ -6,7 +6,9 @@
 //!   lines they print;
 //! - [`gc`]: the scenarios over that fleet: form a view across the bridge,
 //!   partition and heal, kill -9 and restart, SIGSTOP/SIGCONT, IP multicast
-//!   discovery.
+//!   discovery;
+//! - [`mgmt`]: mgmtd on every host, driven by the real monitor: simex during
+//!   a partition, and a rolling restart while simex commands run.
 //!
 //! Every scenario ends the same way: the workload stops, the harness waits
 //! for the fleet to go quiet, reads every host's event log and runs the
@@ -17,6 +19,7 @@
 //! processes that ended cleanly).
 
 pub mod gc;
+pub mod mgmt;
 pub mod nodes;
 
 use crate::faults::FaultError;
