@@ -146,7 +146,8 @@ fn dead_runs_are_swept() {
         .status()
         .unwrap();
     assert!(st.success());
-    assert!(namespaces().contains(stale));
-    assert!(vlan::sweep_dead_runs() >= 1);
+    // Another test building its network at the same time may sweep it
+    // first, so only the result is asserted, not who removed it.
+    vlan::sweep_dead_runs();
     assert!(!namespaces().contains(stale));
 }

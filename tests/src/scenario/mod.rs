@@ -151,6 +151,14 @@ pub fn cargo_build(
     if release {
         cmd.arg("--release");
     }
+    // Run by hand (the nemesis binary, not `cargo run`), cargo would build
+    // into the workspace's default target directory, from scratch; build
+    // beside the running executable instead.
+    if std::env::var_os("CARGO_TARGET_DIR").is_none() {
+        if let Some(dir) = target_dir_of_current_exe() {
+            cmd.arg("--target-dir").arg(dir);
+        }
+    }
     let out = cmd.output().map_err(|source| ScenarioError::Io {
         what: format!("running cargo to build {what}"),
         source,
@@ -173,6 +181,21 @@ pub fn cargo_build(
             what,
             detail: "cargo named no executable".into(),
         })
+}
+
+/// The target directory the running executable was built in:
+/// `TARGET/PROFILE/NAME` (binaries) or `TARGET/PROFILE/deps/NAME` (tests).
+fn target_dir_of_current_exe() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let mut dir = exe.parent()?.to_owned();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let profile = dir.file_name()?.to_str()?;
+    if profile != "debug" && profile != "release" {
+        return None;
+    }
+    dir.parent().map(Path::to_path_buf)
 }
 
 /// The gc-core `node` example (dev profile for tests, release for the
