@@ -11,7 +11,7 @@
 //! restart of every daemon while simex commands run. (b)-(d) need the
 //! replicated maps and siminst, which mgmtd does not serve yet.
 
-use super::{cargo_build, ScenarioError};
+use super::{cargo_build, ScenarioError, Target};
 use crate::faults::Fault;
 use crate::vlan::proc::{HostProcess, Spec, State};
 use crate::vlan::Vlan;
@@ -39,12 +39,32 @@ pub struct MgmtBinaries {
     pub monitor: PathBuf,
 }
 
-/// Builds mgmtd and monitor (dev profile).
+/// Builds mgmtd and monitor (dev profile, together), once per process.
 pub fn binaries() -> Result<MgmtBinaries, ScenarioError> {
-    Ok(MgmtBinaries {
-        mgmtd: cargo_build("mgmtd", "bin", "mgmtd", false)?,
-        monitor: cargo_build("monitor", "bin", "monitor", false)?,
-    })
+    static BUILT: std::sync::OnceLock<Result<MgmtBinaries, String>> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let t = |package, name| Target {
+                package,
+                kind: "bin",
+                name,
+            };
+            match cargo_build(&[t("mgmtd", "mgmtd"), t("monitor", "monitor")], false) {
+                Ok(v) => match v.as_slice() {
+                    [mgmtd, monitor] => Ok(MgmtBinaries {
+                        mgmtd: mgmtd.clone(),
+                        monitor: monitor.clone(),
+                    }),
+                    _ => Err("cargo named the wrong number of executables".into()),
+                },
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .clone()
+        .map_err(|detail| ScenarioError::Build {
+            what: "mgmtd and monitor".into(),
+            detail,
+        })
 }
 
 /// One host's outcome in a monitor report.

@@ -118,36 +118,55 @@ impl fmt::Display for CheckReport {
     }
 }
 
-/// Builds `cargo build -p PACKAGE --example/--bin NAME [--release]` in the
-/// workspace this crate belongs to (into the same target directory as the
-/// running build, which cargo's environment names) and returns the
-/// executable's path. Cargo is quick when it is up to date.
+/// One executable to build: package, `bin` or `example`, and its name.
+#[derive(Clone, Copy, Debug)]
+pub struct Target<'a> {
+    /// The package.
+    pub package: &'a str,
+    /// `bin` or `example`.
+    pub kind: &'a str,
+    /// The target's name.
+    pub name: &'a str,
+}
+
+/// Builds the `targets` with one `cargo build -p P... --bin/--example N...
+/// [--release]` in the workspace this crate belongs to (into the same target
+/// directory as the running build) and returns their paths, in order. Cargo
+/// is quick when they are up to date; the packages are selected together
+/// (as the loopback tests build mgmtd and monitor) so that cargo unifies
+/// their features the same way and the builds share their artifacts.
 ///
-/// `FLOTILLA_<NAME>_BIN` (e.g. `FLOTILLA_NODE_BIN`) skips the build and uses
-/// that file.
-pub fn cargo_build(
-    package: &str,
-    kind: &str,
-    name: &str,
-    release: bool,
-) -> Result<PathBuf, ScenarioError> {
-    let var = format!("FLOTILLA_{}_BIN", name.to_uppercase().replace('-', "_"));
-    if let Some(p) = std::env::var_os(&var) {
-        return Ok(PathBuf::from(p));
+/// `FLOTILLA_<NAME>_BIN` (e.g. `FLOTILLA_NODE_BIN`) set for every target
+/// skips the build and uses those files.
+pub fn cargo_build(targets: &[Target<'_>], release: bool) -> Result<Vec<PathBuf>, ScenarioError> {
+    let overrides: Vec<Option<PathBuf>> = targets
+        .iter()
+        .map(|t| {
+            let var = format!("FLOTILLA_{}_BIN", t.name.to_uppercase().replace('-', "_"));
+            std::env::var_os(var).map(PathBuf::from)
+        })
+        .collect();
+    if overrides.iter().all(Option::is_some) {
+        return Ok(overrides.into_iter().flatten().collect());
     }
-    let what = format!("{package} {kind} {name}");
+    let what: Vec<String> = targets
+        .iter()
+        .map(|t| format!("{} {} {}", t.package, t.kind, t.name))
+        .collect();
+    let what = what.join(", ");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut cmd = std::process::Command::new(cargo);
     cmd.current_dir(&workspace)
-        .args([
-            "build",
-            "--message-format=json-render-diagnostics",
-            "-p",
-            package,
-        ])
-        .arg(format!("--{kind}"))
-        .arg(name);
+        .args(["build", "--message-format=json-render-diagnostics"]);
+    let mut packages: Vec<&str> = targets.iter().map(|t| t.package).collect();
+    packages.dedup();
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    for t in targets {
+        cmd.arg(format!("--{}", t.kind)).arg(t.name);
+    }
     if release {
         cmd.arg("--release");
     }
@@ -169,18 +188,30 @@ pub fn cargo_build(
             detail: String::from_utf8_lossy(&out.stderr).into_owned(),
         });
     }
-    // The last compiler-artifact message for the target names its file.
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout
+    let messages: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == name)
-        .filter_map(|v| v["executable"].as_str().map(PathBuf::from))
-        .next_back()
-        .ok_or(ScenarioError::Build {
-            what,
-            detail: "cargo named no executable".into(),
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    targets
+        .iter()
+        .zip(overrides)
+        .map(|(t, over)| {
+            if let Some(p) = over {
+                return Ok(p);
+            }
+            // The last compiler-artifact message for the target names its
+            // file.
+            messages
+                .iter()
+                .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == t.name)
+                .filter_map(|v| v["executable"].as_str().map(PathBuf::from))
+                .next_back()
+                .ok_or(ScenarioError::Build {
+                    what: what.clone(),
+                    detail: format!("cargo named no executable for {}", t.name),
+                })
         })
+        .collect()
 }
 
 /// The target directory the running executable was built in:
@@ -205,7 +236,14 @@ pub fn node_binary(release: bool) -> Result<PathBuf, ScenarioError> {
     static REL: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let cell = if release { &REL } else { &DEV };
     cell.get_or_init(|| {
-        cargo_build("gc-core", "example", "node", release).map_err(|e| e.to_string())
+        let node = Target {
+            package: "gc-core",
+            kind: "example",
+            name: "node",
+        };
+        cargo_build(&[node], release)
+            .map_err(|e| e.to_string())
+            .and_then(|v| v.into_iter().next().ok_or_else(|| "no executable".into()))
     })
     .clone()
     .map_err(|detail| ScenarioError::Build {
