@@ -65,6 +65,9 @@ pub enum ScenarioError {
         /// The state when it gave up, to debug from.
         seen: String,
     },
+    /// A host index the fleet does not have.
+    #[error("no host with index {0} in this fleet")]
+    NoSuchHost(usize),
     /// Local I/O.
     #[error("{what}")]
     Io {

@@ -295,11 +295,7 @@ impl NodeFleet {
         let line = format!("send {} {GROUP} {text}", level_name(level));
         self.procs
             .get_mut(h)
-            .ok_or(ScenarioError::Timeout {
-                what: format!("host {h}"),
-                waited: Duration::ZERO,
-                seen: "no such host".into(),
-            })?
+            .ok_or(ScenarioError::NoSuchHost(h))?
             .send_line(&line)?;
         Ok(())
     }
