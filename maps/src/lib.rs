@@ -1,8 +1,12 @@
 //! Flotilla's replicated tables.
 pub mod bounds;
+mod primary;
+mod replica;
 mod table;
 mod update;
 
 pub use bounds::BoundError;
+pub use primary::{primary_server, Assigned, Member, Refusal, Sequencer, Tenure};
+pub use replica::{Change, Gap, Receipt, Replica, ReplicaError, ReplicaLimits};
 pub use table::{AppliedUpdate, ApplyError, Entry, InstallError, MapSnapshot, MapState, Tables};
 pub use update::{Op, Ordered, Outcome, Rejection, Update, UpdateId};
