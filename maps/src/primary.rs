@@ -234,12 +234,8 @@ impl Sequencer {
             });
         }
         if creates && !live {
-            let live_count = tables.live_count()
-                + self
-                    .creating
-                    .keys()
-                    .filter(|m| !tables.is_live(m))
-                    .count();
+            let live_count =
+                tables.live_count() + self.creating.keys().filter(|m| !tables.is_live(m)).count();
             if live_count >= MAX_MAPS {
                 return Err(Refusal::TooManyMaps {
                     map: map.to_owned(),
@@ -249,11 +245,7 @@ impl Sequencer {
             let known = tables.map(map).is_some() || self.last.contains_key(map);
             if !known {
                 let names = tables.maps().count()
-                    + self
-                        .last
-                        .keys()
-                        .filter(|m| tables.map(m).is_none())
-                        .count();
+                    + self.last.keys().filter(|m| tables.map(m).is_none()).count();
                 if names >= MAX_MAP_NAMES {
                     return Err(Refusal::TooManyMapNames {
                         map: map.to_owned(),

@@ -317,7 +317,10 @@ mod tests {
             Receipt::Buffered(_)
         ));
         let e = r.receive(o("m", 5, 51, Op::CreateMap)).unwrap_err();
-        assert!(matches!(e, ReplicaError::Conflict { version: 5, .. }), "{e}");
+        assert!(
+            matches!(e, ReplicaError::Conflict { version: 5, .. }),
+            "{e}"
+        );
     }
 
     #[test]

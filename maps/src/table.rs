@@ -808,7 +808,12 @@ pub(crate) mod tests {
         assert!(!r.outcome.is_applied());
         assert_eq!(content(&t, "m"), vec![("new".into(), "2".into(), 3)]);
         // Create inside a batch on a fresh map.
-        let r = step(&mut t, "n", 5, Op::Batch(vec![Op::CreateMap, set("k", "v")]));
+        let r = step(
+            &mut t,
+            "n",
+            5,
+            Op::Batch(vec![Op::CreateMap, set("k", "v")]),
+        );
         assert!(r.outcome.is_applied());
         assert_eq!(content(&t, "n"), vec![("k".into(), "v".into(), 1)]);
     }
@@ -817,7 +822,9 @@ pub(crate) mod tests {
     fn compare_and_set() {
         let mut t = Tables::new();
         step(&mut t, "m", 1, Op::CreateMap);
-        assert!(step(&mut t, "m", 2, cas("k", None, "a")).outcome.is_applied());
+        assert!(step(&mut t, "m", 2, cas("k", None, "a"))
+            .outcome
+            .is_applied());
         assert_eq!(
             step(&mut t, "m", 3, cas("k", None, "b")).outcome,
             Outcome::Rejected {
@@ -837,7 +844,9 @@ pub(crate) mod tests {
             .is_applied());
         assert_eq!(content(&t, "m"), vec![("k".into(), "c".into(), 4)]);
         step(&mut t, "m", 6, del("k"));
-        assert!(step(&mut t, "m", 7, cas("k", None, "e")).outcome.is_applied());
+        assert!(step(&mut t, "m", 7, cas("k", None, "e"))
+            .outcome
+            .is_applied());
     }
 
     #[test]

@@ -240,7 +240,10 @@ pub enum Rejection {
     MapExists,
     /// The update would add an entry to a map that has
     /// [`crate::bounds::MAX_ENTRIES`] entries.
-    #[error("the map is full ({} entries): delete entries or use another map", crate::bounds::MAX_ENTRIES)]
+    #[error(
+        "the map is full ({} entries): delete entries or use another map",
+        crate::bounds::MAX_ENTRIES
+    )]
     MapFull,
     /// A compare-and-set found the key at another version than expected.
     #[error("key {key:?} is {}, expected {}", show_version(*actual), show_version(*expected))]
@@ -291,9 +294,11 @@ mod tests {
             map: "hosts".into(),
             op,
         };
-        assert!(u(Op::Batch(vec![Op::CreateMap, Op::Del { key: "a".into() }]))
-            .validate()
-            .is_ok());
+        assert!(
+            u(Op::Batch(vec![Op::CreateMap, Op::Del { key: "a".into() }]))
+                .validate()
+                .is_ok()
+        );
         assert_eq!(
             u(Op::Batch(vec![Op::CreateMap, Op::Batch(vec![])])).validate(),
             Err(BoundError::NestedBatch { index: 1 })
