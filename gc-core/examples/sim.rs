@@ -13,7 +13,7 @@
 //! with the command that replays it. The last line is
 //! `seeds: N, violations: V`.
 
-use gc_core::check::{check, Violation};
+use gc_core::check::{check, Property, Violation};
 use gc_core::sim::{run, SimConfig, SimStats};
 use gc_core::Bug;
 use std::process::ExitCode;
@@ -137,7 +137,18 @@ fn main() -> ExitCode {
                 cfg.bug = args.bug;
                 let nodes = cfg.nodes;
                 let out = run(cfg);
-                let violations = check(&out.trace);
+                let mut violations = check(&out.trace);
+                if out.stats.step_budget_exceeded {
+                    violations.push(Violation {
+                        property: Property::Liveness,
+                        processes: Vec::new(),
+                        messages: Vec::new(),
+                        detail: format!(
+                            "the run exceeded {} simulation steps (a datagram storm?)",
+                            gc_core::sim::MAX_STEPS
+                        ),
+                    });
+                }
                 if args.verbose {
                     println!(
                         "seed {seed}: nodes {nodes}, views {}, multicasts {}, deliveries {}, datagrams {}, converged after {:?}, faults {:?}, violations {}",

@@ -587,7 +587,28 @@ impl Node {
 
     // ----- inputs -----
 
-    /// Takes in a datagram from `from`.
+    /// Takes in a datagram whose sender the runtime authenticated (the
+    /// sealed header named `sender`): a packet that claims another sender
+    /// is dropped and counted, so a member cannot speak for another.
+    pub fn handle_authenticated(
+        &mut self,
+        now: Time,
+        from: SocketAddr,
+        sender: Pid,
+        bytes: &[u8],
+    ) {
+        match wire::peek_sender(bytes) {
+            Some(p) if p == sender => self.handle_datagram(now, from, bytes),
+            _ => {
+                self.advance(now);
+                self.counters.datagrams_in += 1;
+                self.counters.drop_decode += 1;
+            }
+        }
+    }
+
+    /// Takes in a datagram from `from`. Prefer
+    /// [`Node::handle_authenticated`] on a real network.
     pub fn handle_datagram(&mut self, now: Time, from: SocketAddr, bytes: &[u8]) {
         self.advance(now);
         if matches!(self.phase, Phase::Left) {

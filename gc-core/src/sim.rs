@@ -178,6 +178,8 @@ pub struct SimStats {
     pub virtual_time: Duration,
     /// Simulation steps.
     pub steps: u64,
+    /// The run hit [`MAX_STEPS`] and was stopped.
+    pub step_budget_exceeded: bool,
     /// Deadlines that handling a timeout did not move (a protocol bug).
     pub stuck_timers: u64,
     /// What each running node was doing when the run ended.
@@ -206,6 +208,9 @@ struct Slot {
     timer: Time,
     left: bool,
     groups: Vec<String>,
+    /// Application events kept for scripted scenarios (deliveries beyond a
+    /// bound are dropped so long runs stay small).
+    events: Vec<Event>,
 }
 
 #[derive(Clone, Debug)]
@@ -229,6 +234,8 @@ pub struct Sim {
     stats: SimStats,
     tag: u64,
     sent_at: BTreeMap<u64, Time>,
+    keep_events: bool,
+    recorded: Option<Vec<Vec<u8>>>,
 }
 
 fn addr_of(i: usize) -> SocketAddr {
@@ -237,6 +244,10 @@ fn addr_of(i: usize) -> SocketAddr {
         7000,
     ))
 }
+
+/// Most simulation steps one run may take (a quiet 9-node run takes about
+/// 30,000).
+pub const MAX_STEPS: u64 = 2_000_000;
 
 const GROUP_NAMES: [&str; 3] = ["mgmt", "table", "install"];
 
@@ -256,6 +267,7 @@ impl Sim {
                 timer: Time::NEVER,
                 left: false,
                 groups: Vec::new(),
+                events: Vec::new(),
             })
             .collect();
         Sim {
@@ -271,6 +283,8 @@ impl Sim {
             stats: SimStats::default(),
             tag: 0,
             sent_at: BTreeMap::new(),
+            keep_events: false,
+            recorded: None,
         }
     }
 
@@ -342,9 +356,10 @@ impl Sim {
             let Some(node) = slot.node.as_mut() else {
                 return;
             };
+            let slot_pid = node.pid();
             while let Some(ev) = node.poll_event() {
-                match ev {
-                    Event::PersistPrimary(p) => slot.disk = p,
+                match &ev {
+                    Event::PersistPrimary(p) => slot.disk = p.clone(),
                     Event::Left => left = true,
                     Event::Deliver(d) => {
                         if d.level == Level::Agreed {
@@ -353,7 +368,7 @@ impl Sim {
                                 b.copy_from_slice(tag);
                                 let tag = u64::from_le_bytes(b);
                                 if let Some(t0) = self.sent_at.get(&tag) {
-                                    if d.msg.sender == node.pid() {
+                                    if d.msg.sender == slot_pid {
                                         self.stats
                                             .agreed_latency_us
                                             .push(now.since(*t0).as_micros() as u64);
@@ -363,6 +378,9 @@ impl Sim {
                         }
                     }
                     _ => {}
+                }
+                if self.keep_events && slot.events.len() < 100_000 {
+                    slot.events.push(ev);
                 }
             }
             if let Some(t) = slot.trace.as_mut() {
@@ -403,6 +421,11 @@ impl Sim {
         let from = self.slots[i].addr;
         for tx in transmits {
             self.stats.datagrams += 1;
+            if let Some(rec) = self.recorded.as_mut() {
+                if rec.len() < 10_000 {
+                    rec.push(tx.payload.clone());
+                }
+            }
             let Some(to) = self.slots.iter().position(|s| s.addr == tx.dest) else {
                 continue;
             };
@@ -549,6 +572,12 @@ impl Sim {
     /// Advances to the next thing that happens before `until`; false when
     /// nothing does.
     fn step(&mut self, until: Time) -> bool {
+        if self.stats.steps >= MAX_STEPS {
+            // A run that never quiets down (a datagram storm) is a liveness
+            // failure; stop it instead of eating the machine.
+            self.stats.step_budget_exceeded = true;
+            return false;
+        }
         let net = self.network.keys().next().copied();
         let timer = self
             .slots
@@ -598,6 +627,10 @@ impl Sim {
         self.now = self.now.max(until);
     }
 
+    fn out_of_budget(&self) -> bool {
+        self.stats.step_budget_exceeded
+    }
+
     /// The live nodes share one regular view made of exactly them, with
     /// nothing left to send.
     fn converged(&self) -> bool {
@@ -633,6 +666,131 @@ impl Sim {
         })
     }
 
+    // ----- scripted scenarios (tests drive these directly) -----
+
+    /// Keeps every application event for [`Sim::app_events`].
+    pub fn keep_events(&mut self) {
+        self.keep_events = true;
+    }
+
+    /// Starts keeping copies of the datagrams sent (up to 10,000), for
+    /// tests that mutate real traffic.
+    pub fn record_datagrams(&mut self) {
+        self.recorded = Some(Vec::new());
+    }
+
+    /// The datagrams kept since [`Sim::record_datagrams`].
+    pub fn recorded_datagrams(&self) -> &[Vec<u8>] {
+        self.recorded.as_deref().unwrap_or(&[])
+    }
+
+    /// Starts every node.
+    pub fn boot(&mut self) {
+        for i in 0..self.slots.len() {
+            self.start(i);
+        }
+    }
+
+    /// Lets virtual time pass.
+    pub fn advance(&mut self, d: Duration) {
+        let until = self.now.plus(d);
+        self.run_until(until);
+    }
+
+    /// The current virtual time.
+    pub fn now(&self) -> Time {
+        self.now
+    }
+
+    /// Node `i`, when running.
+    pub fn node(&self, i: usize) -> Option<&Node> {
+        self.slots.get(i).and_then(|s| s.node.as_ref())
+    }
+
+    /// Multicasts from node `i`.
+    pub fn multicast(
+        &mut self,
+        i: usize,
+        group: &str,
+        level: Level,
+        payload: Vec<u8>,
+    ) -> Result<(), crate::node::SendError> {
+        let now = self.now;
+        let r = match self.slots.get_mut(i).and_then(|s| s.node.as_mut()) {
+            Some(node) => node.multicast(now, group, level, payload),
+            None => Err(crate::node::SendError::Leaving),
+        };
+        if r.is_ok() {
+            self.stats.multicasts += 1;
+        }
+        self.drain(i);
+        r
+    }
+
+    /// Hands node `i` a raw datagram as if it came from `from`.
+    pub fn inject(&mut self, i: usize, from: SocketAddr, bytes: &[u8]) {
+        let now = self.now;
+        if let Some(node) = self.slots.get_mut(i).and_then(|s| s.node.as_mut()) {
+            node.handle_datagram(now, from, bytes);
+        }
+        self.drain(i);
+    }
+
+    /// Cuts the network into the given components (node indexes).
+    pub fn partition(&mut self, components: &[&[usize]]) {
+        self.blocked.clear();
+        let n = self.slots.len();
+        let comp = |x: usize| components.iter().position(|c| c.contains(&x));
+        for a in 0..n {
+            for b in 0..n {
+                if comp(a) != comp(b) {
+                    self.blocked.insert((a, b));
+                }
+            }
+        }
+    }
+
+    /// Heals every partition.
+    pub fn heal(&mut self) {
+        self.blocked.clear();
+    }
+
+    /// Crashes node `i`.
+    pub fn kill(&mut self, i: usize) {
+        if i < self.slots.len() {
+            self.crash(i);
+        }
+    }
+
+    /// Restarts node `i` as a new incarnation.
+    pub fn restart(&mut self, i: usize) {
+        if i < self.slots.len() && self.slots[i].node.is_none() {
+            self.start(i);
+        }
+    }
+
+    /// Events the application of node `i` received that the simulator does
+    /// not consume itself, oldest first.
+    pub fn app_events(&self, i: usize) -> &[Event] {
+        self.slots.get(i).map_or(&[], |s| &s.events[..])
+    }
+
+    /// Ends a scripted run: every process's trace, without a liveness phase.
+    pub fn finish(mut self) -> Trace {
+        let mut processes = std::mem::take(&mut self.done);
+        for slot in &mut self.slots {
+            if let (Some(node), Some(mut t)) = (slot.node.as_ref(), slot.trace.take()) {
+                t.unsent_at_end = node.unsent() as u64;
+                processes.push(t);
+            }
+        }
+        processes.sort_by_key(|p| p.pid);
+        Trace {
+            processes,
+            liveness: None,
+        }
+    }
+
     /// Runs the whole scenario.
     pub fn run(mut self) -> SimOutcome {
         for i in 0..self.slots.len() {
@@ -641,7 +799,7 @@ impl Sim {
         let fault_end = Time::ZERO.plus(self.cfg.fault_phase);
         let mut next_fault = self.now.plus(self.rng.exp(self.cfg.fault_interval));
         let mut next_send = self.now.plus(self.rng.exp(self.cfg.send_interval));
-        while self.now < fault_end {
+        while self.now < fault_end && !self.out_of_budget() {
             let until = next_fault.min(next_send).min(fault_end);
             self.run_until(until);
             if self.now >= fault_end {
@@ -667,7 +825,7 @@ impl Sim {
         let healed_at = self.now;
         let deadline = healed_at.plus(self.cfg.liveness_bound);
         let tick = Duration::from_millis(10);
-        while self.now < deadline && !self.converged() {
+        while self.now < deadline && !self.converged() && !self.out_of_budget() {
             let until = self.now.plus(tick);
             self.run_until(until);
         }
@@ -687,7 +845,7 @@ impl Sim {
                     self.drain(i);
                 }
             }
-            while self.now < deadline && !self.probes_delivered(&probes) {
+            while self.now < deadline && !self.probes_delivered(&probes) && !self.out_of_budget() {
                 let until = self.now.plus(tick);
                 self.run_until(until);
             }

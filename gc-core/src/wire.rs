@@ -369,6 +369,15 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Packet, DecodeError> {
     Ok(packet)
 }
 
+/// The sender named in a datagram's header, without decoding the rest.
+pub(crate) fn peek_sender(bytes: &[u8]) -> Option<Pid> {
+    let (&version, rest) = bytes.split_first()?;
+    if version != WIRE_VERSION {
+        return None;
+    }
+    postcard::take_from_bytes::<Pid>(rest).ok().map(|(p, _)| p)
+}
+
 /// Encodes one frame on its own, for splicing into datagrams.
 pub(crate) fn encode_frame(frame: &Frame) -> Vec<u8> {
     // Encoding into a Vec cannot fail for these types: every field is a

@@ -10,6 +10,7 @@ pub(crate) fn words_for(n: usize) -> usize {
 }
 
 /// Sets bit `i`; out-of-range bits are ignored.
+#[inline]
 pub(crate) fn set(bits: &mut [u64], i: usize) {
     if let Some(w) = bits.get_mut(i / 64) {
         *w |= 1u64 << (i % 64);
@@ -17,6 +18,7 @@ pub(crate) fn set(bits: &mut [u64], i: usize) {
 }
 
 /// `dst |= src`, over the shorter of the two.
+#[inline]
 pub(crate) fn or_into(dst: &mut [u64], src: &[u64]) {
     for (d, s) in dst.iter_mut().zip(src) {
         *d |= *s;
@@ -24,6 +26,7 @@ pub(crate) fn or_into(dst: &mut [u64], src: &[u64]) {
 }
 
 /// The bits set in `word`, as indices offset by `64 * word_index`.
+#[inline]
 pub(crate) fn ones(word_index: usize, mut word: u64) -> impl Iterator<Item = usize> {
     std::iter::from_fn(move || {
         if word == 0 {
@@ -36,6 +39,7 @@ pub(crate) fn ones(word_index: usize, mut word: u64) -> impl Iterator<Item = usi
 }
 
 /// The mask of bits `lo..hi` within word `w`.
+#[inline]
 pub(crate) fn range_mask(w: usize, lo: usize, hi: usize) -> u64 {
     let start = w * 64;
     let end = start + 64;
@@ -64,6 +68,7 @@ impl BitMatrix {
     }
 
     /// Row `r`; empty when out of range.
+    #[inline]
     pub(crate) fn row(&self, r: usize) -> &[u64] {
         self.data
             .get(r * self.words..(r + 1) * self.words)
@@ -71,6 +76,7 @@ impl BitMatrix {
     }
 
     /// Row `r`, mutable; empty when out of range.
+    #[inline]
     pub(crate) fn row_mut(&mut self, r: usize) -> &mut [u64] {
         self.data
             .get_mut(r * self.words..(r + 1) * self.words)

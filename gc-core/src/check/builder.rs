@@ -247,7 +247,8 @@ impl TraceBuilder {
         self.clock
     }
 
-    /// The trace.
+    /// The trace. Consumes the builder: clone it first to build a trace
+    /// and go on adding to it.
     pub fn build(self) -> Trace {
         Trace {
             processes: self.processes,

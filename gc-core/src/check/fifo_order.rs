@@ -12,7 +12,7 @@
 //! never delivered, so the cost is one pass per (stream, receiver) rather
 //! than one per pair of messages.
 
-use super::index::Index;
+use super::index::{Index, NONE};
 use super::{list, Sink};
 use crate::types::{Level, Pid, ViewId};
 use std::collections::BTreeMap;
@@ -28,26 +28,26 @@ struct Earlier {
 
 pub(super) fn check(ix: &Index<'_>, out: &mut Sink<'_>) {
     for sender in &ix.procs {
-        let mut streams: BTreeMap<ViewId, Vec<usize>> = BTreeMap::new();
+        let mut streams: BTreeMap<ViewId, Vec<(usize, Level)>> = BTreeMap::new();
         for s in sender.sends.iter().filter(|s| s.canonical) {
             if let Some(m) = ix.msgs.get(s.msg) {
-                streams.entry(m.id.view).or_default().push(s.msg);
+                streams.entry(m.id.view).or_default().push((s.msg, m.level));
             }
         }
         for stream in streams.values() {
-            for (ri, r) in ix.procs.iter().enumerate() {
+            for r in &ix.procs {
                 let mut fifo = Earlier::default();
                 let mut causal = Earlier::default();
-                for &m2 in stream {
-                    let Some(level) = ix.msgs.get(m2).map(|m| m.level) else {
-                        continue;
-                    };
-                    let at = ix.delivered_at(ri, m2);
+                for &(m2, level) in stream {
+                    let at = r.first.get(m2).copied().filter(|&f| f != NONE);
                     if let Some(p2) = at {
-                        if !judge(ix, out, r.pid, m2, p2, &mut fifo) {
+                        if fifo.broken_by(p2) && !judge(ix, out, r.pid, m2, p2, &mut fifo) {
                             return;
                         }
-                        if level.is_causal_class() && !judge(ix, out, r.pid, m2, p2, &mut causal) {
+                        if level.is_causal_class()
+                            && causal.broken_by(p2)
+                            && !judge(ix, out, r.pid, m2, p2, &mut causal)
+                        {
                             return;
                         }
                     }
@@ -66,6 +66,13 @@ pub(super) fn check(ix: &Index<'_>, out: &mut Sink<'_>) {
                 }
             }
         }
+    }
+}
+
+impl Earlier {
+    /// Whether delivering a later message at position `p2` breaks the order.
+    fn broken_by(&self, p2: u32) -> bool {
+        !self.missing.is_empty() || self.latest.is_some_and(|(p1, _)| p1 > p2)
     }
 }
 

@@ -7,7 +7,8 @@
 
 use crate::trace::{ProcessEnd, ProcessTrace, Trace, TraceEvent};
 use crate::types::{ConfId, Level, MsgId, Pid, Time, ViewId};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 
 /// Marks "never delivered" in [`Proc::first`].
 pub(crate) const NONE: u32 = u32::MAX;
@@ -54,21 +55,44 @@ pub(crate) struct Install<'t> {
 
 pub(crate) struct Send {
     pub(crate) msg: usize,
+    /// The record, in the process's trace.
+    rec: usize,
     /// The canonical send of the message (see [`Msg::send`]).
     pub(crate) canonical: bool,
 }
 
+/// Kept small (there are tens of thousands): the group and digest, which
+/// only integrity reads, stay in the record.
 pub(crate) struct Delivery<'t> {
     pub(crate) msg: usize,
+    pub(crate) conf: &'t ConfId,
     pub(crate) level: Level,
-    pub(crate) group: &'t str,
-    pub(crate) digest: u64,
-    pub(crate) conf: ConfId,
-    /// Index in `installs` of the configuration installed most recently
-    /// before this delivery.
-    pub(crate) installed: Option<usize>,
     /// Not the process's first delivery of the message.
     pub(crate) repeat: bool,
+    /// Index in `installs` of the configuration installed most recently
+    /// before this delivery, or NONE.
+    installed: u32,
+    /// The record, in the process's trace.
+    rec: u32,
+}
+
+impl<'t> Delivery<'t> {
+    /// Index in `installs` of the configuration installed most recently
+    /// before this delivery.
+    #[inline]
+    pub(crate) fn installed(&self) -> Option<usize> {
+        (self.installed != NONE).then_some(self.installed as usize)
+    }
+}
+
+impl<'t> Proc<'t> {
+    /// The group and digest a delivery recorded.
+    pub(crate) fn payload(&self, d: &Delivery<'t>) -> Option<(&'t str, u64)> {
+        match self.trace.records.get(d.rec as usize).map(|r| &r.event) {
+            Some(TraceEvent::Deliver { group, digest, .. }) => Some((group.as_str(), *digest)),
+            _ => None,
+        }
+    }
 }
 
 pub(crate) struct Msg<'t> {
@@ -97,30 +121,12 @@ pub(crate) fn msg_key(m: &MsgId) -> (ViewId, Pid, u64) {
 
 impl<'t> Index<'t> {
     pub(crate) fn new(trace: &'t Trace) -> Self {
-        let mut ids: Vec<MsgId> = Vec::new();
-        for p in &trace.processes {
-            for r in &p.records {
-                match &r.event {
-                    TraceEvent::Send { msg, .. } | TraceEvent::Deliver { msg, .. } => {
-                        ids.push(*msg)
-                    }
-                    TraceEvent::Install { .. } | TraceEvent::GroupView { .. } => {}
-                }
-            }
-        }
-        ids.sort_unstable_by_key(msg_key);
-        ids.dedup();
-        let mut msgs: Vec<Msg<'t>> = ids
-            .iter()
-            .map(|&id| Msg {
-                id,
-                send: None,
-                sends: 0,
-                level: Level::Fifo,
-            })
-            .collect();
-        let mut has_level = vec![false; msgs.len()];
-
+        // Messages are numbered as first seen, through a hash map that is
+        // only ever looked up, never iterated; then renumbered by sorting,
+        // so output stays deterministic. (Sorting every record's id, or
+        // looking each up twice, costs more than most properties.)
+        let mut table: IdMap = IdMap::default();
+        let mut seen: Vec<MsgId> = Vec::new();
         let mut by_pid = BTreeMap::new();
         let mut confs = BTreeMap::new();
         let mut procs = Vec::with_capacity(trace.processes.len());
@@ -132,10 +138,10 @@ impl<'t> Index<'t> {
                 steps: Vec::with_capacity(p.records.len()),
                 installs: Vec::new(),
                 sends: Vec::new(),
-                delivers: Vec::new(),
-                first: vec![NONE; msgs.len()],
+                delivers: Vec::with_capacity(p.records.len()),
+                first: Vec::new(),
             };
-            for r in &p.records {
+            for (rec, r) in p.records.iter().enumerate() {
                 match &r.event {
                     TraceEvent::Install {
                         conf,
@@ -151,76 +157,108 @@ impl<'t> Index<'t> {
                             time: r.time,
                         });
                     }
-                    TraceEvent::Send {
-                        msg,
-                        level,
-                        group,
-                        digest,
-                    } => {
-                        let Some(m) = lookup(&ids, msg) else { continue };
-                        let Some(entry) = msgs.get_mut(m) else {
-                            continue;
-                        };
-                        entry.sends += 1;
-                        let better = match &entry.send {
-                            None => true,
-                            Some(s) => {
-                                p.pid == msg.sender
-                                    && trace
-                                        .processes
-                                        .get(s.proc)
-                                        .is_some_and(|q| q.pid != msg.sender)
-                            }
-                        };
-                        if better {
-                            entry.send = Some(SendRef {
-                                proc: pi,
-                                level: *level,
-                                group,
-                                digest: *digest,
-                            });
-                            entry.level = *level;
-                            if let Some(h) = has_level.get_mut(m) {
-                                *h = true;
-                            }
-                        }
+                    TraceEvent::Send { msg, .. } => {
+                        let msg = intern(&mut table, &mut seen, msg);
                         proc.steps.push(Step::Send(proc.sends.len()));
                         proc.sends.push(Send {
-                            msg: m,
+                            msg,
+                            rec,
                             canonical: false,
                         });
                     }
                     TraceEvent::Deliver {
-                        msg,
-                        level,
-                        group,
-                        digest,
-                        conf,
+                        msg, level, conf, ..
                     } => {
-                        let Some(m) = lookup(&ids, msg) else { continue };
-                        let d = proc.delivers.len();
-                        let mut repeat = true;
-                        if let Some(f) = proc.first.get_mut(m) {
-                            if *f == NONE {
-                                *f = u32::try_from(d).unwrap_or(NONE);
-                                repeat = false;
-                            }
-                        }
-                        proc.steps.push(Step::Deliver(d));
+                        let msg = intern(&mut table, &mut seen, msg);
+                        proc.steps.push(Step::Deliver(proc.delivers.len()));
                         proc.delivers.push(Delivery {
-                            msg: m,
+                            msg,
+                            conf,
                             level: *level,
-                            group,
-                            digest: *digest,
-                            conf: *conf,
-                            installed: proc.installs.len().checked_sub(1),
-                            repeat,
+                            repeat: false,
+                            installed: proc
+                                .installs
+                                .len()
+                                .checked_sub(1)
+                                .and_then(|i| u32::try_from(i).ok())
+                                .unwrap_or(NONE),
+                            rec: u32::try_from(rec).unwrap_or(NONE),
                         });
                     }
                     TraceEvent::GroupView { .. } => proc.steps.push(Step::GroupView),
                 }
             }
             procs.push(proc);
+        }
+        drop(table);
+
+        let mut order: Vec<usize> = (0..seen.len()).collect();
+        order.sort_unstable_by_key(|&a| seen.get(a).map(msg_key));
+        let mut renumber = vec![0usize; seen.len()];
+        for (new, &old) in order.iter().enumerate() {
+            if let Some(r) = renumber.get_mut(old) {
+                *r = new;
+            }
+        }
+        let mut msgs: Vec<Msg<'t>> = order
+            .iter()
+            .filter_map(|&old| seen.get(old))
+            .map(|&id| Msg {
+                id,
+                send: None,
+                sends: 0,
+                level: Level::Fifo,
+            })
+            .collect();
+        let n = msgs.len();
+        let mut has_level = vec![false; n];
+
+        for (pi, proc) in procs.iter_mut().enumerate() {
+            for s in &mut proc.sends {
+                s.msg = renumber.get(s.msg).copied().unwrap_or(usize::MAX);
+                let Some(TraceEvent::Send {
+                    msg,
+                    level,
+                    group,
+                    digest,
+                }) = proc.trace.records.get(s.rec).map(|r| &r.event)
+                else {
+                    continue;
+                };
+                let (Some(entry), Some(h)) = (msgs.get_mut(s.msg), has_level.get_mut(s.msg)) else {
+                    continue;
+                };
+                entry.sends = entry.sends.saturating_add(1);
+                // The sender's own record wins over anyone else's.
+                let better = match &entry.send {
+                    None => true,
+                    Some(prev) => {
+                        proc.pid == msg.sender
+                            && trace
+                                .processes
+                                .get(prev.proc)
+                                .is_some_and(|q| q.pid != msg.sender)
+                    }
+                };
+                if better {
+                    entry.send = Some(SendRef {
+                        proc: pi,
+                        level: *level,
+                        group,
+                        digest: *digest,
+                    });
+                    entry.level = *level;
+                    *h = true;
+                }
+            }
+            proc.first = vec![NONE; n];
+            for (i, d) in proc.delivers.iter_mut().enumerate() {
+                d.msg = renumber.get(d.msg).copied().unwrap_or(usize::MAX);
+                match proc.first.get_mut(d.msg) {
+                    Some(f) if *f == NONE => *f = u32::try_from(i).unwrap_or(NONE),
+                    _ => d.repeat = true,
+                }
+            }
         }
 
         // A message nobody recorded sending takes its class from its first
@@ -237,7 +275,7 @@ impl<'t> Index<'t> {
         }
         // Mark which Send record is the canonical one: the first by the
         // chosen process.
-        let mut marked = vec![false; msgs.len()];
+        let mut marked = vec![false; n];
         for (pi, proc) in procs.iter_mut().enumerate() {
             for s in &mut proc.sends {
                 let Some(m) = msgs.get(s.msg) else { continue };
@@ -260,6 +298,7 @@ impl<'t> Index<'t> {
         }
     }
 
+    #[inline]
     pub(crate) fn id(&self, m: usize) -> Option<MsgId> {
         self.msgs.get(m).map(|x| x.id)
     }
@@ -269,11 +308,13 @@ impl<'t> Index<'t> {
         ms.into_iter().filter_map(|m| self.id(m)).collect()
     }
 
+    #[inline]
     pub(crate) fn pid(&self, p: usize) -> Option<Pid> {
         self.procs.get(p).map(|x| x.pid)
     }
 
     /// Where process `p` first delivered message `m`, in its delivery order.
+    #[inline]
     pub(crate) fn delivered_at(&self, p: usize, m: usize) -> Option<u32> {
         self.procs
             .get(p)?
@@ -286,12 +327,12 @@ impl<'t> Index<'t> {
     /// The member list of the configuration a delivery was made in: the
     /// receiver's own Install of it, or else anyone's.
     pub(crate) fn delivery_members(&self, p: &Proc<'t>, d: &Delivery<'t>) -> Option<&'t [Pid]> {
-        if let Some(i) = d.installed.and_then(|i| p.installs.get(i)) {
-            if i.conf == d.conf {
+        if let Some(i) = d.installed().and_then(|i| p.installs.get(i)) {
+            if i.conf == *d.conf {
                 return Some(i.members);
             }
         }
-        self.confs.get(&d.conf).map(|&(_, m)| m)
+        self.confs.get(d.conf).map(|&(_, m)| m)
     }
 
     /// How a pid's process ended; a pid with no trace counts as crashed.
@@ -310,8 +351,39 @@ impl<'t> Index<'t> {
     }
 }
 
-fn lookup(ids: &[MsgId], m: &MsgId) -> Option<usize> {
-    ids.binary_search_by(|x| msg_key(x).cmp(&msg_key(m))).ok()
+fn intern(table: &mut IdMap, seen: &mut Vec<MsgId>, m: &MsgId) -> usize {
+    *table.entry(*m).or_insert_with(|| {
+        seen.push(*m);
+        seen.len() - 1
+    })
+}
+
+type IdMap = HashMap<MsgId, usize, BuildHasherDefault<IdHasher>>;
+
+/// A multiply-rotate hasher for message ids (after rustc's FxHasher): ids
+/// are not chosen by an adversary, and SipHash would cost several times
+/// more on the checker's hottest lookup.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
 }
 
 /// An EVS hole is allowed only in a transitional configuration that does

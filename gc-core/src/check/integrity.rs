@@ -17,6 +17,7 @@ pub(super) fn check(ix: &Index<'_>, out: &mut Sink<'_>) {
                 continue;
             };
             let sender = m.id.sender;
+            let (group, digest) = p.payload(d).unwrap_or_default();
             let send = m.send.filter(|s| ix.pid(s.proc) == Some(sender));
             let detail = match send {
                 None if !ix.by_pid.contains_key(&sender) => {
@@ -29,9 +30,9 @@ pub(super) fn check(ix: &Index<'_>, out: &mut Sink<'_>) {
                     ),
                     None => format!("{} delivered {}, which its sender never sent", p.pid, m.id),
                 },
-                Some(s) if s.level != d.level || s.group != d.group || s.digest != d.digest => format!(
+                Some(s) if s.level != d.level || s.group != group || s.digest != digest => format!(
                     "{} delivered {} as ({:?}, group {:?}, digest {:016x}) but it was sent as ({:?}, group {:?}, digest {:016x})",
-                    p.pid, m.id, d.level, d.group, d.digest, s.level, s.group, s.digest
+                    p.pid, m.id, d.level, group, digest, s.level, s.group, s.digest
                 ),
                 Some(_) => continue,
             };

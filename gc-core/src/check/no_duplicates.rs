@@ -28,7 +28,7 @@ pub(super) fn check(ix: &Index<'_>, out: &mut Sink<'_>) {
         let mut times = vec![0u32; ix.msgs.len()];
         for d in &p.delivers {
             if let Some(n) = times.get_mut(d.msg) {
-                *n += 1;
+                *n = n.saturating_add(1);
             }
         }
         for d in p.delivers.iter().filter(|d| d.repeat) {

@@ -13,13 +13,16 @@ pub(super) fn check(ix: &Index<'_>, out: &mut Sink<'_>) {
     for p in &ix.procs {
         for d in &p.delivers {
             let Some(id) = ix.id(d.msg) else { continue };
-            let current = d.installed.and_then(|i| p.installs.get(i)).map(|i| i.conf);
+            let current = d
+                .installed()
+                .and_then(|i| p.installs.get(i))
+                .map(|i| i.conf);
             let detail = if d.conf.regular() != id.view {
                 format!(
                     "{} delivered {} in {}, but it was sent in {}",
                     p.pid, id, d.conf, id.view
                 )
-            } else if current != Some(d.conf) {
+            } else if current != Some(*d.conf) {
                 match current {
                     Some(c) => format!(
                         "{} delivered {} in {} while its configuration was {}",

@@ -4,7 +4,7 @@
 use super::bits::{self, range_mask, words_for};
 use super::index::{hole_allowed, Delivery, Index, Proc};
 use super::{Sink, MAX_LISTED_MESSAGES, MAX_ORDERED_MESSAGES};
-use crate::types::{Level, ViewId};
+use crate::types::{ConfId, Level};
 
 const NO_BIT: u32 = u32::MAX;
 
@@ -15,8 +15,8 @@ pub(crate) struct Class {
     pub(crate) msgs: Vec<usize>,
     /// Message -> bit, or NO_BIT.
     bit_of: Vec<u32>,
-    /// Bit -> view, for finding a view's range.
-    views: Vec<ViewId>,
+    /// Bit -> the bits of its view: [start, end).
+    view_of: Vec<(u32, u32)>,
 }
 
 impl Class {
@@ -43,17 +43,29 @@ impl Class {
             return None;
         }
         let mut bit_of = vec![NO_BIT; ix.msgs.len()];
-        let mut views = Vec::with_capacity(msgs.len());
         for (b, &m) in msgs.iter().enumerate() {
             if let Some(x) = bit_of.get_mut(m) {
                 *x = u32::try_from(b).unwrap_or(NO_BIT);
             }
-            views.push(ix.msgs.get(m).map(|x| x.id.view).unwrap_or_default());
+        }
+        // Runs of equal views: the index sorts messages by view first.
+        let view = |b: usize| msgs.get(b).and_then(|&m| ix.msgs.get(m)).map(|x| x.id.view);
+        let mut view_of = Vec::with_capacity(msgs.len());
+        let mut start = 0;
+        while start < msgs.len() {
+            let v = view(start);
+            let mut end = start + 1;
+            while end < msgs.len() && view(end) == v {
+                end += 1;
+            }
+            let run = (start as u32, end as u32);
+            view_of.extend(std::iter::repeat_n(run, end - start));
+            start = end;
         }
         Some(Class {
             msgs,
             bit_of,
-            views,
+            view_of,
         })
     }
 
@@ -61,6 +73,7 @@ impl Class {
         self.msgs.len()
     }
 
+    #[inline]
     pub(crate) fn bit(&self, m: usize) -> Option<usize> {
         self.bit_of
             .get(m)
@@ -69,13 +82,17 @@ impl Class {
             .map(|b| b as usize)
     }
 
+    #[inline]
     pub(crate) fn msg(&self, b: usize) -> Option<usize> {
         self.msgs.get(b).copied()
     }
 
-    /// The bits of view `v`'s messages.
-    pub(crate) fn view_bits(&self, v: ViewId) -> std::ops::Range<usize> {
-        self.views.partition_point(|&x| x < v)..self.views.partition_point(|&x| x <= v)
+    /// The bits of the messages of the same view as bit `b`'s.
+    #[inline]
+    pub(crate) fn view_bits(&self, b: usize) -> std::ops::Range<usize> {
+        self.view_of
+            .get(b)
+            .map_or(0..0, |&(lo, hi)| lo as usize..hi as usize)
     }
 
     /// The bits of the messages process `p` ever delivers.
@@ -124,14 +141,17 @@ impl<'a, 't> Receiver<'a, 't> {
         d: &Delivery<'_>,
         preds: &[u64],
     ) -> (Vec<usize>, usize) {
-        let Some(view) = ix.msgs.get(d.msg).map(|m| m.id.view) else {
+        let Some(b2) = class.bit(d.msg) else {
             return (Vec::new(), 0);
         };
-        let range = class.view_bits(view);
+        let range = class.view_bits(b2);
         if range.is_empty() {
             return (Vec::new(), 0);
         }
-        let members = ix.delivery_members(self.proc, d);
+        // Only a transitional configuration excuses anything; its members
+        // are looked up once there is a hole to excuse.
+        let transitional = matches!(d.conf, ConfId::Transitional { .. });
+        let mut members = None;
         let mut found = Vec::new();
         let mut total = 0;
         for w in range.start / 64..=(range.end - 1) / 64 {
@@ -142,12 +162,15 @@ impl<'a, 't> Receiver<'a, 't> {
             };
             let x = a & !all & !seen & range_mask(w, range.start, range.end);
             for b in bits::ones(w, x) {
-                let sender = class
-                    .msg(b)
-                    .and_then(|m| ix.msgs.get(m))
-                    .map(|m| m.id.sender);
-                if sender.is_some_and(|s| hole_allowed(d.conf, members, s)) {
-                    continue;
+                if transitional {
+                    let sender = class
+                        .msg(b)
+                        .and_then(|m| ix.msgs.get(m))
+                        .map(|m| m.id.sender);
+                    let members = *members.get_or_insert_with(|| ix.delivery_members(self.proc, d));
+                    if sender.is_some_and(|s| hole_allowed(*d.conf, members, s)) {
+                        continue;
+                    }
                 }
                 total += 1;
                 if found.len() < MAX_LISTED_MESSAGES {

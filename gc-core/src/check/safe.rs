@@ -17,6 +17,7 @@ use crate::types::{ConfId, Level, Pid};
 use std::collections::BTreeSet;
 
 pub(super) fn check(ix: &Index<'_>, out: &mut Sink<'_>) {
+    let mut checked = vec![false; ix.msgs.len()];
     let mut done = BTreeSet::new();
     for p in &ix.procs {
         for d in p.delivers.iter().filter(|d| !d.repeat) {
@@ -27,10 +28,19 @@ pub(super) fn check(ix: &Index<'_>, out: &mut Sink<'_>) {
             if d.level != Level::Safe && m.level != Level::Safe {
                 continue;
             }
-            if !done.insert((d.msg, v)) {
+            // Checked once per (message, view): a flag per message for its
+            // own view, the usual case, and a set for any other.
+            let first = if *v == m.id.view {
+                checked
+                    .get_mut(d.msg)
+                    .is_some_and(|c| !std::mem::replace(c, true))
+            } else {
+                done.insert((d.msg, *v))
+            };
+            if !first {
                 continue;
             }
-            let Some(&(_, members)) = ix.confs.get(&d.conf) else {
+            let Some(&(_, members)) = ix.confs.get(d.conf) else {
                 continue;
             };
             let lacking: Vec<Pid> = members

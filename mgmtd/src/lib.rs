@@ -1,0 +1,29 @@
+//! Flotilla's management server, `mgmtd`, as a library.
+//!
+//! One `mgmtd` runs on every host of a fleet; together they form the `mgmt`
+//! process group over `gc-core` and carry out the operator's commands
+//! (`status`, `chdir`, `simex`, `exit`, later `siminst` and the replicated
+//! maps). The binary in `src/main.rs` is a thin shell over this library, in
+//! the manner of mini-redis.
+//!
+//! This first part holds what does not depend on the group-communication
+//! core:
+//!
+//! - [`config`]: the YAML configuration, parsed and then validated into a
+//!   settled [`config::Config`];
+//! - [`key`]: the cluster key file (`mgmtd keygen FILE`, and the permission
+//!   check made before the daemon starts);
+//! - [`exec`]: the `simex` execution engine: one command in its own process
+//!   group, with a timeout, capped output and optional line streaming;
+//! - [`jobs`]: job ids, the bounded on-disk store of recent job outcomes and
+//!   the audit log.
+
+pub mod config;
+pub mod exec;
+pub mod jobs;
+pub mod key;
+
+pub use config::{Config, ConfigError, LogLevel};
+pub use exec::{ExecOptions, ExecOutcome, ExecStatus};
+pub use jobs::{AuditLog, JobId, JobRecord, JobStore};
+pub use key::ClusterKey;

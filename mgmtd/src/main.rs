@@ -1,0 +1,181 @@
+//! `mgmtd`, the Flotilla management server.
+//!
+//! ```text
+//! mgmtd --config FILE [--log-level LEVEL]   run the server
+//! mgmtd keygen FILE                         write a new cluster key, mode 0600
+//! ```
+//!
+//! Exit status: 0 on success (and after SIGTERM or SIGINT), 1 on an error,
+//! 2 on bad usage. Errors go to stderr as `mgmtd: error: ` and their whole
+//! chain of causes.
+//!
+//! The log level is, from the first given: `--log-level`, the `RUST_LOG`
+//! environment variable (a full `tracing` filter), `log_level` in the
+//! configuration.
+
+use std::io::IsTerminal;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use mgmtd::config::{Config, LogLevel};
+use mgmtd::jobs::{AuditLog, JobStore, JobStoreLimits};
+use mgmtd::key::{self, ClusterKey};
+use tracing_subscriber::EnvFilter;
+
+/// Flotilla's management server: runs the fleet's commands on this host.
+#[derive(Debug, Parser)]
+#[command(
+    name = "mgmtd",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    /// The configuration file (YAML).
+    #[arg(long, value_name = "FILE", required = true)]
+    config: Option<PathBuf>,
+
+    /// The log level: error, warn, info, debug or trace. Overrides RUST_LOG
+    /// and the configuration.
+    #[arg(long, value_name = "LEVEL", value_parser = parse_level)]
+    log_level: Option<LogLevel>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a new random cluster key to FILE, readable by its owner only.
+    ///
+    /// Refuses to overwrite an existing file. Copy the key to every host of
+    /// the fleet (keeping mode 0600) and name it in each configuration as
+    /// `cluster_key`.
+    Keygen {
+        /// Where to write the key.
+        file: PathBuf,
+    },
+}
+
+fn parse_level(text: &str) -> Result<LogLevel, String> {
+    text.parse().map_err(|e| format!("{e}"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match (cli.command, cli.config) {
+        (Some(Command::Keygen { file }), _) => keygen(&file),
+        (None, Some(config)) => serve(&config, cli.log_level),
+        (None, None) => Err(anyhow::anyhow!("--config FILE is required")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mgmtd: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `mgmtd keygen FILE`.
+fn keygen(file: &Path) -> anyhow::Result<()> {
+    key::keygen(file)?;
+    println!(
+        "wrote a new cluster key to {}; copy it to every host of the fleet, readable by its owner only",
+        file.display()
+    );
+    Ok(())
+}
+
+/// `mgmtd --config FILE`: checks the configuration, the key and the state,
+/// then serves until SIGTERM or SIGINT.
+fn serve(config_file: &Path, log_level: Option<LogLevel>) -> anyhow::Result<()> {
+    let config = Config::load(config_file)?;
+    init_logging(log_level.unwrap_or(config.log_level), log_level.is_some())?;
+    let _key = ClusterKey::load(&config.cluster_key)?;
+
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let jobs = JobStore::open(&config.data_dir, JobStoreLimits::default())?;
+    let audit = AuditLog::new(&config.data_dir);
+    if !config.exec.shell.exists() {
+        tracing::warn!(shell = %config.exec.shell.display(), "the configured shell does not exist; every command will fail to start");
+    }
+    tracing::info!(
+        name = %config.name,
+        node_id = config.node_id,
+        node_id_derived = config.node_id_derived,
+        listen = %config.listen,
+        data_dir = %config.data_dir.display(),
+        jobs = jobs.len(),
+        audit = %audit.path().display(),
+        "mgmtd starting"
+    );
+    tracing::warn!(
+        "this build has no group-communication runtime yet: it has checked its configuration, key and state, and waits for SIGTERM or SIGINT"
+    );
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = ShutdownSignals::new()?;
+        tracing::info!("mgmtd ready");
+        shutdown.wait().await;
+        anyhow::Ok(())
+    })?;
+    tracing::info!("mgmtd stopped");
+    Ok(())
+}
+
+/// SIGTERM and SIGINT, watched from creation on.
+struct ShutdownSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn new() -> anyhow::Result<ShutdownSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(ShutdownSignals {
+            term: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+        })
+    }
+
+    /// Returns on the first of the signals.
+    async fn wait(mut self) {
+        let name = tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        };
+        tracing::info!("{name}: shutting down");
+    }
+}
+
+/// Logs to stderr at `level`, or by `RUST_LOG` when it is set and the level
+/// was not given on the command line.
+fn init_logging(level: LogLevel, from_command_line: bool) -> anyhow::Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !from_command_line => EnvFilter::try_new(&directives)
+            .with_context(|| format!("RUST_LOG={directives:?} is not a valid log filter"))?,
+        _ => EnvFilter::new(level.as_str()),
+    };
+    if let Err(e) = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colours for a person at a terminal, not for journald or a file.
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init()
+    {
+        bail!("cannot set up logging: {e}");
+    }
+    Ok(())
+}
