@@ -157,13 +157,17 @@ pub enum Refusal {
 /// is unknown and retransmit with the same id, which the dedup window makes
 /// safe.
 ///
-/// Versions are never reused within a view: an update takes the next version
-/// after the highest of the primary's applied version, the highest version a
-/// member stated, and the last version this sequencer assigned.
+/// Versions are never reused within a view: the primary first reaches the
+/// highest version any member stated (the head of the map's history), then
+/// an update takes the next version after the primary's applied version or
+/// the last version this sequencer assigned, whichever is higher, and names
+/// the chain digest of the history it follows.
 #[derive(Clone, Debug)]
 pub struct Sequencer {
-    /// Highest version stated by a member or assigned here, per map.
-    last: BTreeMap<String, u64>,
+    /// The primary number of the view: the epoch of every update ordered.
+    epoch: u64,
+    /// Last version assigned here, and the chain digest after it, per map.
+    last: BTreeMap<String, (u64, u64)>,
     /// Versions a member stated that this server must reach before ordering.
     need: BTreeMap<String, u64>,
     /// Ordered and not yet applied here, per map: version to id.
@@ -178,12 +182,14 @@ impl Sequencer {
     /// Default bound on updates ordered and not yet applied here.
     pub const DEFAULT_MAX_IN_FLIGHT: usize = 65_536;
 
-    /// A sequencer for a new primary view. `stated` holds, per map, the
-    /// highest version any member of the view stated; the primary refuses to
-    /// order a map until its own replica has reached that version.
-    pub fn new(stated: &BTreeMap<String, u64>, max_in_flight: usize) -> Self {
+    /// A sequencer for the primary view numbered `epoch`. `stated` holds,
+    /// per map, the highest version any member of the view stated; the
+    /// primary refuses to order a map until its own replica has reached that
+    /// version.
+    pub fn new(epoch: u64, stated: &BTreeMap<String, u64>, max_in_flight: usize) -> Self {
         Sequencer {
-            last: stated.clone(),
+            epoch,
+            last: BTreeMap::new(),
             need: stated.clone(),
             in_flight: BTreeMap::new(),
             ids: BTreeMap::new(),
@@ -242,10 +248,18 @@ impl Sequencer {
                     live: live_count,
                 });
             }
-            let known = tables.map(map).is_some() || self.last.contains_key(map);
+            let known = tables.map(map).is_some()
+                || self.last.contains_key(map)
+                || self.need.contains_key(map);
             if !known {
                 let names = tables.maps().count()
-                    + self.last.keys().filter(|m| tables.map(m).is_none()).count();
+                    + self
+                        .last
+                        .keys()
+                        .chain(self.need.keys())
+                        .filter(|m| tables.map(m).is_none())
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .len();
                 if names >= MAX_MAP_NAMES {
                     return Err(Refusal::TooManyMapNames {
                         map: map.to_owned(),
@@ -261,14 +275,15 @@ impl Sequencer {
                 });
             }
         }
-        let version = self
-            .last
-            .get(map)
-            .copied()
-            .unwrap_or(0)
-            .max(have)
-            .saturating_add(1);
-        self.last.insert(map.to_owned(), version);
+        let (base, prev) = match self.last.get(map) {
+            Some(&(v, chain)) if v >= have => (v, chain),
+            _ => (have, tables.chain(map)),
+        };
+        let version = base.saturating_add(1);
+        let map = map.to_owned();
+        let ordered = Ordered::new(version, self.epoch, prev, update);
+        self.last.insert(map.clone(), (version, ordered.chain()));
+        let update = &ordered.update;
         self.in_flight
             .entry(map.to_owned())
             .or_default()
@@ -277,7 +292,30 @@ impl Sequencer {
         if creates {
             self.creating.insert(map.to_owned(), version);
         }
-        Ok(Assigned::Ordered(Ordered { version, update }))
+        Ok(Assigned::Ordered(ordered))
+    }
+
+    /// Takes back `ordered`, the last update this sequencer assigned for its
+    /// map, because it could not be multicast: its version is assigned again
+    /// to the next update. Returns false (and changes nothing) if a later
+    /// update of the map was assigned since; the map then has a hole that
+    /// only a new view repairs, so the driver should not let that happen
+    /// (it multicasts each returned update before asking for the next).
+    pub fn take_back(&mut self, ordered: &Ordered) -> bool {
+        let map = ordered.map();
+        if self.last.get(map) != Some(&(ordered.version, ordered.chain())) {
+            return false;
+        }
+        self.last
+            .insert(map.to_owned(), (ordered.version - 1, ordered.prev));
+        if let Some(p) = self.in_flight.get_mut(map) {
+            p.remove(&ordered.version);
+        }
+        self.ids.remove(&ordered.update.id);
+        if self.creating.get(map) == Some(&ordered.version) {
+            self.creating.remove(map);
+        }
+        true
     }
 
     /// Forgets what the primary's replica has applied of `map`.
@@ -371,7 +409,7 @@ mod tests {
     #[test]
     fn assigns_gap_free_versions_and_answers_duplicates() {
         let mut t = Tables::new();
-        let mut s = Sequencer::new(&BTreeMap::new(), 100);
+        let mut s = Sequencer::new(1, &BTreeMap::new(), 100);
         let o1 = ordered(s.assign(&t, upd(1, "m", Op::CreateMap)));
         let o2 = ordered(s.assign(&t, upd(2, "m", set("a", "1"))));
         let o3 = ordered(s.assign(&t, upd(3, "n", Op::CreateMap)));
@@ -402,7 +440,7 @@ mod tests {
     #[test]
     fn refuses_unknown_maps_and_respects_map_bounds() {
         let mut t = Tables::new();
-        let mut s = Sequencer::new(&BTreeMap::new(), 10_000);
+        let mut s = Sequencer::new(1, &BTreeMap::new(), 10_000);
         assert_eq!(
             s.assign(&t, upd(1, "typo", set("a", "1"))),
             Err(Refusal::NoSuchMap { map: "typo".into() })
@@ -441,7 +479,7 @@ mod tests {
         let mut t = Tables::new();
         step(&mut t, "m", 1, Op::CreateMap);
         let stated = BTreeMap::from([("m".to_owned(), 3)]);
-        let mut s = Sequencer::new(&stated, 2);
+        let mut s = Sequencer::new(1, &stated, 2);
         assert_eq!(
             s.assign(&t, upd(5, "m", set("a", "1"))),
             Err(Refusal::CatchingUp {

@@ -262,15 +262,27 @@ mod tests {
     use crate::table::tests::set;
     use crate::update::{Op, Update};
 
-    fn o(map: &str, version: u64, id: u128, op: Op) -> Ordered {
-        Ordered {
-            version,
-            update: Update {
-                id: UpdateId(id),
-                map: map.into(),
-                op,
-            },
-        }
+    /// Updates 1..=n of `map` in one epoch, each on top of the one before.
+    fn history(map: &str, ops: Vec<Op>) -> Vec<Ordered> {
+        let mut prev = 0;
+        ops.into_iter()
+            .enumerate()
+            .map(|(i, op)| {
+                let v = i as u64 + 1;
+                let o = Ordered::new(
+                    v,
+                    1,
+                    prev,
+                    Update {
+                        id: UpdateId(u128::from(v)),
+                        map: map.into(),
+                        op,
+                    },
+                );
+                prev = o.chain();
+                o
+            })
+            .collect()
     }
 
     fn versions(r: &Receipt) -> Vec<u64> {
@@ -282,8 +294,9 @@ mod tests {
 
     #[test]
     fn applies_in_version_order() {
+        let h = history("m", vec![Op::CreateMap, set("a", "2"), set("a", "3")]);
         let mut r = Replica::new(Tables::new(), ReplicaLimits::default());
-        let r3 = r.receive(o("m", 3, 3, set("a", "3"))).unwrap();
+        let r3 = r.receive(h[2].clone()).unwrap();
         assert_eq!(
             r3,
             Receipt::Buffered(Gap {
@@ -293,34 +306,52 @@ mod tests {
             })
         );
         assert!(matches!(
-            r.receive(o("m", 2, 2, set("a", "2"))).unwrap(),
+            r.receive(h[1].clone()).unwrap(),
             Receipt::Buffered(_)
         ));
         assert_eq!(r.gaps().len(), 1);
-        let done = r.receive(o("m", 1, 1, Op::CreateMap)).unwrap();
+        let done = r.receive(h[0].clone()).unwrap();
         assert_eq!(versions(&done), vec![1, 2, 3]);
         assert_eq!(r.tables().map("m").unwrap().get("a").unwrap().value, "3");
         assert_eq!(r.buffered(), 0);
         assert!(r.gaps().is_empty());
-        assert_eq!(
-            r.receive(o("m", 2, 2, set("a", "2"))).unwrap(),
-            Receipt::Stale { have: 3 }
-        );
+        assert_eq!(r.receive(h[1].clone()).unwrap(), Receipt::Stale { have: 3 });
     }
 
     #[test]
     fn conflicting_orders_are_reported() {
+        let h = history("m", vec![Op::CreateMap; 5]);
         let mut r = Replica::new(Tables::new(), ReplicaLimits::default());
-        r.receive(o("m", 5, 50, Op::CreateMap)).unwrap();
+        r.receive(h[4].clone()).unwrap();
         assert!(matches!(
-            r.receive(o("m", 5, 50, Op::CreateMap)).unwrap(),
+            r.receive(h[4].clone()).unwrap(),
             Receipt::Buffered(_)
         ));
-        let e = r.receive(o("m", 5, 51, Op::CreateMap)).unwrap_err();
+        let mut other = h[4].clone();
+        other.update.id = UpdateId(51);
+        let e = r.receive(other).unwrap_err();
         assert!(
             matches!(e, ReplicaError::Conflict { version: 5, .. }),
             "{e}"
         );
+    }
+
+    #[test]
+    fn an_update_on_another_history_is_not_applied() {
+        let h = history("m", vec![Op::CreateMap, set("a", "1")]);
+        let mut r = Replica::new(Tables::new(), ReplicaLimits::default());
+        r.receive(h[0].clone()).unwrap();
+        let mut forked = h[1].clone();
+        forked.prev ^= 1;
+        let e = r.receive(forked).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ReplicaError::Apply(ApplyError::Diverged { version: 2, .. })
+            ),
+            "{e}"
+        );
+        assert_eq!(r.tables().version("m"), 1, "nothing changed");
     }
 
     #[test]
@@ -330,19 +361,20 @@ mod tests {
             max_buffered: 3,
             max_buffered_bytes: 1 << 20,
         };
+        let h = history("m", vec![Op::CreateMap; 12]);
         let mut r = Replica::new(Tables::new(), limits);
         assert!(matches!(
-            r.receive(o("m", 12, 1, Op::CreateMap)).unwrap(),
+            r.receive(h[11].clone()).unwrap(),
             Receipt::Dropped(Gap { seen: 12, .. })
         ));
         for v in 2..5 {
             assert!(matches!(
-                r.receive(o("m", v, u128::from(v), Op::CreateMap)).unwrap(),
+                r.receive(h[v - 1].clone()).unwrap(),
                 Receipt::Buffered(_)
             ));
         }
         assert!(matches!(
-            r.receive(o("m", 5, 5, Op::CreateMap)).unwrap(),
+            r.receive(h[4].clone()).unwrap(),
             Receipt::Dropped(_)
         ));
         assert_eq!(r.buffered(), 3);
@@ -350,15 +382,19 @@ mod tests {
 
     #[test]
     fn install_unblocks_and_discards_the_buffer() {
+        let h = history(
+            "m",
+            vec![Op::CreateMap, set("a", "1"), set("b", "2"), set("c", "3")],
+        );
         let mut source = Replica::new(Tables::new(), ReplicaLimits::default());
-        for (v, op) in [(1, Op::CreateMap), (2, set("a", "1")), (3, set("b", "2"))] {
-            source.receive(o("m", v, u128::from(v), op)).unwrap();
+        for o in &h[..3] {
+            source.receive(o.clone()).unwrap();
         }
         let snap = source.tables().map("m").unwrap().snapshot("m");
 
         let mut r = Replica::new(Tables::new(), ReplicaLimits::default());
-        r.receive(o("m", 2, 2, set("a", "1"))).unwrap();
-        r.receive(o("m", 4, 4, set("c", "3"))).unwrap();
+        r.receive(h[1].clone()).unwrap();
+        r.receive(h[3].clone()).unwrap();
         let changes = r.install(snap).unwrap();
         assert_eq!(
             changes.iter().map(Change::version).collect::<Vec<_>>(),

@@ -6,6 +6,7 @@ use crate::bounds::{
     validate_key, validate_map_name, validate_value, BoundError, DEDUP_WINDOW, MAX_ENTRIES,
 };
 use crate::update::{Op, Ordered, Outcome, Rejection, UpdateId};
+
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 
@@ -39,6 +40,22 @@ pub enum ApplyError {
     /// The update names a map no correct primary would order (a bad name).
     #[error("an ordered update names an invalid map: {0}")]
     BadMapName(BoundError),
+    /// The update follows a different history of the map than this
+    /// replica's (its `prev` chain digest is not the map's): it was ordered
+    /// by a primary component that did not know this replica's last
+    /// updates, or this replica holds updates that primary never knew.
+    /// Catch up from the primary component (a snapshot settles it).
+    #[error("map {map:?} version {version} follows another history (chain {got:016x}, here {have:016x}): catch up")]
+    Diverged {
+        /// The map.
+        map: String,
+        /// The version offered.
+        version: u64,
+        /// The chain digest here.
+        have: u64,
+        /// The chain digest the update follows.
+        got: u64,
+    },
     /// The update's version is not one more than the map's: apply updates in
     /// version order (a [`crate::Replica`] does).
     #[error("map {map:?} is at version {have}: cannot apply version {got}, only {}", have.saturating_add(1))]
@@ -55,8 +72,9 @@ pub enum ApplyError {
 /// A map snapshot could not be installed. Nothing changed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum InstallError {
-    /// The snapshot is not newer than the map: installing it would move the
-    /// map back.
+    /// The snapshot is of the history this replica already has, at a
+    /// version not newer than the map's: installing it would move the map
+    /// back.
     #[error("snapshot of map {map:?} at version {got} is not newer than the local version {have}")]
     NotNewer {
         /// The map.
@@ -125,6 +143,10 @@ impl Recent {
 #[derive(Clone, Debug, Default)]
 pub struct MapState {
     version: u64,
+    /// Chain digest of the updates applied (see [`crate::update::chain_next`]).
+    chain: u64,
+    /// Epoch of the last update applied (0 for none).
+    epoch: u64,
     live: bool,
     entries: BTreeMap<String, Entry>,
     recent: Recent,
@@ -138,6 +160,16 @@ impl MapState {
     /// The map's version: how many ordered updates it has applied.
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// The chain digest of the map's history up to its version.
+    pub fn chain(&self) -> u64 {
+        self.chain
+    }
+
+    /// The epoch (primary number) of the last update applied.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// Whether the map exists (created and not dropped since).
@@ -193,6 +225,8 @@ impl MapState {
         MapSnapshot {
             map: map.to_owned(),
             version: self.version,
+            chain: self.chain,
+            epoch: self.epoch,
             live: self.live,
             entries: self
                 .entries
@@ -268,6 +302,10 @@ pub struct MapSnapshot {
     pub map: String,
     /// Its version.
     pub version: u64,
+    /// Its chain digest at that version.
+    pub chain: u64,
+    /// The epoch of the update at that version.
+    pub epoch: u64,
     /// Whether it exists at that version.
     pub live: bool,
     /// Its entries, sorted by key.
@@ -292,6 +330,8 @@ impl MapSnapshot {
         }
         let mut state = MapState {
             version: self.version,
+            chain: self.chain,
+            epoch: self.epoch,
             live: self.live,
             ..MapState::default()
         };
@@ -360,6 +400,11 @@ impl Tables {
         self.maps.iter().map(|(k, m)| (k.as_str(), m))
     }
 
+    /// The chain digest of a map; 0 for a map never heard of.
+    pub fn chain(&self, map: &str) -> u64 {
+        self.maps.get(map).map_or(0, |m| m.chain)
+    }
+
     /// The version of a map; 0 for a map never heard of.
     pub fn version(&self, map: &str) -> u64 {
         self.maps.get(map).map_or(0, |m| m.version)
@@ -405,6 +450,16 @@ impl Tables {
             });
         }
         let version = ordered.version;
+        let have_chain = self.chain(ordered.map());
+        if ordered.prev != have_chain {
+            return Err(ApplyError::Diverged {
+                map: ordered.map().to_owned(),
+                version,
+                have: have_chain,
+                got: ordered.prev,
+            });
+        }
+        let chain = ordered.chain();
         let state = self.maps.entry(ordered.update.map.clone()).or_default();
         let id = ordered.update.id;
         let (outcome, duplicate) = match state.recent.get(id) {
@@ -425,6 +480,8 @@ impl Tables {
             }
         };
         state.version = version;
+        state.chain = chain;
+        state.epoch = ordered.epoch;
         state.recent.expire(version);
         Ok(AppliedUpdate {
             ordered,
@@ -434,10 +491,13 @@ impl Tables {
     }
 
     /// Replaces a map with a snapshot of it from a peer (catch-up) or from
-    /// the log. The snapshot must be newer than the local map and valid.
+    /// the log. The snapshot must be valid, and newer than the local map or
+    /// of another history (its chain differs): a replica that holds a
+    /// history the primary component never made definitive is rolled back.
     pub fn install(&mut self, snapshot: MapSnapshot) -> Result<(), InstallError> {
         let have = self.version(&snapshot.map);
-        if snapshot.version <= have {
+        let same_history = self.chain(&snapshot.map) == snapshot.chain;
+        if snapshot.version <= have && same_history {
             return Err(InstallError::NotNewer {
                 map: snapshot.map,
                 have,
@@ -634,14 +694,16 @@ pub(crate) mod tests {
     /// Applies `op` to `map` at its next version, with id `id`.
     pub(crate) fn step(t: &mut Tables, map: &str, id: u128, op: Op) -> AppliedUpdate {
         let version = t.version(map) + 1;
-        t.apply(Ordered {
+        t.apply(Ordered::new(
             version,
-            update: Update {
+            1,
+            t.chain(map),
+            Update {
                 id: UpdateId(id),
                 map: map.into(),
                 op,
             },
-        })
+        ))
         .unwrap()
     }
 
@@ -710,14 +772,16 @@ pub(crate) mod tests {
     fn out_of_order_is_an_error() {
         let mut t = Tables::new();
         let e = t
-            .apply(Ordered {
-                version: 2,
-                update: Update {
+            .apply(Ordered::new(
+                2,
+                1,
+                0,
+                Update {
                     id: UpdateId(1),
                     map: "m".into(),
                     op: Op::CreateMap,
                 },
-            })
+            ))
             .unwrap_err();
         assert_eq!(
             e.to_string(),
@@ -725,14 +789,16 @@ pub(crate) mod tests {
         );
         assert!(t.map("m").is_none(), "nothing changed");
         let e = t
-            .apply(Ordered {
-                version: 1,
-                update: Update {
+            .apply(Ordered::new(
+                1,
+                1,
+                0,
+                Update {
                     id: UpdateId(1),
                     map: "a b".into(),
                     op: Op::CreateMap,
                 },
-            })
+            ))
             .unwrap_err();
         assert!(matches!(e, ApplyError::BadMapName(_)));
     }

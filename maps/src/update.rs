@@ -172,8 +172,57 @@ pub struct Ordered {
     /// The map version this update takes: one more than the version before
     /// it. Every ordered update takes a version, whatever its outcome.
     pub version: u64,
+    /// The primary number (gc-core's `ViewInfo::primary`) of the primary
+    /// component whose primary server ordered it. A later primary component
+    /// knows every update an earlier one made definitive, so when two
+    /// replicas disagree on what follows a version, the later epoch wins.
+    pub epoch: u64,
+    /// The map's chain digest at `version - 1` (see [`chain_next`]): a
+    /// replica applies the update only on top of that exact history, so an
+    /// update ordered after a history this replica does not have is never
+    /// applied to the wrong one.
+    pub prev: u64,
     /// The update.
     pub update: Update,
+}
+
+/// The chain digest of a map after the update `id` took `version` in
+/// `epoch`, given the digest before it. Two replicas with the same version
+/// and chain applied the same updates in the same order, so they hold the
+/// same content. Not cryptographic: peers are authenticated by gc-core; the
+/// chain catches divergent histories, not forgeries.
+pub fn chain_next(prev: u64, version: u64, epoch: u64, id: UpdateId) -> u64 {
+    let mut h = prev ^ 0x6a09_e667_f3bc_c908;
+    for word in [version, epoch, id.origin(), id.counter()] {
+        h = mix(h ^ word);
+    }
+    h
+}
+
+/// SplitMix64's finaliser: every input bit affects every output bit.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl Ordered {
+    /// The update ordered at `version` in `epoch` after the history whose
+    /// chain digest is `prev`.
+    pub fn new(version: u64, epoch: u64, prev: u64, update: Update) -> Self {
+        Ordered {
+            version,
+            epoch,
+            prev,
+            update,
+        }
+    }
+
+    /// The map's chain digest once this update is applied.
+    pub fn chain(&self) -> u64 {
+        chain_next(self.prev, self.version, self.epoch, self.update.id)
+    }
 }
 
 impl Ordered {
