@@ -102,7 +102,7 @@ pub enum Assigned {
 
 /// The primary server refused to order an update. Nothing was ordered, so a
 /// client may correct the update and send it again with the same id.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum Refusal {
     /// The update breaks a bound.
     #[error("{0}")]

@@ -202,10 +202,6 @@ impl MapState {
         self.entries.iter().map(|(k, e)| (k.as_str(), e))
     }
 
-    pub(crate) fn entry_map(&self) -> &BTreeMap<String, Entry> {
-        &self.entries
-    }
-
     /// The first outcome of update `id`, if it was applied to this map
     /// within the last [`DEDUP_WINDOW`] versions.
     pub fn outcome_of(&self, id: UpdateId) -> Option<&Outcome> {
@@ -235,10 +231,6 @@ impl MapState {
                 .collect(),
             recent: self.recent.to_vec(),
         }
-    }
-
-    pub(crate) fn recent_vec(&self) -> Vec<(UpdateId, Outcome)> {
-        self.recent.to_vec()
     }
 
     fn put(&mut self, key: &str, value: &str, version: u64) {
