@@ -40,6 +40,9 @@ pub struct ServerConfig {
     pub chunk_bytes: usize,
     /// Maps rendered to files (from the daemon's configuration).
     pub renders: Vec<RenderSpec>,
+    /// Keep a journal of every change applied, for
+    /// [`MapsServer::take_journal`] (tests and checkers).
+    pub journal: bool,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +57,7 @@ impl Default for ServerConfig {
             max_pending: 65_536,
             chunk_bytes: 1 << 20,
             renders: Vec::new(),
+            journal: false,
         }
     }
 }
@@ -122,6 +126,22 @@ pub struct Stats {
     pub compactions: u64,
 }
 
+/// One change applied by a server, as [`MapsServer::take_journal`] reports
+/// it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Journaled {
+    /// The map.
+    pub map: String,
+    /// Its version after the change.
+    pub version: u64,
+    /// Its chain digest after the change.
+    pub chain: u64,
+    /// Its content digest after the change.
+    pub digest: u64,
+    /// The update applied; `None` for a snapshot installed.
+    pub id: Option<UpdateId>,
+}
+
 struct CurView {
     id: ViewId,
     members: Vec<Pid>,
@@ -179,6 +199,7 @@ pub struct MapsServer<S: Storage> {
     wants: BTreeSet<String>,
     unsent_state: Option<Vec<u8>>,
     stats: Stats,
+    journal: Vec<Journaled>,
 }
 
 impl<S: Storage> MapsServer<S> {
@@ -215,6 +236,7 @@ impl<S: Storage> MapsServer<S> {
             wants: BTreeSet::new(),
             unsent_state: None,
             stats: Stats::default(),
+            journal: Vec::new(),
             cfg,
         };
         for a in rec.applied {
@@ -261,6 +283,12 @@ impl<S: Storage> MapsServer<S> {
     /// Counters.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// The changes applied since the last call (only with
+    /// [`ServerConfig::journal`]).
+    pub fn take_journal(&mut self) -> Vec<Journaled> {
+        std::mem::take(&mut self.journal)
     }
 
     /// Requests waiting for an outcome.
@@ -838,6 +866,10 @@ impl<S: Storage> MapsServer<S> {
                 self.held_count -= h.len();
                 *h = rest;
             }
+            let id = match &c {
+                Change::Applied(a) => Some(a.ordered.update.id),
+                Change::Installed(_) => None,
+            };
             match c {
                 Change::Applied(a) => {
                     self.stats.applied += 1;
@@ -855,6 +887,16 @@ impl<S: Storage> MapsServer<S> {
                     self.stats.snapshots_installed += 1;
                     self.log.remove(&map);
                 }
+            }
+            if self.cfg.journal {
+                let t = self.replica.tables();
+                self.journal.push(Journaled {
+                    map: map.clone(),
+                    version: t.version(&map),
+                    chain: t.chain(&map),
+                    digest: t.map(&map).map_or(0, |m| m.content_digest()),
+                    id,
+                });
             }
             touched.insert(map);
         }
