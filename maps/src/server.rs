@@ -136,8 +136,9 @@ pub struct Journaled {
     pub version: u64,
     /// Its chain digest after the change.
     pub chain: u64,
-    /// Its content digest after the change.
-    pub digest: u64,
+    /// Its content digest after the change, when the map is still at that
+    /// version (changes are journaled after a batch of them is applied).
+    pub digest: Option<u64>,
     /// The update applied; `None` for a snapshot installed.
     pub id: Option<UpdateId>,
 }
@@ -332,6 +333,7 @@ impl<S: Storage> MapsServer<S> {
                 if let (Some(_), Some(since)) = (info.primary, since) {
                     self.exchange = Some(BTreeMap::new());
                     let payload = Msg::State(State {
+                        view: id,
                         since,
                         heads: self.heads(),
                     })
@@ -361,13 +363,12 @@ impl<S: Storage> MapsServer<S> {
             return Ok(out);
         };
         let regular = d.conf == ConfId::Regular(view.id);
-        let was_primary = view.primary.is_some();
         let sender = d.msg.sender;
         let is_member = view.members.contains(&sender);
         let serving = regular && self.is_primary_server();
         match msg {
             Msg::State(state) => {
-                if regular && is_member {
+                if regular && is_member && state.view == view.id {
                     if let Some(ex) = self.exchange.as_mut() {
                         ex.insert(sender, state);
                         if ex.len() == view.members.len() {
@@ -377,9 +378,15 @@ impl<S: Storage> MapsServer<S> {
                 }
             }
             Msg::Ordered(o) => {
-                if regular && was_primary {
+                // Only the sequencer of this very primary view orders what
+                // is delivered in it: an update that gc-core sent in a later
+                // view than the one it was ordered in (its send queue
+                // outlives views) has another epoch and is ignored by every
+                // member alike; its client hears "unknown" and retries.
+                let this_epoch = view.primary == Some(o.epoch);
+                if regular && this_epoch {
                     self.apply(vec![o], &mut out)?;
-                } else if !regular && was_primary {
+                } else if !regular && this_epoch {
                     // Delivered in the transitional configuration: this
                     // server cannot tell whether the other members have it,
                     // so it holds it until a primary view's exchange
@@ -866,9 +873,9 @@ impl<S: Storage> MapsServer<S> {
                 self.held_count -= h.len();
                 *h = rest;
             }
-            let id = match &c {
-                Change::Applied(a) => Some(a.ordered.update.id),
-                Change::Installed(_) => None,
+            let (id, chain) = match &c {
+                Change::Applied(a) => (Some(a.ordered.update.id), a.ordered.chain()),
+                Change::Installed(s) => (None, s.chain),
             };
             match c {
                 Change::Applied(a) => {
@@ -892,9 +899,12 @@ impl<S: Storage> MapsServer<S> {
                 let t = self.replica.tables();
                 self.journal.push(Journaled {
                     map: map.clone(),
-                    version: t.version(&map),
-                    chain: t.chain(&map),
-                    digest: t.map(&map).map_or(0, |m| m.content_digest()),
+                    version,
+                    chain,
+                    digest: t
+                        .map(&map)
+                        .filter(|m| m.version() == version)
+                        .map(|m| m.content_digest()),
                     id,
                 });
             }

@@ -9,7 +9,7 @@ use crate::bounds::{MAX_ENTRIES, MAX_MAP_NAMES};
 use crate::primary::Refusal;
 use crate::table::Entry;
 use crate::update::{Ordered, Outcome, Update, UpdateId};
-use gc_core::Pid;
+use gc_core::{Pid, ViewId};
 use serde::{Deserialize, Serialize};
 
 /// The version byte of every maps message.
@@ -48,6 +48,11 @@ impl Head {
 /// What a member states when a primary view is installed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
+    /// The view it is stated for. gc-core sends a message in the view that
+    /// is current when its turn in the send queue comes, which may be a
+    /// later view than the one the server asked in; a state for another
+    /// view is ignored.
+    pub view: ViewId,
     /// Its tenure in the primary component ([`crate::Tenure`]).
     pub since: u64,
     /// Every map it knows.
