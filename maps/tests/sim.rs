@@ -1,5 +1,6 @@
 //! MapsServers over the gc-core simulator: partitions, loss, crashes and
 //! restarts with disks that survive, checked by the maps checker.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -296,11 +297,20 @@ fn debug_seed() {
 /// Loads `n` entries into map `m` through host 0, in batches.
 fn load(w: &mut World, map: &str, n: usize, first_id: u128) {
     let entries: Vec<(String, String)> = (0..n)
-        .map(|i| (format!("host{i:06}.example.org"), format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255)))
+        .map(|i| {
+            (
+                format!("host{i:06}.example.org"),
+                format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
+            )
+        })
         .collect();
     let batches = maps::api::load_batches(&entries, true, 10_000).expect("bounded");
     for (k, op) in batches.into_iter().enumerate() {
-        let r = w.call(0, update(first_id + k as u128, map, op), Duration::from_secs(20));
+        let r = w.call(
+            0,
+            update(first_id + k as u128, map, op),
+            Duration::from_secs(20),
+        );
         assert!(applied(&r), "batch {k}: {r:?}");
     }
 }
@@ -308,15 +318,27 @@ fn load(w: &mut World, map: &str, n: usize, first_id: u128) {
 #[test]
 fn one_missed_update_on_a_100k_map_costs_the_gap_not_the_map() {
     let mut w = quiet(3);
-    assert!(applied(&w.call(0, update(1, "hosts", Op::CreateMap), Duration::from_secs(2))));
+    assert!(applied(&w.call(
+        0,
+        update(1, "hosts", Op::CreateMap),
+        Duration::from_secs(2)
+    )));
     load(&mut w, "hosts", 100_000, 100);
     w.advance(Duration::from_secs(1));
     assert!(w.converged());
-    let map_bytes = w.hosts[2].server.as_ref().and_then(|s| s.tables().map("hosts")).map_or(0, |m| m.bytes());
+    let map_bytes = w.hosts[2]
+        .server
+        .as_ref()
+        .and_then(|s| s.tables().map("hosts"))
+        .map_or(0, |m| m.bytes());
 
     w.sim.partition(&[&[0, 1], &[2]]);
     w.advance(Duration::from_secs(2));
-    let r = w.call(1, update(9, "hosts", set("new.example.org", "10.9.9.9")), Duration::from_secs(2));
+    let r = w.call(
+        1,
+        update(9, "hosts", set("new.example.org", "10.9.9.9")),
+        Duration::from_secs(2),
+    );
     assert!(applied(&r), "{r:?}");
     let before = w.sent.clone();
     w.sim.heal();
@@ -333,10 +355,22 @@ fn one_missed_update_on_a_100k_map_costs_the_gap_not_the_map() {
          {catchup} bytes of log suffix, {snapshot} bytes of snapshot, {state} bytes of state exchange"
     );
     assert_eq!(snapshot, 0, "no snapshot for a gap the log covers");
-    assert!(catchup > 0 && catchup < 200, "{catchup} bytes for one update");
-    assert!(state < 2_000, "the state exchange is per map, not per entry: {state}");
+    assert!(
+        catchup > 0 && catchup < 200,
+        "{catchup} bytes for one update"
+    );
+    assert!(
+        state < 2_000,
+        "the state exchange is per map, not per entry: {state}"
+    );
     let s = w.hosts[2].server.as_ref().expect("live");
-    assert_eq!(s.tables().map("hosts").and_then(|m| m.get("new.example.org")).map(|e| e.value.as_str()), Some("10.9.9.9"));
+    assert_eq!(
+        s.tables()
+            .map("hosts")
+            .and_then(|m| m.get("new.example.org"))
+            .map(|e| e.value.as_str()),
+        Some("10.9.9.9")
+    );
     let v = w.finish(Duration::from_secs(5));
     assert!(v.is_empty(), "{v:?}");
 }
@@ -350,18 +384,30 @@ fn a_gap_beyond_the_kept_log_is_filled_by_snapshot() {
     };
     let mut w = World::new(SimConfig::quiet(2, 3), cfg);
     w.advance(Duration::from_millis(600));
-    assert!(applied(&w.call(0, update(1, "m", Op::CreateMap), Duration::from_secs(2))));
+    assert!(applied(&w.call(
+        0,
+        update(1, "m", Op::CreateMap),
+        Duration::from_secs(2)
+    )));
     w.kill(2);
     w.advance(Duration::from_secs(2));
     for i in 0..50u128 {
-        let r = w.call((i % 2) as usize, update(10 + i, "m", set(&format!("k{}", i % 7), &format!("v{i}"))), Duration::from_secs(2));
+        let r = w.call(
+            (i % 2) as usize,
+            update(10 + i, "m", set(&format!("k{}", i % 7), &format!("v{i}"))),
+            Duration::from_secs(2),
+        );
         assert!(applied(&r), "{r:?}");
     }
     let before = w.sent.clone();
     let v = w.finish(Duration::from_secs(10));
     assert!(v.is_empty(), "{v:?}");
-    let snapshot = w.sent.get("snapshot").copied().unwrap_or(0) - before.get("snapshot").copied().unwrap_or(0);
-    assert!(snapshot > 0, "host 2 was 50 updates behind a log of 10: a snapshot");
+    let snapshot =
+        w.sent.get("snapshot").copied().unwrap_or(0) - before.get("snapshot").copied().unwrap_or(0);
+    assert!(
+        snapshot > 0,
+        "host 2 was 50 updates behind a log of 10: a snapshot"
+    );
     let s = w.hosts[2].server.as_ref().expect("live");
     assert_eq!(s.tables().version("m"), 51);
     assert!(s.stats().snapshots_installed >= 1);

@@ -2,7 +2,7 @@
 //! runs a MapsServer on a real directory (in a temp dir that survives the
 //! host's crash), the test acts as the clients, and every fact the checker
 //! needs is recorded.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 use gc_core::sim::{Sim, SimConfig, SimRng};
 use gc_core::{ConfId, Event};
