@@ -412,3 +412,22 @@ fn a_gap_beyond_the_kept_log_is_filled_by_snapshot() {
     assert_eq!(s.tables().version("m"), 51);
     assert!(s.stats().snapshots_installed >= 1);
 }
+
+/// Seeds that still fail: two primary views each ordered the same version
+/// of a map. A primary view whose state exchange was cut off (so its new
+/// members never learned the heads its old members held) was followed by a
+/// primary view made of a majority of it that held none of them. gc-core's
+/// primary rule allows that; the maps layer needs its own record of the last
+/// primary view whose exchange completed (dynamic voting with ambiguous
+/// sessions at the maps level) to refuse ordering there. Open: run with
+/// `cargo test -p maps --test sim -- --ignored known_failing`.
+const KNOWN_FAILING_SEEDS: &[u64] = &[1044, 1074];
+
+#[test]
+#[ignore]
+fn known_failing_seeds() {
+    for &seed in KNOWN_FAILING_SEEDS {
+        let v = run_seed(seed);
+        assert!(v.is_empty(), "seed {seed}: {v:?}");
+    }
+}
