@@ -63,6 +63,7 @@ mod server;
 pub mod storage;
 mod table;
 mod update;
+pub mod vote;
 pub mod wal;
 pub mod wire;
 

@@ -140,6 +140,10 @@ pub enum Refusal {
         /// The version to reach.
         need: u64,
     },
+    /// The primary server has not yet completed the primary component's
+    /// state exchange (every member catching up); nothing was ordered.
+    #[error("the primary component is settling after a membership change: retry shortly")]
+    Settling,
     /// Too many ordered updates are waiting to be applied here.
     #[error("{in_flight} updates are waiting to be applied, the limit: try again shortly")]
     Busy {

@@ -14,6 +14,9 @@ pub enum Change {
     Applied(AppliedUpdate),
     /// A map was replaced by a snapshot (catch-up past the responder's log).
     Installed(MapSnapshot),
+    /// An ordered update was received and kept, not yet applied: applied
+    /// only once a majority of its session holds it (see the crate docs).
+    Held(Ordered),
 }
 
 impl Change {
@@ -22,6 +25,7 @@ impl Change {
         match self {
             Change::Applied(a) => a.ordered.map(),
             Change::Installed(s) => &s.map,
+            Change::Held(o) => o.map(),
         }
     }
 
@@ -30,6 +34,7 @@ impl Change {
         match self {
             Change::Applied(a) => a.ordered.version,
             Change::Installed(s) => s.version,
+            Change::Held(o) => o.version,
         }
     }
 }

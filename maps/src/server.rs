@@ -12,9 +12,10 @@ use crate::replica::{Change, Receipt, Replica, ReplicaError, ReplicaLimits};
 use crate::storage::Storage;
 use crate::table::{AppliedUpdate, ApplyError, MapSnapshot, Tables};
 use crate::update::{Ordered, Update, UpdateId};
+use crate::vote::{Session, Votes};
 use crate::wal::{Cut, Wal, WalError};
 use crate::wire::{Head, Msg, ReadReq, SnapshotPart, State};
-use gc_core::{ConfId, Delivery, Event, Level, Pid, ViewId, ViewInfo};
+use gc_core::{ConfId, Delivery, Event, Level, NodeId, Pid, ViewId, ViewInfo};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// How a server behaves; every field has a bound-respecting default.
@@ -43,6 +44,10 @@ pub struct ServerConfig {
     /// Keep a journal of every change applied, for
     /// [`MapsServer::take_journal`] (tests and checkers).
     pub journal: bool,
+    /// The configured hosts (gc-core node ids): the maps primary component's
+    /// first session ([`crate::vote`]). Required on a host's first start
+    /// (when its storage holds no voting record); the same list as gc-core's.
+    pub hosts: Vec<NodeId>,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +63,7 @@ impl Default for ServerConfig {
             chunk_bytes: 1 << 20,
             renders: Vec::new(),
             journal: false,
+            hosts: Vec::new(),
         }
     }
 }
@@ -94,6 +100,10 @@ pub enum MapsError {
     /// primaries at once, which the primary component rules out.
     #[error(transparent)]
     Replica(#[from] ReplicaError),
+    /// The storage holds no voting record and the configuration names no
+    /// hosts to start one from.
+    #[error("the maps configuration names no hosts (needed on a host's first start)")]
+    NoHosts,
     /// A render template in the configuration is invalid.
     #[error("the render template for map {map:?} is invalid: {error}")]
     Template {
@@ -149,10 +159,46 @@ struct CurView {
     primary: Option<u64>,
 }
 
+/// A primary view whose state exchange is done and which passed the maps
+/// voting rule: a session, attempted, and complete once every member said
+/// it caught up.
 struct Ready {
     primary: Pid,
+    /// Per map, the version chosen by the exchange.
     need: BTreeMap<String, u64>,
+    /// Per map, the version and chain chosen by the exchange.
+    chosen: BTreeMap<String, (u64, u64)>,
+    session: Session,
+    caught_sent: bool,
+    caught: BTreeSet<Pid>,
+    complete: bool,
+    /// Per host of the session, per map: the version it has synced.
+    durable: BTreeMap<NodeId, BTreeMap<String, u64>>,
     seq: Option<Sequencer>,
+    /// Updates this (primary) server ordered for another server's client.
+    origins: BTreeMap<UpdateId, Pid>,
+}
+
+impl Ready {
+    /// The highest version of `map` that a strict majority of the
+    /// session's hosts have synced.
+    fn majority_durable(&self, map: &str) -> u64 {
+        let mut v: Vec<u64> = self
+            .session
+            .hosts
+            .iter()
+            .map(|h| {
+                self.durable
+                    .get(h)
+                    .and_then(|m| m.get(map))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .collect();
+        v.sort_unstable_by(|a, b| b.cmp(a));
+        // The (n/2+1)-th highest: that many hosts hold at least it.
+        v.get(v.len() / 2).copied().unwrap_or(0)
+    }
 }
 
 #[derive(Default)]
@@ -198,7 +244,17 @@ pub struct MapsServer<S: Storage> {
     next_token: u64,
     snap_in: BTreeMap<String, (MapSnapshot, u32)>,
     wants: BTreeSet<String>,
-    unsent_state: Option<Vec<u8>>,
+    /// Control messages gc-core refused, sent again at the next input.
+    unsent: Vec<Vec<u8>>,
+    /// The exchange of this view is done and the voting rule refused it.
+    blocked: bool,
+    votes: Votes,
+    /// Outcomes waiting for a majority of the session to sync them, per
+    /// map and version.
+    /// Maps applied since the last sync, to report as durable.
+    touched: BTreeSet<String>,
+    /// Renders waiting for the sync of what they show.
+    renders: Vec<Action>,
     stats: Stats,
     journal: Vec<Journaled>,
 }
@@ -216,6 +272,11 @@ impl<S: Storage> MapsServer<S> {
             templates.push((spec.clone(), t));
         }
         let (wal, rec) = Wal::open(storage)?;
+        let votes = match Votes::load(wal.storage())? {
+            Some(v) => v,
+            None if cfg.hosts.is_empty() => return Err(MapsError::NoHosts),
+            None => Votes::initial(&cfg.hosts),
+        };
         let mut server = MapsServer {
             me,
             templates,
@@ -235,13 +296,29 @@ impl<S: Storage> MapsServer<S> {
             next_token: 0,
             snap_in: BTreeMap::new(),
             wants: BTreeSet::new(),
-            unsent_state: None,
+            unsent: Vec::new(),
+            blocked: false,
+            votes,
+            touched: BTreeSet::new(),
+            renders: Vec::new(),
             stats: Stats::default(),
             journal: Vec::new(),
             cfg,
         };
         for a in rec.applied {
             server.keep(a);
+        }
+        // Kept updates survive a restart as they were: this host may be
+        // one of the majority a session counted on for them.
+        for o in rec.held {
+            if o.version > server.tables().version(o.map())
+                && server.held_count < server.cfg.limits.max_buffered
+            {
+                let h = server.held.entry(o.map().to_owned()).or_default();
+                if h.insert(o.version, o).is_none() {
+                    server.held_count += 1;
+                }
+            }
         }
         Ok((server, rec.cut))
     }
@@ -261,7 +338,7 @@ impl<S: Storage> MapsServer<S> {
     /// Whether this server is in the primary component and has finished
     /// its state exchange there.
     pub fn is_settled(&self) -> bool {
-        self.ready.is_some() && !self.in_trans
+        self.ready.as_ref().is_some_and(|r| r.complete) && !self.in_trans
     }
 
     /// The primary server, once settled in the primary component.
@@ -273,7 +350,7 @@ impl<S: Storage> MapsServer<S> {
     /// primary component stated it (and has no update waiting for a gap).
     pub fn is_current(&self) -> bool {
         match &self.ready {
-            Some(r) if !self.in_trans => {
+            Some(r) if r.complete && !self.in_trans => {
                 r.need.iter().all(|(m, &v)| self.tables().version(m) >= v)
                     && self.replica.buffered() == 0
             }
@@ -299,13 +376,75 @@ impl<S: Storage> MapsServer<S> {
 
     // ----- inputs -----
 
+    /// A one-line account of where this server stands in the primary
+    /// component, for logs and failed tests.
+    pub fn describe(&self) -> String {
+        let view = self
+            .view
+            .as_ref()
+            .map(|v| (v.id.counter, v.primary, v.members.len()));
+        let ready = self.ready.as_ref().map(|r| {
+            format!(
+                "session {} complete {} caught {}/{} sent {} chosen {:?} durable {:?}",
+                r.session.number,
+                r.complete,
+                r.caught.len(),
+                r.session.hosts.len(),
+                r.caught_sent,
+                r.chosen,
+                r.durable
+            )
+        });
+        let tops: Vec<(String, u64, u64)> = self
+            .tables()
+            .maps()
+            .map(|(m, t)| (m.to_owned(), t.version(), self.top(m).0))
+            .collect();
+        format!(
+            "{}: view {view:?} trans {} blocked {} exchange {:?} ready {ready:?} votes {:?} maps {tops:?} held {}",
+            self.me,
+            self.in_trans,
+            self.blocked,
+            self.exchange.as_ref().map(|e| e.len()),
+            self.votes,
+            self.held_count
+        )
+    }
+
+    /// This host's record of maps primary sessions ([`crate::vote`]).
+    pub fn votes(&self) -> &Votes {
+        &self.votes
+    }
+
     /// Handles one gc-core event: views, and deliveries of the maps group.
     pub fn on_event(&mut self, event: &Event) -> Result<Vec<Action>, MapsError> {
-        match event {
-            Event::View(info) => Ok(self.on_view(info)),
-            Event::Deliver(d) if d.group == self.cfg.group => self.on_delivery(d),
-            _ => Ok(Vec::new()),
+        self.on_events(std::slice::from_ref(event))
+    }
+
+    /// Handles a run of gc-core events with one log sync for all of them
+    /// (group commit): what they apply is written as it comes, synced once
+    /// at the end, and only then reported durable to the other members and
+    /// rendered. Pass every event that is ready at once.
+    pub fn on_events(&mut self, events: &[Event]) -> Result<Vec<Action>, MapsError> {
+        let mut out = Vec::new();
+        self.resend(&mut out);
+        for event in events {
+            match event {
+                Event::View(info) => out.extend(self.on_view(info)),
+                Event::Deliver(d) if d.group == self.cfg.group => self.delivery(d, &mut out)?,
+                _ => {}
+            }
         }
+        self.finish(&mut out)?;
+        Ok(out)
+    }
+
+    /// Sends again what gc-core refused to send (a full send queue). Every
+    /// input does this first; a driver with a timer may call it too.
+    pub fn retry(&mut self) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.resend(&mut out);
+        out
     }
 
     /// A regular or transitional configuration was installed. Every update
@@ -319,7 +458,9 @@ impl<S: Storage> MapsServer<S> {
         self.exchange = None;
         self.snap_in.clear();
         self.wants.clear();
-        self.unsent_state = None;
+        // What was unsent belongs to the view that ended.
+        self.unsent.clear();
+        self.blocked = false;
         match info.conf {
             ConfId::Transitional { .. } => self.in_trans = true,
             ConfId::Regular(id) => {
@@ -336,6 +477,7 @@ impl<S: Storage> MapsServer<S> {
                         view: id,
                         since,
                         heads: self.heads(),
+                        votes: self.votes.clone(),
                     })
                     .encode();
                     out.push(Action::Multicast {
@@ -351,16 +493,22 @@ impl<S: Storage> MapsServer<S> {
     /// A message of the maps group was delivered.
     pub fn on_delivery(&mut self, d: &Delivery) -> Result<Vec<Action>, MapsError> {
         let mut out = Vec::new();
-        self.resend_state(&mut out);
+        self.resend(&mut out);
+        self.delivery(d, &mut out)?;
+        self.finish(&mut out)?;
+        Ok(out)
+    }
+
+    fn delivery(&mut self, d: &Delivery, out: &mut Vec<Action>) -> Result<(), MapsError> {
         let msg = match Msg::decode(&d.payload) {
             Ok(m) => m,
             Err(_) => {
                 self.stats.bad_messages += 1;
-                return Ok(out);
+                return Ok(());
             }
         };
         let Some(view) = &self.view else {
-            return Ok(out);
+            return Ok(());
         };
         let regular = d.conf == ConfId::Regular(view.id);
         let sender = d.msg.sender;
@@ -372,7 +520,7 @@ impl<S: Storage> MapsServer<S> {
                     if let Some(ex) = self.exchange.as_mut() {
                         ex.insert(sender, state);
                         if ex.len() == view.members.len() {
-                            self.settle(&mut out)?;
+                            self.settle(out)?;
                         }
                     }
                 }
@@ -384,19 +532,21 @@ impl<S: Storage> MapsServer<S> {
                 // outlives views) has another epoch and is ignored by every
                 // member alike; its client hears "unknown" and retries.
                 let this_epoch = view.primary == Some(o.epoch);
-                if regular && this_epoch {
-                    self.apply(vec![o], &mut out)?;
-                } else if !regular && this_epoch {
-                    // Delivered in the transitional configuration: this
-                    // server cannot tell whether the other members have it,
-                    // so it holds it until a primary view's exchange
-                    // decides.
-                    self.hold(o);
+                let complete = self.ready.as_ref().is_some_and(|r| r.complete);
+                if this_epoch && (complete || !regular) {
+                    // Kept on disk, not applied: applied once a majority of
+                    // the session holds it (`finish`). One delivered in the
+                    // transitional configuration is kept alike, until a
+                    // later session's exchange adopts or drops it.
+                    let map = o.map().to_owned();
+                    if self.hold(o)? && regular {
+                        self.touched.insert(map);
+                    }
                 }
             }
             Msg::Forward { origin, update } => {
                 if serving {
-                    self.order(origin, update, &mut out);
+                    self.order(origin, update, out);
                 }
             }
             Msg::Refused {
@@ -405,11 +555,7 @@ impl<S: Storage> MapsServer<S> {
                 refusal,
             } => {
                 if origin == self.me {
-                    self.answer(
-                        id,
-                        Response::Error(RequestError::Refused(refusal)),
-                        &mut out,
-                    );
+                    self.answer(id, Response::Error(RequestError::Refused(refusal)), out);
                 }
             }
             Msg::Done {
@@ -421,23 +567,37 @@ impl<S: Storage> MapsServer<S> {
                 if origin == self.me {
                     let r = Response::Outcome {
                         id,
-                        map,
+                        map: map.clone(),
                         outcome,
                         duplicate: true,
                     };
-                    self.answer(id, r, &mut out);
+                    self.answer(id, r, out);
                 }
             }
-            Msg::CatchUp { updates } => self.apply(updates, &mut out)?,
-            Msg::Snapshot(part) => self.snapshot_part(part, &mut out)?,
+            Msg::CatchUp { updates } => self.apply(updates, out)?,
+            Msg::Accept { updates } => {
+                // The exchange's chosen history beyond what its holder has
+                // applied: kept, applied when the session completes.
+                if regular && self.ready.is_some() {
+                    for o in updates {
+                        self.hold(o)?;
+                    }
+                }
+            }
+            Msg::Snapshot(part) => self.snapshot_part(part, out)?,
             Msg::Want { map, have, chain } => {
                 if serving {
-                    self.send_catch_up(&map, &[(have, chain)], &mut out);
+                    self.send_catch_up(&map, &[(have, chain)], out);
                 }
             }
             Msg::Read(req) => {
                 if serving {
-                    let result = self.read_consistent(&req.request);
+                    let complete = self.ready.as_ref().is_some_and(|r| r.complete);
+                    let result = if complete {
+                        self.read_consistent(&req.request)
+                    } else {
+                        Err(RequestError::Settling)
+                    };
                     if req.origin == self.me {
                         if let Some(client) = self.reads.remove(&req.token) {
                             out.push(reply(client, result));
@@ -465,8 +625,24 @@ impl<S: Storage> MapsServer<S> {
                     }
                 }
             }
+            Msg::Caught { view: v } => {
+                if regular && is_member && v == view.id {
+                    self.caught(sender)?;
+                }
+            }
+            Msg::Durable { view: v, heads } => {
+                if regular && is_member && v == view.id {
+                    if let Some(r) = self.ready.as_mut().filter(|r| r.complete) {
+                        let d = r.durable.entry(sender.node).or_default();
+                        for (map, version) in heads {
+                            let e = d.entry(map).or_default();
+                            *e = (*e).max(version);
+                        }
+                    }
+                }
+            }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// A client's request.
@@ -476,7 +652,7 @@ impl<S: Storage> MapsServer<S> {
         request: Request,
     ) -> Result<Vec<Action>, MapsError> {
         let mut out = Vec::new();
-        self.resend_state(&mut out);
+        self.resend(&mut out);
         if let Err(e) = request.validate() {
             out.push(reply(client, Err(RequestError::Invalid(e))));
             return Ok(out);
@@ -520,12 +696,16 @@ impl<S: Storage> MapsServer<S> {
                 out.push(reply(client, r));
             }
         }
+        self.finish(&mut out)?;
         Ok(out)
     }
 
     /// gc-core refused to multicast `payload` (a full send queue). An
     /// update this server ordered is taken back and its client told to
-    /// retry; a state-exchange message is sent again with the next input.
+    /// retry (through its own server, by an explicit refusal, when it came
+    /// forwarded); a forwarded update or a consistent read is answered
+    /// busy; control messages (state, caught-up, durable, refusals) are
+    /// sent again at the next input or [`MapsServer::retry`].
     pub fn on_send_failed(&mut self, payload: &[u8]) -> Vec<Action> {
         let mut out = Vec::new();
         let Ok(msg) = Msg::decode(payload) else {
@@ -533,12 +713,36 @@ impl<S: Storage> MapsServer<S> {
         };
         let busy = |n| Response::Error(RequestError::Refused(Refusal::Busy { in_flight: n }));
         match msg {
-            Msg::State(_) => self.unsent_state = Some(payload.to_vec()),
+            Msg::State(_)
+            | Msg::Caught { .. }
+            | Msg::Durable { .. }
+            | Msg::Refused { .. }
+            | Msg::Done { .. } => {
+                // Bounded: at most a few per view, plus one refusal per
+                // update in flight (itself bounded).
+                if self.unsent.len() < self.cfg.max_in_flight {
+                    self.unsent.push(payload.to_vec());
+                }
+            }
             Msg::Ordered(o) => {
-                if let Some(seq) = self.ready.as_mut().and_then(|r| r.seq.as_mut()) {
-                    seq.take_back(&o);
-                    let n = seq.in_flight();
-                    self.answer(o.update.id, busy(n), &mut out);
+                let id = o.update.id;
+                if let Some(r) = self.ready.as_mut() {
+                    let origin = r.origins.remove(&id);
+                    if let Some(seq) = r.seq.as_mut() {
+                        seq.take_back(&o);
+                        let in_flight = seq.in_flight();
+                        match origin {
+                            Some(origin) if origin != self.me => out.push(multicast(
+                                Level::Agreed,
+                                &Msg::Refused {
+                                    origin,
+                                    id,
+                                    refusal: Refusal::Busy { in_flight },
+                                },
+                            )),
+                            _ => self.answer(id, busy(in_flight), &mut out),
+                        }
+                    }
                 }
             }
             Msg::Forward { update, .. } => self.answer(update.id, busy(0), &mut out),
@@ -567,7 +771,15 @@ impl<S: Storage> MapsServer<S> {
                 members: view.map(|v| v.members.clone()).unwrap_or_default(),
             });
         }
-        if self.ready.is_none() {
+        if self.blocked {
+            // gc-core's primary, but not a maps session: a majority of the
+            // last complete session (or of an attempt after it) is missing.
+            return Err(RequestError::NotPrimary {
+                what: what.to_owned(),
+                members: view.map(|v| v.members.clone()).unwrap_or_default(),
+            });
+        }
+        if !self.ready.as_ref().is_some_and(|r| r.complete) {
             return Err(RequestError::Settling);
         }
         Ok(())
@@ -633,6 +845,19 @@ impl<S: Storage> MapsServer<S> {
         let Some(primary) = primary_server(&members) else {
             return Ok(());
         };
+        // The maps voting rule (crate::vote): a gc-core primary view is a
+        // maps session only with a majority of the last complete session and
+        // of every attempt after it. Recorded as attempted before this
+        // server says it caught up, so completion implies every member has
+        // the record.
+        let session = Session::new(epoch, view.members.iter().map(|p| p.node));
+        if !Votes::allows(&session.hosts, states.values().map(|s| &s.votes))
+            || !self.votes.attempt(session.clone())
+        {
+            self.blocked = true;
+            return Ok(());
+        }
+        self.votes.store(self.wal.storage_mut())?;
         let mut best: BTreeMap<String, (Head, Pid)> = BTreeMap::new();
         for (pid, s) in &states {
             for h in &s.heads {
@@ -642,26 +867,41 @@ impl<S: Storage> MapsServer<S> {
                 }
             }
         }
-        // Held updates on the chosen history become definitive; the rest
-        // were never definitive anywhere and are dropped.
+        // Held updates on the chosen history stay held, to be applied when
+        // the session completes. They are on it when this server's top is
+        // the chosen one, or an earlier version of the same epoch: one
+        // sequencer orders an epoch, on one chain, so the update at a version
+        // of that epoch names the history below it. (That case matters: a
+        // holder of an update a majority kept must keep it through attempts
+        // that choose a longer history of the same epoch and then fail.)
+        // The rest were never applied anywhere and are dropped here (their
+        // records on disk are harmless: a held update only counts where its
+        // chain digest follows the applied history).
         let tops: BTreeMap<String, (u64, u64, u64)> =
             self.held.keys().map(|m| (m.clone(), self.top(m))).collect();
         let held = std::mem::take(&mut self.held);
         self.held_count = 0;
         for (map, updates) in held {
-            let (v, c, _) = tops.get(&map).copied().unwrap_or_default();
-            let adopt = best
+            let (v, c, e) = tops.get(&map).copied().unwrap_or_default();
+            let chosen = best
                 .get(&map)
-                .is_some_and(|(h, _)| (h.top_version, h.top_chain) == (v, c));
+                .map(|(h, _)| (h.top_version, h.top_chain, h.top_epoch));
+            let adopt = chosen.is_some_and(|(cv, cc, ce)| {
+                (cv, cc) == (v, c) || (ce == e && cv > v && v > self.tables().version(&map))
+            });
+            let upto = chosen.map_or(0, |(cv, _, _)| cv);
             let have = self.tables().version(&map);
-            let keep: Vec<Ordered> = updates
-                .into_values()
-                .filter(|o| adopt && o.version > have && o.version <= v)
+            let keep: BTreeMap<u64, Ordered> = updates
+                .into_iter()
+                .filter(|(ver, _)| adopt && *ver > have && *ver <= upto)
                 .collect();
             if !adopt {
                 self.stats.held_dropped += 1;
             }
-            self.apply(keep, out)?;
+            if !keep.is_empty() {
+                self.held_count += keep.len();
+                self.held.insert(map, keep);
+            }
         }
         let need: BTreeMap<String, u64> = best
             .iter()
@@ -683,26 +923,192 @@ impl<S: Storage> MapsServer<S> {
                 .collect();
             if !lagging.is_empty() {
                 self.send_catch_up(map, &lagging, out);
+                let held = self.held_chain(map, u64::MAX);
+                if !held.is_empty() {
+                    out.push(multicast(Level::Agreed, &Msg::Accept { updates: held }));
+                }
             }
         }
-        let seq =
-            (primary == self.me).then(|| Sequencer::new(epoch, &need, self.cfg.max_in_flight));
-        self.ready = Some(Ready { primary, need, seq });
+        let chosen = best
+            .iter()
+            .map(|(m, (h, _))| (m.clone(), (h.top_version, h.top_chain)))
+            .collect();
+        // Nothing is ordered before the session completes (every member
+        // caught up): see `caught`.
+        self.ready = Some(Ready {
+            primary,
+            need,
+            chosen,
+            session,
+            caught_sent: false,
+            caught: BTreeSet::new(),
+            complete: false,
+            durable: BTreeMap::new(),
+            seq: None,
+            origins: BTreeMap::new(),
+        });
         Ok(())
     }
 
-    fn hold(&mut self, o: Ordered) {
+    /// `sender` caught up with the exchange's choice. When every member has,
+    /// the session is complete: recorded as the last one, and the primary
+    /// server starts ordering.
+    fn caught(&mut self, sender: Pid) -> Result<(), MapsError> {
+        let Some(view) = &self.view else {
+            return Ok(());
+        };
+        let Some(r) = self.ready.as_mut() else {
+            return Ok(());
+        };
+        if r.complete {
+            return Ok(());
+        }
+        r.caught.insert(sender);
+        if !view.members.iter().all(|p| r.caught.contains(p)) {
+            return Ok(());
+        }
+        r.complete = true;
+        // Every member holds the chosen history on disk.
+        for p in &view.members {
+            r.durable.insert(p.node, r.need.clone());
+        }
+        if r.primary == self.me {
+            r.seq = Some(Sequencer::new(
+                r.session.number,
+                &r.need,
+                self.cfg.max_in_flight,
+            ));
+        }
+        self.votes.complete(r.session.clone());
+        self.votes.store(self.wal.storage_mut())?;
+        Ok(())
+    }
+
+    /// Whether this server holds (applied, or kept on disk to apply)
+    /// exactly the history the exchange chose.
+    fn caught_up(&self, r: &Ready) -> bool {
+        r.chosen.iter().all(|(m, &(v, c))| {
+            let (tv, tc, _) = self.top(m);
+            (tv, tc) == (v, c)
+        })
+    }
+
+    /// The end of every input: syncs what was written (one fsync for the
+    /// whole input, group commit), then renders, reports the synced versions
+    /// to the session, releases outcomes a majority now holds, and says
+    /// when this server caught up.
+    fn finish(&mut self, out: &mut Vec<Action>) -> Result<(), MapsError> {
+        self.wal.sync()?;
+        out.append(&mut self.renders);
+        let touched = std::mem::take(&mut self.touched);
+        let (Some(view), false) = (self.view.as_ref(), self.in_trans) else {
+            return Ok(());
+        };
+        let view_id = view.id;
+        let me = self.me.node;
+        // What this server holds on disk, applied or kept: the top.
+        let heads: Vec<(String, u64)> = touched
+            .into_iter()
+            .map(|m| {
+                let v = self.top(&m).0;
+                (m, v)
+            })
+            .collect();
+        if let Some(r) = self.ready.as_mut() {
+            if r.complete && !heads.is_empty() {
+                let d = r.durable.entry(me).or_default();
+                for (m, v) in &heads {
+                    let e = d.entry(m.clone()).or_default();
+                    *e = (*e).max(*v);
+                }
+                out.push(multicast(
+                    Level::Agreed,
+                    &Msg::Durable {
+                        view: view_id,
+                        heads,
+                    },
+                ));
+            }
+        }
+        self.commit_ready(out)?;
+        out.append(&mut self.renders);
+        let send_caught = self
+            .ready
+            .as_ref()
+            .is_some_and(|r| !r.complete && !r.caught_sent && self.caught_up(r));
+        if send_caught {
+            if let Some(r) = self.ready.as_mut() {
+                r.caught_sent = true;
+            }
+            out.push(multicast(Level::Agreed, &Msg::Caught { view: view_id }));
+        }
+        Ok(())
+    }
+
+    /// Applies what a majority of the session now holds on disk: only then
+    /// can no later session lose it (crate docs). The applied tables hold
+    /// nothing else, so every outcome read from them is final.
+    fn commit_ready(&mut self, out: &mut Vec<Action>) -> Result<(), MapsError> {
+        let Some(r) = self.ready.as_ref().filter(|r| r.complete) else {
+            return Ok(());
+        };
+        let upto: Vec<(String, u64)> = self
+            .held
+            .keys()
+            .map(|m| (m.clone(), r.majority_durable(m)))
+            .filter(|(m, v)| *v > self.tables().version(m))
+            .collect();
+        for (map, v) in upto {
+            let chain = self.held_chain(&map, v);
+            self.apply(chain, out)?;
+        }
+        Ok(())
+    }
+
+    /// The held updates of `map` that follow on from its applied version,
+    /// up to version `upto`, in order.
+    fn held_chain(&self, map: &str, upto: u64) -> Vec<Ordered> {
+        let t = self.tables();
+        let (mut v, mut c) = (t.version(map), t.chain(map));
+        let mut chain = Vec::new();
+        if let Some(h) = self.held.get(map) {
+            for (&ver, o) in h.range(v.saturating_add(1)..) {
+                if ver != v + 1 || o.prev != c || ver > upto {
+                    break;
+                }
+                (v, c) = (ver, o.chain());
+                chain.push(o.clone());
+            }
+        }
+        chain
+    }
+
+    /// Keeps an ordered update, unapplied, in memory and in the log
+    /// (synced at the end of the input). Returns whether it is new here.
+    fn hold(&mut self, o: Ordered) -> Result<bool, MapsError> {
         if o.version <= self.tables().version(o.map()) {
-            return;
+            return Ok(false);
         }
-        if self.held_count >= self.cfg.limits.max_buffered {
-            return;
+        let same = self
+            .held
+            .get(o.map())
+            .and_then(|h| h.get(&o.version))
+            .map(|x| x.chain() == o.chain());
+        match same {
+            Some(true) => return Ok(false),
+            // Another update at that version (from a history the exchange
+            // dropped): the newer delivery replaces it.
+            Some(false) => {}
+            None if self.held_count >= self.cfg.limits.max_buffered => return Ok(false),
+            None => self.held_count += 1,
         }
-        let h = self.held.entry(o.map().to_owned()).or_default();
-        if h.insert(o.version, o).is_none() {
-            self.held_count += 1;
-            self.stats.held += 1;
-        }
+        self.wal.write(&[Change::Held(o.clone())])?;
+        self.stats.held += 1;
+        self.held
+            .entry(o.map().to_owned())
+            .or_default()
+            .insert(o.version, o);
+        Ok(true)
     }
 
     /// The primary server orders an update from `origin`.
@@ -710,17 +1116,27 @@ impl<S: Storage> MapsServer<S> {
         let id = update.id;
         let map = update.map.clone();
         let tables = self.replica.tables();
-        let Some(seq) = self.ready.as_mut().and_then(|r| r.seq.as_mut()) else {
-            return;
+        let assigned = match self.ready.as_mut() {
+            Some(r) => match r.seq.as_mut() {
+                Some(seq) => {
+                    let a = seq.assign(tables, update);
+                    if let (Ok(Assigned::Ordered(_)), true) = (&a, origin != self.me) {
+                        r.origins.insert(id, origin);
+                    }
+                    a
+                }
+                None => Err(Refusal::Settling),
+            },
+            None => Err(Refusal::Settling),
         };
-        match seq.assign(tables, update) {
+        match assigned {
             Ok(Assigned::Ordered(o)) => out.push(multicast(Level::Safe, &Msg::Ordered(o))),
             Ok(Assigned::InFlight { .. }) => {}
             Ok(Assigned::Done(outcome)) => {
                 if origin == self.me {
                     let r = Response::Outcome {
                         id,
-                        map,
+                        map: map.clone(),
                         outcome,
                         duplicate: true,
                     };
@@ -760,6 +1176,11 @@ impl<S: Storage> MapsServer<S> {
             return;
         }
         let id = update.id;
+        if self.pending() >= self.cfg.max_pending {
+            let pending = self.pending();
+            out.push(reply(client, Err(RequestError::Busy { pending })));
+            return;
+        }
         if let Some(outcome) = self.tables().outcome_of(&update.map, id) {
             let r = Response::Outcome {
                 id,
@@ -767,15 +1188,9 @@ impl<S: Storage> MapsServer<S> {
                 outcome: outcome.clone(),
                 duplicate: true,
             };
-            out.push(Action::Reply {
-                client,
-                response: r,
-            });
-            return;
-        }
-        if self.pending() >= self.cfg.max_pending {
-            let pending = self.pending();
-            out.push(reply(client, Err(RequestError::Busy { pending })));
+            self.pending.entry(id).or_default().push(client);
+            self.pending_count += 1;
+            self.answer(id, r, out);
             return;
         }
         let waiting = self.pending.entry(id).or_default();
@@ -825,12 +1240,14 @@ impl<S: Storage> MapsServer<S> {
         }
     }
 
-    fn resend_state(&mut self, out: &mut Vec<Action>) {
-        if let Some(payload) = self.unsent_state.take() {
-            out.push(Action::Multicast {
-                level: Level::Safe,
-                payload,
-            });
+    fn resend(&mut self, out: &mut Vec<Action>) {
+        for payload in std::mem::take(&mut self.unsent) {
+            // The state exchange is safe; the other control messages agreed.
+            let level = match Msg::decode(&payload) {
+                Ok(Msg::State(_)) => Level::Safe,
+                _ => Level::Agreed,
+            };
+            out.push(Action::Multicast { level, payload });
         }
     }
 
@@ -863,7 +1280,8 @@ impl<S: Storage> MapsServer<S> {
         if changes.is_empty() {
             return Ok(());
         }
-        self.wal.append(&changes)?;
+        // Written now, synced once at the end of the input (`finish`).
+        self.wal.write(&changes)?;
         let mut touched = BTreeSet::new();
         for c in changes {
             let map = c.map().to_owned();
@@ -876,6 +1294,8 @@ impl<S: Storage> MapsServer<S> {
             let (id, chain) = match &c {
                 Change::Applied(a) => (Some(a.ordered.update.id), a.ordered.chain()),
                 Change::Installed(s) => (None, s.chain),
+                // The replica reports applied and installed changes only.
+                Change::Held(_) => continue,
             };
             match c {
                 Change::Applied(a) => {
@@ -887,6 +1307,9 @@ impl<S: Storage> MapsServer<S> {
                         outcome: a.outcome.clone(),
                         duplicate: a.duplicate,
                     };
+                    if let Some(r) = self.ready.as_mut() {
+                        r.origins.remove(&id);
+                    }
                     self.answer(id, r, out);
                     self.keep(a);
                 }
@@ -894,6 +1317,7 @@ impl<S: Storage> MapsServer<S> {
                     self.stats.snapshots_installed += 1;
                     self.log.remove(&map);
                 }
+                Change::Held(_) => {}
             }
             if self.cfg.journal {
                 let t = self.replica.tables();
@@ -908,6 +1332,7 @@ impl<S: Storage> MapsServer<S> {
                     id,
                 });
             }
+            self.touched.insert(map.clone());
             touched.insert(map);
         }
         if !self.templates.is_empty() {
@@ -915,7 +1340,7 @@ impl<S: Storage> MapsServer<S> {
                 for (spec, tpl) in &self.templates {
                     if &spec.map == map {
                         let state = self.replica.tables().map(map);
-                        out.push(Action::Render(Rendered {
+                        self.renders.push(Action::Render(Rendered {
                             map: map.clone(),
                             version: state.map_or(0, |m| m.version()),
                             path: spec.path.clone(),
@@ -926,7 +1351,12 @@ impl<S: Storage> MapsServer<S> {
             }
         }
         if self.wal.len() > self.cfg.compact_after {
-            self.wal.snapshot(self.replica.tables())?;
+            let held: Vec<Ordered> = self
+                .held
+                .values()
+                .flat_map(|h| h.values().cloned())
+                .collect();
+            self.wal.snapshot(self.replica.tables(), &held)?;
             self.stats.compactions += 1;
         }
         Ok(())
@@ -1106,9 +1536,11 @@ impl<S: Storage> MapsServer<S> {
     // ----- reads -----
 
     fn freshness(&self, map: &str) -> Freshness {
-        let in_primary = !self.in_trans && self.view.as_ref().is_some_and(|v| v.primary.is_some());
+        let in_primary = !self.in_trans
+            && !self.blocked
+            && self.view.as_ref().is_some_and(|v| v.primary.is_some());
         let current = match &self.ready {
-            Some(r) if in_primary => {
+            Some(r) if in_primary && r.complete => {
                 self.tables().version(map) >= r.need.get(map).copied().unwrap_or(0)
                     && !self.replica.gaps().iter().any(|g| g.map == map)
             }

@@ -33,6 +33,7 @@
 use crate::replica::Change;
 use crate::storage::Storage;
 use crate::table::{AppliedUpdate, MapSnapshot, Tables};
+use crate::update::Ordered;
 use serde::{Deserialize, Serialize};
 use std::io;
 
@@ -104,6 +105,9 @@ pub struct Recovered {
     /// The updates applied since the snapshot, in log order: the suffix a
     /// server can send in catch-up.
     pub applied: Vec<AppliedUpdate>,
+    /// Updates received and kept but not yet applied ([`Change::Held`]),
+    /// in log order; those at or below a map's version are left out.
+    pub held: Vec<Ordered>,
     /// Records replayed from the log.
     pub records: u64,
     /// The torn tail that was cut, if any.
@@ -126,6 +130,8 @@ pub struct Wal<S: Storage> {
     generation: u64,
     /// Length of the log file.
     len: u64,
+    /// Records written since the last sync.
+    unsynced: bool,
 }
 
 fn io_err(
@@ -255,6 +261,7 @@ impl<S: Storage> Wal<S> {
                 storage,
                 generation,
                 len,
+                unsynced: false,
             },
             rec,
         ))
@@ -264,6 +271,13 @@ impl<S: Storage> Wal<S> {
     /// survive a crash. On an error, some of them may or may not have
     /// reached the disk; acknowledge none of them.
     pub fn append(&mut self, changes: &[Change]) -> Result<(), WalError> {
+        self.write(changes)?;
+        self.sync()
+    }
+
+    /// Appends `changes` without syncing them (group commit): nothing may
+    /// be acknowledged until [`Wal::sync`] has returned `Ok`.
+    pub fn write(&mut self, changes: &[Change]) -> Result<(), WalError> {
         if changes.is_empty() {
             return Ok(());
         }
@@ -282,13 +296,38 @@ impl<S: Storage> Wal<S> {
             WAL_FILE,
         ))?;
         self.len += buf.len() as u64;
-        self.storage
-            .sync(WAL_FILE)
-            .map_err(io_err(&self.storage, "syncing", WAL_FILE))
+        self.unsynced = true;
+        Ok(())
     }
 
-    /// Writes a snapshot of `tables` and empties the log (compaction).
-    pub fn snapshot(&mut self, tables: &Tables) -> Result<(), WalError> {
+    /// Syncs what [`Wal::write`] appended: when this returns `Ok`, it
+    /// survives a crash. One fsync for any number of writes before it.
+    pub fn sync(&mut self) -> Result<(), WalError> {
+        if !self.unsynced {
+            return Ok(());
+        }
+        self.storage
+            .sync(WAL_FILE)
+            .map_err(io_err(&self.storage, "syncing", WAL_FILE))?;
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// Whether records were written and not yet synced.
+    pub fn is_dirty(&self) -> bool {
+        self.unsynced
+    }
+
+    /// The storage, to write other small files beside the log.
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.storage
+    }
+
+    /// Writes a snapshot of `tables` and empties the log (compaction),
+    /// keeping the records of `held` updates (received, not yet applied) in
+    /// the new log, written in the same atomic replace: they must survive
+    /// as they did before.
+    pub fn snapshot(&mut self, tables: &Tables, held: &[Ordered]) -> Result<(), WalError> {
         let generation = self.generation + 1;
         let snap = SnapshotFile {
             generation,
@@ -305,10 +344,23 @@ impl<S: Storage> Wal<S> {
             .write_atomic(SNAPSHOT_FILE, &bytes)
             .map_err(io_err(&self.storage, "writing", SNAPSHOT_FILE))?;
         self.generation = generation;
-        self.storage
-            .write_atomic(WAL_FILE, &wal_header(generation))
-            .map_err(io_err(&self.storage, "resetting", WAL_FILE))?;
-        self.len = WAL_HEADER;
+        let mut log = wal_header(generation);
+        for o in held {
+            let body = postcard::to_stdvec(&Change::Held(o.clone())).map_err(|e| WalError::Io {
+                op: "encoding a record for",
+                file: self.storage.describe(WAL_FILE),
+                source: io::Error::other(e),
+            })?;
+            log.extend(frame(&body, "log record")?);
+        }
+        self.storage.write_atomic(WAL_FILE, &log).map_err(io_err(
+            &self.storage,
+            "resetting",
+            WAL_FILE,
+        ))?;
+        self.len = log.len() as u64;
+        // The snapshot, written and synced, holds every record written.
+        self.unsynced = false;
         Ok(())
     }
 
@@ -430,6 +482,7 @@ fn apply(rec: &mut Recovered, change: Change) -> Result<(), String> {
             rec.tables.restore(s).map_err(|e| e.to_string())?;
             rec.applied.retain(|a| a.ordered.map() != map);
         }
+        Change::Held(o) => rec.held.push(o),
     }
     Ok(())
 }
@@ -479,7 +532,7 @@ mod tests {
         assert_eq!(rec.records, 3);
         assert_eq!(digest(&rec.tables), digest(&t));
         assert_eq!(rec.applied.len(), 3);
-        wal.snapshot(&t).unwrap();
+        wal.snapshot(&t, &[]).unwrap();
         assert!(wal.is_empty());
         wal.append(&[change(&mut t, "m", 4, set("b", "2"))])
             .unwrap();
@@ -573,7 +626,7 @@ mod tests {
         ])
         .unwrap();
         let old_log = disk.file(WAL_FILE).unwrap();
-        wal.snapshot(&t).unwrap();
+        wal.snapshot(&t, &[]).unwrap();
         disk.set_file(WAL_FILE, old_log); // as if the reset never happened
         let (wal, rec) = Wal::open(disk.storage()).unwrap();
         assert_eq!(digest(&rec.tables), digest(&t));

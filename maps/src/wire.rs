@@ -9,6 +9,7 @@ use crate::bounds::{MAX_ENTRIES, MAX_MAP_NAMES};
 use crate::primary::Refusal;
 use crate::table::Entry;
 use crate::update::{Ordered, Outcome, Update, UpdateId};
+use crate::vote::Votes;
 use gc_core::{Pid, ViewId};
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +58,9 @@ pub struct State {
     pub since: u64,
     /// Every map it knows.
     pub heads: Vec<Head>,
+    /// Its record of maps primary sessions ([`crate::vote`]), from which
+    /// every member decides alike whether the view may be a session.
+    pub votes: Votes,
 }
 
 /// A consistent read, answered by the primary server in total order.
@@ -153,6 +157,28 @@ pub enum Msg {
         /// The answer.
         result: Result<Response, RequestError>,
     },
+    /// The sender holds, on disk, the history the state exchange of `view`
+    /// chose for every map, and recorded the session as attempted (agreed).
+    /// When every member's is delivered, the session is complete.
+    Caught {
+        /// The view.
+        view: ViewId,
+    },
+    /// Updates of the chosen history that its holder has kept and not yet
+    /// applied, for members to keep likewise (agreed).
+    Accept {
+        /// The updates, in version order.
+        updates: Vec<Ordered>,
+    },
+    /// The sender has synced these map versions to disk in `view` (agreed).
+    /// An outcome is reported to a client only once a majority of the
+    /// session's hosts hold it.
+    Durable {
+        /// The view.
+        view: ViewId,
+        /// Map and version synced.
+        heads: Vec<(String, u64)>,
+    },
 }
 
 /// A maps message could not be decoded.
@@ -208,8 +234,12 @@ impl Msg {
             }
         };
         match &msg {
-            Msg::State(s) => bound(s.heads.len() <= MAX_MAP_NAMES, "too many heads")?,
-            Msg::CatchUp { updates } => {
+            Msg::State(s) => {
+                bound(s.heads.len() <= MAX_MAP_NAMES, "too many heads")?;
+                bound(s.votes.within_bounds(), "too many sessions")?
+            }
+            Msg::Durable { heads, .. } => bound(heads.len() <= MAX_MAP_NAMES, "too many heads")?,
+            Msg::CatchUp { updates } | Msg::Accept { updates } => {
                 bound(updates.len() <= MAX_CATCHUP_UPDATES, "too many updates")?
             }
             Msg::Snapshot(p) => bound(p.entries.len() <= MAX_ENTRIES, "too many entries")?,

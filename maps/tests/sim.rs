@@ -431,3 +431,25 @@ fn known_failing_seeds() {
         assert!(v.is_empty(), "seed {seed}: {v:?}");
     }
 }
+
+#[test]
+#[ignore]
+fn zz_debug_quiet() {
+    let mut w = quiet(5);
+    for h in &w.hosts {
+        let s = h.server.as_ref().unwrap();
+        eprintln!(
+            "settled {} primary {:?} votes {:?}",
+            s.is_settled(),
+            s.primary_server(),
+            s.votes()
+        );
+    }
+    eprintln!("sent {:?}", w.sent);
+    let r = w.call(0, update(1, "hosts", Op::CreateMap), Duration::from_secs(2));
+    eprintln!("{r:?} sent {:?}", w.sent);
+    for h in &w.hosts {
+        let s = h.server.as_ref().unwrap();
+        eprintln!("settled {} stats {:?} ", s.is_settled(), s.stats());
+    }
+}

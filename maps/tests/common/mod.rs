@@ -69,6 +69,9 @@ fn kind(m: &Msg) -> &'static str {
         Msg::Want { .. } => "want",
         Msg::Read(_) => "read",
         Msg::ReadReply { .. } => "readreply",
+        Msg::Caught { .. } => "caught",
+        Msg::Accept { .. } => "accept",
+        Msg::Durable { .. } => "durable",
     }
 }
 
@@ -103,6 +106,9 @@ impl World {
             _tmp: tmp,
         };
         w.sim.boot();
+        w.cfg.hosts = (0..n)
+            .filter_map(|i| w.sim.node(i).map(|nd| nd.pid().node))
+            .collect();
         for i in 0..n {
             w.open(i);
         }
@@ -165,8 +171,15 @@ impl World {
                 let start = self.hosts[i].cursor.min(events.len());
                 let new: Vec<Event> = events[start..].to_vec();
                 self.hosts[i].cursor = events.len();
-                for ev in new {
-                    progressed = true;
+                if new.is_empty() {
+                    continue;
+                }
+                progressed = true;
+                // Every event that is ready goes in at once (group commit),
+                // as a daemon would pass them; what each delivered is
+                // noted first to record it against the journal after.
+                let mut delivered_all = Vec::new();
+                for ev in &new {
                     if let Event::View(v) = &ev {
                         if let ConfId::Regular(_) = v.conf {
                             self.view_primary[i] = v.primary;
@@ -189,27 +202,28 @@ impl World {
                         }
                         _ => None,
                     };
-                    let Some(server) = self.hosts[i].server.as_mut() else {
-                        break;
-                    };
-                    let actions = match server.on_event(&ev) {
-                        Ok(a) => a,
-                        Err(e) => panic!("host {i} stopped: {e}"),
-                    };
-                    let took = self.journal(i);
-                    if let Some((map, version, id, primary)) = delivered {
-                        if took.iter().any(|t| *t == (map.clone(), version, id)) {
-                            self.records.push(Record::Ordered {
-                                host: i as u32,
-                                map,
-                                version,
-                                id,
-                                primary,
-                            });
-                        }
-                    }
-                    self.exec(i, actions);
+                    delivered_all.extend(delivered);
                 }
+                let Some(server) = self.hosts[i].server.as_mut() else {
+                    continue;
+                };
+                let actions = match server.on_events(&new) {
+                    Ok(a) => a,
+                    Err(e) => panic!("host {i} stopped: {e}"),
+                };
+                let took = self.journal(i);
+                for (map, version, id, primary) in delivered_all {
+                    if took.iter().any(|t| *t == (map.clone(), version, id)) {
+                        self.records.push(Record::Ordered {
+                            host: i as u32,
+                            map,
+                            version,
+                            id,
+                            primary,
+                        });
+                    }
+                }
+                self.exec(i, actions);
             }
             if !progressed {
                 break;
@@ -391,6 +405,32 @@ impl World {
             }
         }
         let mut v = check(&self.records);
+        if !self.converged() && std::env::var_os("MAPS_DESCRIBE").is_some() {
+            eprintln!("sent {:?}", self.sent);
+            for i in 0..self.hosts.len() {
+                let views: Vec<String> = self
+                    .sim
+                    .app_events(i)
+                    .iter()
+                    .filter_map(|e| match e {
+                        Event::View(v) => {
+                            Some(format!("{:?}:{}:{:?}", v.conf, v.members.len(), v.primary))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                let n = views.len();
+                eprintln!(
+                    "host {i}: {n} views, last {:?}",
+                    &views[n.saturating_sub(4)..]
+                );
+            }
+            for h in &self.hosts {
+                if let Some(s) = &h.server {
+                    eprintln!("{}", s.describe());
+                }
+            }
+        }
         if !self.converged() {
             // Name it even if the final states happen to agree.
             v.push(Violation::NotConverged {
