@@ -222,6 +222,10 @@ pub struct Counters {
     pub drop_version: u64,
     /// Datagrams dropped from an older incarnation of a node.
     pub drop_stale: u64,
+    /// Datagrams that claim this node's id with another incarnation.
+    pub drop_own_node: u64,
+    /// Joins dropped because the sender had since sent a later attempt.
+    pub drop_stale_join: u64,
     /// Frames dropped because they were too far ahead of what was received.
     pub drop_ahead: u64,
     /// Frames retransmitted on request.
@@ -344,6 +348,10 @@ pub struct Node {
     primary: PrimaryState,
     addrs: BTreeMap<Pid, SocketAddr>,
     newest: BTreeMap<NodeId, u64>,
+    /// The latest join attempt seen from each process, and when: joins
+    /// arrive out of order, and a stale one (its fail set from a round the
+    /// sender has since left) would exclude the sender again and again.
+    join_attempts: BTreeMap<Pid, (u64, Time)>,
     last_heard: BTreeMap<Pid, Time>,
     cooldown: BTreeMap<Pid, Time>,
     pending_merge: BTreeSet<Pid>,
@@ -417,6 +425,7 @@ impl Node {
             groups_intent: BTreeSet::new(),
             addrs: BTreeMap::new(),
             newest,
+            join_attempts: BTreeMap::new(),
             last_heard: BTreeMap::new(),
             cooldown: BTreeMap::new(),
             pending_merge: BTreeSet::new(),
@@ -590,13 +599,7 @@ impl Node {
     /// Takes in a datagram whose sender the runtime authenticated (the
     /// sealed header named `sender`): a packet that claims another sender
     /// is dropped and counted, so a member cannot speak for another.
-    pub fn handle_authenticated(
-        &mut self,
-        now: Time,
-        from: SocketAddr,
-        sender: Pid,
-        bytes: &[u8],
-    ) {
+    pub fn handle_authenticated(&mut self, now: Time, from: SocketAddr, sender: Pid, bytes: &[u8]) {
         match wire::peek_sender(bytes) {
             Some(p) if p == sender => self.handle_datagram(now, from, bytes),
             _ => {
@@ -629,7 +632,13 @@ impl Node {
             }
         };
         let sender = packet.from;
-        if sender == self.me {
+        if sender.node == self.me.node {
+            // An older incarnation's leftovers, or a second process
+            // configured with this node's id. Taking a newer one at its word
+            // would make this process fail itself.
+            if sender != self.me {
+                self.counters.drop_own_node += 1;
+            }
             return;
         }
         match self.newest.get(&sender.node) {
@@ -757,7 +766,7 @@ impl Node {
 
     fn refuse(&mut self, addr: SocketAddr, reason: String) {
         let now = self.now;
-        let due = self.refusals.get(&addr).map_or(true, |t| now >= *t);
+        let due = self.refusals.get(&addr).is_none_or(|t| now >= *t);
         if due {
             if self.refusals.len() >= 1024 {
                 self.refusals.retain(|_, t| *t > now);
@@ -798,6 +807,8 @@ impl Node {
 
     fn newer_incarnation(&mut self, pid: Pid) {
         self.newest.insert(pid.node, pid.incarnation);
+        self.join_attempts
+            .retain(|p, _| p.node != pid.node || p.incarnation >= pid.incarnation);
         let old: Vec<Pid> = self
             .cur
             .members
@@ -1035,17 +1046,21 @@ impl Node {
     }
 
     fn on_join(&mut self, from: Pid, j: Arc<JoinFrame>) {
+        // Only for a while: a forged or corrupted attempt number must not
+        // silence a process for good.
+        if let Some((seen, at)) = self.join_attempts.get(&from) {
+            if *seen > j.attempt && self.now.since(*at) < self.cfg.join_timeout {
+                self.counters.drop_stale_join += 1;
+                return;
+            }
+        }
+        self.join_attempts.insert(from, (j.attempt, self.now));
         self.max_counter = self
             .max_counter
             .max(j.state.max_counter)
             .max(j.state.view.counter);
         for (p, a) in &j.addrs {
-            if *p != self.me
-                && self
-                    .newest
-                    .get(&p.node)
-                    .map_or(true, |i| *i <= p.incarnation)
-            {
+            if *p != self.me && self.newest.get(&p.node).is_none_or(|i| *i <= p.incarnation) {
                 self.addrs.entry(*p).or_insert(*a);
             }
         }
@@ -1911,10 +1926,7 @@ impl Node {
         let mut targets: BTreeSet<SocketAddr> = self.cfg.seeds.iter().copied().collect();
         for (p, a) in &self.addrs {
             if !self.cur.members.contains(p)
-                && self
-                    .newest
-                    .get(&p.node)
-                    .map_or(true, |i| *i <= p.incarnation)
+                && self.newest.get(&p.node).is_none_or(|i| *i <= p.incarnation)
             {
                 targets.insert(*a);
             }

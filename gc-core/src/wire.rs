@@ -499,12 +499,13 @@ mod tests {
     }
 
     #[test]
-    fn spliced_frames_decode_as_a_packet() {
+    fn spliced_frames_decode_as_a_packet() -> Result<(), DecodeError> {
         let frames = sample_frames();
         let bytes = encode_packet(Pid::new(7, 2), &frames);
-        let p = decode(&bytes).expect("decodes");
+        let p = decode(&bytes)?;
         assert_eq!(p.from, Pid::new(7, 2));
         assert_eq!(p.frames, frames);
+        Ok(())
     }
 
     #[test]

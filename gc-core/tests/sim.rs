@@ -8,25 +8,57 @@ use std::time::Duration;
 
 /// Every seed that ever made the checker report a violation, with what it
 /// found then. Each must now pass.
+// Seeds up to 3144 were found while one random stream drove the network, the
+// faults and the workload; since the simulator draws them from three streams
+// they no longer replay their original schedule, but stay as random runs.
 const REGRESSION_SEEDS: &[(u64, &str)] = &[
     (7, "agreed order: a fragmented message tied on timestamp"),
     (8, "agreed order: a fragmented message tied on timestamp"),
     (19, "agreed order: a fragmented message tied on timestamp"),
     (23, "agreed order: a fragmented message tied on timestamp"),
     (25, "agreed order: a fragmented message tied on timestamp"),
-    (34, "liveness: beacons kept a departed member from being suspected"),
-    (35, "self-delivery: a member in another view was never suspected"),
+    (
+        34,
+        "liveness: beacons kept a departed member from being suspected",
+    ),
+    (
+        35,
+        "self-delivery: a member in another view was never suspected",
+    ),
     (36, "agreed order: a fragmented message tied on timestamp"),
     (37, "agreed order: a fragmented message tied on timestamp"),
     (58, "liveness: cooldowns made two components alternate"),
     (61, "agreed order: a fragmented message tied on timestamp"),
     (67, "agreed order: a fragmented message tied on timestamp"),
     (68, "agreed order: a fragmented message tied on timestamp"),
-    (70, "liveness: cooldowns made two nodes alternate singleton views"),
-    (81, "liveness: cooldowns made two nodes alternate singleton views"),
-    (110, "self-delivery: a member in another view was never suspected"),
-    (120, "liveness: cooldowns made two nodes alternate singleton views"),
-    (180, "liveness: cooldowns made two nodes alternate singleton views"),
+    (
+        70,
+        "liveness: cooldowns made two nodes alternate singleton views",
+    ),
+    (
+        81,
+        "liveness: cooldowns made two nodes alternate singleton views",
+    ),
+    (
+        110,
+        "self-delivery: a member in another view was never suspected",
+    ),
+    (
+        120,
+        "liveness: cooldowns made two nodes alternate singleton views",
+    ),
+    (
+        180,
+        "liveness: cooldowns made two nodes alternate singleton views",
+    ),
+    (
+        3144,
+        "liveness: stale joins excluded their senders again and again (view storm)",
+    ),
+    (
+        9315,
+        "liveness: ambiguous primary attempts outgrew the decoder's limit",
+    ),
 ];
 
 #[test]
@@ -37,7 +69,10 @@ fn regression_seeds_pass() {
         assert!(
             v.is_empty(),
             "seed {seed} ({what}) fails again: {}",
-            v.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("\n")
+            v.iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
         );
     }
 }
@@ -49,7 +84,10 @@ fn a_band_of_random_seeds_passes() {
         let out = run(SimConfig::random(seed));
         let v = check(&out.trace);
         assert!(v.is_empty(), "seed {seed}: {}", v[0]);
-        assert!(out.stats.converged_after.is_some(), "seed {seed} did not converge");
+        assert!(
+            out.stats.converged_after.is_some(),
+            "seed {seed} did not converge"
+        );
     }
 }
 
@@ -76,9 +114,10 @@ fn first_failing_seed(bug: Bug, limit: u64) -> Option<(u64, Vec<Property>)> {
 fn a_core_that_skips_the_flush_is_caught() {
     let (seed, props) = first_failing_seed(Bug::SkipFlush, 300).expect("caught within 300 seeds");
     assert!(
-        props
-            .iter()
-            .any(|p| matches!(p, Property::SelfDelivery | Property::VirtualSynchrony | Property::Safe)),
+        props.iter().any(|p| matches!(
+            p,
+            Property::SelfDelivery | Property::VirtualSynchrony | Property::Safe
+        )),
         "seed {seed}: {props:?}"
     );
 }
@@ -121,7 +160,8 @@ fn a_sixteen_mebibyte_safe_message_reaches_every_member() {
     let big: Vec<u8> = (0..16 << 20).map(|i: u32| (i % 251) as u8).collect();
     // The workload's groups are joined at boot; "mgmt" is always among them
     // for node 0 but not necessarily the others, so check the trace too.
-    sim.multicast(0, "mgmt", Level::Safe, big.clone()).expect("accepted");
+    sim.multicast(0, "mgmt", Level::Safe, big.clone())
+        .expect("accepted");
     sim.advance(Duration::from_secs(5));
     let trace = sim.finish();
     let digest = gc_core::digest(&big);
@@ -139,8 +179,14 @@ fn a_partition_gives_each_side_its_view_and_a_heal_merges_them() {
     let mut sim = quiet(5);
     sim.partition(&[&[0, 1, 2], &[3, 4]]);
     sim.advance(Duration::from_secs(2));
-    let (a, am) = sim.node(0).map(|n| (n.view().0, n.view().1.to_vec())).expect("n0");
-    let (b, bm) = sim.node(3).map(|n| (n.view().0, n.view().1.to_vec())).expect("n3");
+    let (a, am) = sim
+        .node(0)
+        .map(|n| (n.view().0, n.view().1.to_vec()))
+        .expect("n0");
+    let (b, bm) = sim
+        .node(3)
+        .map(|n| (n.view().0, n.view().1.to_vec()))
+        .expect("n3");
     assert_ne!(a, b);
     assert_eq!(am.len(), 3);
     assert_eq!(bm.len(), 2);
@@ -160,7 +206,15 @@ fn a_partition_gives_each_side_its_view_and_a_heal_merges_them() {
         .processes
         .iter()
         .flat_map(|p| &p.records)
-        .filter(|r| matches!(r.event, TraceEvent::Install { conf: ConfId::Transitional { .. }, .. }))
+        .filter(|r| {
+            matches!(
+                r.event,
+                TraceEvent::Install {
+                    conf: ConfId::Transitional { .. },
+                    ..
+                }
+            )
+        })
         .count();
     assert!(transitional >= 5);
     assert!(check(&trace).is_empty());
@@ -175,7 +229,10 @@ fn a_crashed_member_is_excluded_within_a_second() {
     let mut excluded_after = None;
     for _ in 0..200 {
         sim.advance(Duration::from_millis(10));
-        if sim.node(0).is_some_and(|n| n.view().0 != before && n.view().1.len() == 3) {
+        if sim
+            .node(0)
+            .is_some_and(|n| n.view().0 != before && n.view().1.len() == 3)
+        {
             excluded_after = Some(sim.now().since(t0));
             break;
         }
@@ -209,7 +266,8 @@ fn group_members_get_group_messages_in_one_order() {
     let mut sim = quiet(3);
     for k in 0..20u8 {
         let from = (k % 3) as usize;
-        sim.multicast(from, "mgmt", Level::Agreed, vec![k]).expect("accepted");
+        sim.multicast(from, "mgmt", Level::Agreed, vec![k])
+            .expect("accepted");
     }
     sim.advance(Duration::from_millis(500));
     let orders: Vec<Vec<Vec<u8>>> = (0..3)
@@ -279,7 +337,11 @@ fn hostile_datagrams_never_panic_a_live_node_nor_break_its_guarantees() {
     let v = check(&trace);
     assert!(v.is_empty(), "{}", v[0]);
     let d = gc_core::digest(b"after the storm");
-    let n0 = trace.processes.iter().find(|p| p.pid.node == 1).expect("n1");
+    let n0 = trace
+        .processes
+        .iter()
+        .find(|p| p.pid.node == 1)
+        .expect("n1");
     assert!(n0
         .records
         .iter()

@@ -38,7 +38,6 @@
 //! Dropping the future returned by [`run`] before it completes sends
 //! `SIGKILL` to the command's process group.
 
-use std::borrow::Cow;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -49,10 +48,13 @@ use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+
+// The outcome types are the client protocol's: a host sends its outcome to
+// the group as it is.
+pub use flotilla_client::outcome::{Captured, ExecOutcome, ExecStatus, Stream};
 
 /// The shell used when the configuration names none.
 pub const DEFAULT_SHELL: &str = "/bin/sh";
@@ -97,82 +99,6 @@ impl Default for ExecOptions {
             kill_grace: DEFAULT_KILL_GRACE,
         }
     }
-}
-
-/// How a command ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ExecStatus {
-    /// The shell exited with this code. A command that does not exist is
-    /// `Exited(127)`, as the shell reports it.
-    Exited(i32),
-    /// The shell was killed by this signal number.
-    Signaled(i32),
-    /// The timeout expired; the process group was terminated.
-    TimedOut,
-    /// The command could not be started: the working directory is missing or
-    /// not a directory, or the shell could not be executed. The text says
-    /// which.
-    SpawnFailed(String),
-    /// The command ran, but its exit status could not be collected (another
-    /// part of this process reaped it). The text gives the error.
-    Lost(String),
-}
-
-/// What was kept of one output stream.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Captured {
-    /// The first bytes of the stream, at most the output cap.
-    pub bytes: Vec<u8>,
-    /// Whether the stream had more bytes than were kept.
-    pub truncated: bool,
-    /// How many bytes the command wrote to the stream in all.
-    pub total_bytes: u64,
-}
-
-impl Captured {
-    /// The kept bytes as text, with invalid UTF-8 replaced.
-    pub fn text(&self) -> Cow<'_, str> {
-        String::from_utf8_lossy(&self.bytes)
-    }
-}
-
-/// The outcome of one command on this host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExecOutcome {
-    /// How it ended.
-    pub status: ExecStatus,
-    /// From just before the command was started until it had finished (or
-    /// had been killed and reaped).
-    pub duration: Duration,
-    /// Its standard output.
-    pub stdout: Captured,
-    /// Its standard error.
-    pub stderr: Captured,
-}
-
-impl ExecOutcome {
-    /// Whether the command exited with code 0.
-    pub fn succeeded(&self) -> bool {
-        self.status == ExecStatus::Exited(0)
-    }
-
-    fn spawn_failed(reason: String, duration: Duration) -> Self {
-        ExecOutcome {
-            status: ExecStatus::SpawnFailed(reason),
-            duration,
-            stdout: Captured::default(),
-            stderr: Captured::default(),
-        }
-    }
-}
-
-/// Which output stream a line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Stream {
-    /// Standard output.
-    Stdout,
-    /// Standard error.
-    Stderr,
 }
 
 /// One line of output, streamed while the command runs.

@@ -47,24 +47,22 @@
 //! log rotation by renaming it works.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::SystemTime;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::exec::{ExecOutcome, ExecStatus};
+pub use flotilla_client::job::{JobId, ParseJobIdError, MIN_PREFIX};
+use flotilla_client::outcome::Outcome;
 
 /// The store's file name in the data directory.
 pub const JOBS_FILE: &str = "jobs.log";
 /// The audit log's file name in the data directory.
 pub const AUDIT_FILE: &str = "audit.log";
-/// The fewest hexadecimal digits a job id prefix may have in a lookup.
-pub const MIN_PREFIX: usize = 4;
 /// The largest record payload, written or read: 64 MiB. A record holds at
 /// most two capped outputs, each at most 16 MiB.
 pub const MAX_RECORD: usize = 64 << 20;
@@ -77,109 +75,6 @@ const FRAME_HEADER: usize = 8;
 /// ones.
 const COMPACT_SLACK: u64 = 1 << 20;
 
-/// A job's id: 128 random bits. See the [module documentation](self).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct JobId([u8; 16]);
-
-impl JobId {
-    /// The number of hexadecimal digits in [`JobId::short`].
-    pub const SHORT_LEN: usize = 12;
-
-    /// A new id from the system's random number generator.
-    pub fn random() -> io::Result<JobId> {
-        let mut bytes = [0; 16];
-        getrandom::fill(&mut bytes)?;
-        Ok(JobId(bytes))
-    }
-
-    /// The id with these bytes.
-    pub fn from_bytes(bytes: [u8; 16]) -> JobId {
-        JobId(bytes)
-    }
-
-    /// The id's bytes.
-    pub fn as_bytes(&self) -> &[u8; 16] {
-        &self.0
-    }
-
-    /// The first [`JobId::SHORT_LEN`] hexadecimal digits, for people.
-    pub fn short(&self) -> String {
-        let mut text = self.to_string();
-        text.truncate(Self::SHORT_LEN);
-        text
-    }
-
-    /// Whether the id's hexadecimal form starts with `prefix` (case
-    /// ignored).
-    pub fn has_prefix(&self, prefix: &str) -> bool {
-        let text = self.to_string();
-        prefix.len() <= text.len()
-            && text
-                .bytes()
-                .zip(prefix.bytes())
-                .all(|(a, b)| a == b.to_ascii_lowercase())
-    }
-}
-
-impl fmt::Display for JobId {
-    /// 32 lowercase hexadecimal digits.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
-    }
-}
-
-impl fmt::Debug for JobId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "JobId({self})")
-    }
-}
-
-/// The error for text that is not 32 hexadecimal digits.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("expected a job id of 32 hexadecimal digits, found {0:?}")]
-pub struct ParseJobIdError(String);
-
-impl FromStr for JobId {
-    type Err = ParseJobIdError;
-
-    /// Parses 32 hexadecimal digits, either case.
-    fn from_str(s: &str) -> Result<JobId, ParseJobIdError> {
-        let err = || ParseJobIdError(s.to_owned());
-        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(err());
-        }
-        let mut bytes = [0; 16];
-        for (byte, pair) in bytes.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
-            let pair = std::str::from_utf8(pair).map_err(|_| err())?;
-            *byte = u8::from_str_radix(pair, 16).map_err(|_| err())?;
-        }
-        Ok(JobId(bytes))
-    }
-}
-
-impl Serialize for JobId {
-    /// As its hexadecimal text in human-readable formats (JSON), as 16 bytes
-    /// otherwise (postcard).
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        if serializer.is_human_readable() {
-            serializer.collect_str(self)
-        } else {
-            self.0.serialize(serializer)
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for JobId {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<JobId, D::Error> {
-        if deserializer.is_human_readable() {
-            let text = String::deserialize(deserializer)?;
-            text.parse().map_err(serde::de::Error::custom)
-        } else {
-            <[u8; 16]>::deserialize(deserializer).map(JobId)
-        }
-    }
-}
-
 /// What the store keeps of one job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobRecord {
@@ -189,10 +84,15 @@ pub struct JobRecord {
     pub accepted_at: SystemTime,
     /// Who asked for it (as the client protocol identifies clients).
     pub client: String,
-    /// The command.
+    /// The command as people read it: `uname -a`, `chdir /srv`, `exit`.
     pub command: String,
-    /// How it ended here.
-    pub outcome: ExecOutcome,
+    /// The job's targets, as the server that accepted it resolved them
+    /// (so that a gathered report knows who should have answered).
+    pub targets: Vec<String>,
+    /// How it ended here; `None` while it runs. A record found without an
+    /// outcome at startup is a job the previous run was interrupted in: it
+    /// becomes [`Outcome::Interrupted`] and is never run again.
+    pub outcome: Option<Outcome>,
 }
 
 /// The store's bounds.
@@ -464,6 +364,25 @@ impl JobStore {
         }
     }
 
+    /// Records every kept job that has no outcome (it was running when the
+    /// previous run of the server stopped) as [`Outcome::Interrupted`], so
+    /// that it is reported and never run again. Returns their ids.
+    pub fn interrupt_unfinished(&mut self) -> Result<Vec<JobId>, JobsError> {
+        let unfinished: Vec<JobRecord> = self
+            .jobs
+            .iter()
+            .filter(|kept| kept.record.outcome.is_none())
+            .map(|kept| kept.record.clone())
+            .collect();
+        let mut ids = Vec::with_capacity(unfinished.len());
+        for mut record in unfinished {
+            record.outcome = Some(Outcome::Interrupted);
+            ids.push(record.id);
+            self.append(record)?;
+        }
+        Ok(ids)
+    }
+
     /// The kept records, newest first.
     pub fn recent(&self) -> impl Iterator<Item = &JobRecord> + '_ {
         self.jobs.iter().rev().map(|kept| &kept.record)
@@ -674,6 +593,29 @@ impl From<&ExecOutcome> for OutcomeSummary {
             duration_ms: Some(u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX)),
             stdout_bytes: Some(outcome.stdout.total_bytes),
             stderr_bytes: Some(outcome.stderr.total_bytes),
+        }
+    }
+}
+
+impl From<&Outcome> for OutcomeSummary {
+    fn from(outcome: &Outcome) -> OutcomeSummary {
+        let bare = |status: &str| OutcomeSummary {
+            status: status.to_owned(),
+            code: None,
+            signal: None,
+            error: None,
+            duration_ms: None,
+            stdout_bytes: None,
+            stderr_bytes: None,
+        };
+        match outcome {
+            Outcome::Exec(exec) => OutcomeSummary::from(exec),
+            Outcome::Chdir(chdir) => match &chdir.error {
+                None => bare("ok"),
+                Some(error) => OutcomeSummary::error(error.clone()),
+            },
+            Outcome::Exit => bare("exit"),
+            Outcome::Interrupted => bare("interrupted"),
         }
     }
 }

@@ -6,9 +6,14 @@
 //! maps). The binary in `src/main.rs` is a thin shell over this library, in
 //! the manner of mini-redis.
 //!
-//! This first part holds what does not depend on the group-communication
-//! core:
-//!
+//! - [`group`]: what the server needs of the group core (the [`group::Group`]
+//!   trait) and an in-memory fake for tests;
+//! - [`server`]: the server logic over a group: commands in agreed order,
+//!   at most once per job id, M/NR for the monitors it serves;
+//! - [`gc`]: the real group, over the `gc-core` runtime;
+//! - [`listener`]: the monitors' Unix socket and TCP listener;
+//! - [`wire`]: the messages servers exchange in the `mgmt` group;
+//! - [`status`]: the host figures `monitor status` shows;
 //! - [`config`]: the YAML configuration, parsed and then validated into a
 //!   settled [`config::Config`];
 //! - [`key`]: the cluster key file (`mgmtd keygen FILE`, and the permission
@@ -20,8 +25,15 @@
 
 pub mod config;
 pub mod exec;
+pub mod gc;
+pub mod group;
 pub mod jobs;
-pub mod key;
+pub mod listener;
+pub mod server;
+pub mod status;
+pub mod wire;
+/// The cluster key file, shared with the monitor: see [`flotilla_client::key`].
+pub use flotilla_client::key;
 
 pub use config::{Config, ConfigError, LogLevel};
 pub use exec::{ExecOptions, ExecOutcome, ExecStatus};

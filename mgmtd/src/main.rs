@@ -21,8 +21,11 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use mgmtd::config::{Config, LogLevel};
-use mgmtd::jobs::{AuditLog, JobStore, JobStoreLimits};
+use mgmtd::gc;
+use mgmtd::jobs::JobStoreLimits;
 use mgmtd::key::{self, ClusterKey};
+use mgmtd::listener;
+use mgmtd::server::{Limits, Server, ServerConfig};
 use tracing_subscriber::EnvFilter;
 
 /// Flotilla's management server: runs the fleet's commands on this host.
@@ -90,20 +93,18 @@ fn keygen(file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `mgmtd --config FILE`: checks the configuration, the key and the state,
-/// then serves until SIGTERM or SIGINT.
+/// `mgmtd --config FILE`: joins the fleet and serves until SIGTERM, SIGINT
+/// or an `exit` command, then leaves the group cleanly.
 fn serve(config_file: &Path, log_level: Option<LogLevel>) -> anyhow::Result<()> {
     let config = Config::load(config_file)?;
     init_logging(log_level.unwrap_or(config.log_level), log_level.is_some())?;
-    let _key = ClusterKey::load(&config.cluster_key)?;
+    let key = ClusterKey::load(&config.cluster_key)?;
 
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
-    let jobs = JobStore::open(&config.data_dir, JobStoreLimits::default())?;
-    let audit = AuditLog::new(&config.data_dir);
     if !config.exec.shell.exists() {
         tracing::warn!(shell = %config.exec.shell.display(), "the configured shell does not exist; every command will fail to start");
     }
@@ -113,25 +114,72 @@ fn serve(config_file: &Path, log_level: Option<LogLevel>) -> anyhow::Result<()> 
         node_id_derived = config.node_id_derived,
         listen = %config.listen,
         data_dir = %config.data_dir.display(),
-        jobs = jobs.len(),
-        audit = %audit.path().display(),
+        socket = %config.client.socket.display(),
         "mgmtd starting"
     );
-    tracing::warn!(
-        "this build has no group-communication runtime yet: it has checked its configuration, key and state, and waits for SIGTERM or SIGINT"
-    );
 
+    // One thread: the daemon mostly waits, and stays small (the commands
+    // it runs are processes of their own).
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        let shutdown = ShutdownSignals::new()?;
-        tracing::info!("mgmtd ready");
-        shutdown.wait().await;
-        anyhow::Ok(())
-    })?;
+    runtime.block_on(run(config, key))?;
     tracing::info!("mgmtd stopped");
+    Ok(())
+}
+
+async fn run(config: Config, key: ClusterKey) -> anyhow::Result<()> {
+    let mut signals = ShutdownSignals::new()?;
+    let (group, events) = gc::start(&config, &key).await?;
+    let server_config = ServerConfig {
+        name: config.name.clone(),
+        attributes: config.attributes.clone(),
+        data_dir: config.data_dir.clone(),
+        exec: config.exec.clone(),
+        limits: Limits::default(),
+        store: JobStoreLimits::default(),
+    };
+    let (server, core) = Server::start(group, events, server_config)?;
+    let unix = listener::bind_unix(&config.client.socket).with_context(|| {
+        format!(
+            "cannot listen on the client socket {}",
+            config.client.socket.display()
+        )
+    })?;
+    let owner = nix::unistd::geteuid().as_raw();
+    let unix_task = tokio::spawn(listener::serve_unix(unix, owner, server.clone()));
+    let tcp_task = match config.client.tcp {
+        Some(addr) => {
+            let tcp = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for monitors on TCP {addr}"))?;
+            tracing::info!(%addr, "listening for monitors on TCP (cluster key required)");
+            Some(tokio::spawn(listener::serve_tcp(
+                tcp,
+                key.clone(),
+                server.clone(),
+            )))
+        }
+        None => None,
+    };
+    tracing::info!(socket = %config.client.socket.display(), "mgmtd ready");
+    tokio::select! {
+        () = signals.wait() => server.shutdown().await,
+        () = server.stopped() => tracing::info!("exit requested by a monitor"),
+    }
+    // No new monitors while leaving.
+    unix_task.abort();
+    if let Some(task) = tcp_task {
+        task.abort();
+    }
+    if tokio::time::timeout(std::time::Duration::from_secs(10), core)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the server did not stop within 10s");
+    }
+    let _ = std::fs::remove_file(&config.client.socket);
     Ok(())
 }
 
@@ -151,7 +199,7 @@ impl ShutdownSignals {
     }
 
     /// Returns on the first of the signals.
-    async fn wait(mut self) {
+    async fn wait(&mut self) {
         let name = tokio::select! {
             _ = self.term.recv() => "SIGTERM",
             _ = self.int.recv() => "SIGINT",

@@ -18,7 +18,8 @@ fn record(n: u8, stdout: &str) -> JobRecord {
         accepted_at: UNIX_EPOCH + Duration::from_secs(1_700_000_000 + u64::from(n)),
         client: "uid=1000(alice) unix".to_owned(),
         command: format!("echo {n}"),
-        outcome: ExecOutcome {
+        targets: vec!["h1".to_owned()],
+        outcome: Some(Outcome::Exec(ExecOutcome {
             status: ExecStatus::Exited(0),
             duration: Duration::from_millis(5),
             stdout: Captured {
@@ -27,7 +28,14 @@ fn record(n: u8, stdout: &str) -> JobRecord {
                 total_bytes: stdout.len() as u64,
             },
             stderr: Captured::default(),
-        },
+        })),
+    }
+}
+
+fn stdout_of(record: &JobRecord) -> Option<String> {
+    match &record.outcome {
+        Some(Outcome::Exec(outcome)) => Some(outcome.stdout.text().into_owned()),
+        _ => None,
     }
 }
 
@@ -223,12 +231,7 @@ fn a_job_recorded_again_replaces_its_record() -> TestResult {
     drop(store);
     let store = JobStore::open(dir.path(), JobStoreLimits::default())?;
     assert_eq!(ids(&store), [id(1), id(2)]);
-    assert_eq!(
-        store
-            .get(&id(1))
-            .map(|r| r.outcome.stdout.text().into_owned()),
-        Some("second".into())
-    );
+    assert_eq!(store.get(&id(1)).and_then(stdout_of), Some("second".into()));
     Ok(())
 }
 
@@ -295,7 +298,11 @@ fn audit_lines_are_json_one_per_command() -> TestResult {
         job: first.id,
         client: &first.client,
         command: "echo hi\necho there",
-        outcome: OutcomeSummary::from(&first.outcome),
+        outcome: first
+            .outcome
+            .as_ref()
+            .map(OutcomeSummary::from)
+            .ok_or("no outcome")?,
     })?;
     log.append(&AuditEntry {
         time: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),

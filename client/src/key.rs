@@ -6,8 +6,9 @@
 //! which refuses a missing file or one whose mode lets the group or others
 //! in, and says how to fix it.
 //!
-//! This is deliberately small: `gc-core` will bring its own sealing type for
-//! the wire, and this module will then only load the bytes for it.
+//! It lives in the client protocol crate because both sides load it: the
+//! daemon for the group and its TCP client listener, the monitor for
+//! `--connect HOST:PORT --key FILE`.
 
 use std::fmt;
 use std::fs::{File, OpenOptions, Permissions};

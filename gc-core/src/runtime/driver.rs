@@ -1,0 +1,1043 @@
+//! The driver task: the one owner of the node, the sealer and the socket.
+
+use super::ratelimit::{Limiter, Logs};
+use super::{
+    check_config, next_incarnation, Command, Error, Events, FatalError, Handle, IoCounters,
+    KeyStatus, KeyStep, MulticastConfig, Outcome, RuntimeConfig, RuntimeCounters, StartError,
+    Storage, StoredState, View,
+};
+use crate::eventlog::{LogLine, EVENT_LOG_FORMAT};
+use crate::seal::{OpenError, SealError, Sealer, MAX_DATAGRAM_LEN};
+use crate::trace::{ProcessEnd, TraceEvent, TraceRecord};
+use crate::{Event, Level, MsgId, Node, PrimaryState, SendError, Time, Transmit};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::collections::VecDeque;
+use std::io::{self, ErrorKind, Write};
+use std::net::{SocketAddr, SocketAddrV4};
+use std::time::Duration;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+/// Multicasts waiting for room in the node's send queue, at most.
+const MAX_PARKED: usize = 1024;
+/// Commands handled in one wake-up before the driver looks at the socket
+/// again.
+const COMMAND_BATCH: usize = 64;
+/// Consecutive receive errors after which the socket is declared broken.
+const MAX_RECV_ERRORS: u32 = 1000;
+
+/// A multicast waiting for room in the send queue.
+struct Parked {
+    group: String,
+    level: Level,
+    payload: Vec<u8>,
+    deadline: Instant,
+    /// The wait the caller asked for, for its error.
+    timeout: Duration,
+    reply: oneshot::Sender<Result<MsgId, Error>>,
+}
+
+/// What [`Driver::offer`] made of a multicast.
+enum Offer {
+    Accepted,
+    /// The send queue is full; the payload is given back.
+    Full(Vec<u8>),
+    Refused(SendError),
+}
+
+/// A clean leave under way.
+struct Leaving {
+    deadline: Instant,
+    waiters: Vec<oneshot::Sender<Result<(), Error>>>,
+}
+
+pub(super) struct Driver {
+    node: Node,
+    sealer: Sealer,
+    socket: UdpSocket,
+    multicast: Option<UdpSocket>,
+    epoch: Instant,
+    commands: mpsc::Receiver<Command>,
+    commands_open: bool,
+    events: Option<mpsc::Sender<Event>>,
+    /// Events taken from the node that [`Events`] had no room for yet.
+    pending: VecDeque<Event>,
+    storage: Option<Box<dyn Storage>>,
+    stored: StoredState,
+    recv_buf: Vec<u8>,
+    open_buf: Vec<u8>,
+    seal_buf: Vec<u8>,
+    io: IoCounters,
+    logs: Logs,
+    parked: VecDeque<Parked>,
+    /// `node.unsent()` when the head of `parked` was last refused.
+    unsent_at_refusal: usize,
+    /// An upper bound of the bytes in the node's send queue: what was
+    /// accepted since it was last seen empty.
+    queued_upper: usize,
+    send_queue_bytes: usize,
+    stall_started: Option<Instant>,
+    leaving: Option<Leaving>,
+    leave_timeout: Duration,
+    recv_batch: usize,
+    recv_errors_in_a_row: u32,
+    outcome: watch::Sender<Outcome>,
+    /// One entry per application message in the node's send queue, in its
+    /// order: who waits for the message's [`MsgId`]. The node keeps every
+    /// application message in its send queue until it pops it from the
+    /// head with a [`TraceEvent::Send`] record (it drops only queued group
+    /// joins and leaves at a view change), so the two stay in step; bounded
+    /// by the node's send queue bounds.
+    sends: VecDeque<oneshot::Sender<Result<MsgId, Error>>>,
+    /// The multicast group to disseminate through, when configured.
+    disseminate: Option<SocketAddr>,
+    event_log: Option<EventLog>,
+    /// Microseconds since the Unix epoch at `epoch`, for event log times.
+    epoch_wall_us: u64,
+}
+
+/// The event log being written.
+struct EventLog {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+    /// Lines not yet written; written at the end of every wake-up.
+    buf: Vec<u8>,
+    failed: bool,
+}
+
+/// The event log buffer is written out once it holds this much, even in
+/// the middle of a wake-up.
+const EVENT_LOG_BUFFER: usize = 256 << 10;
+
+pub(super) async fn start(config: RuntimeConfig) -> Result<(Handle, Events), StartError> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(StartError::NoTokio);
+    }
+    check_config(&config)?;
+    let RuntimeConfig {
+        node: mut node_config,
+        bind,
+        key,
+        multicast,
+        storage,
+        event_log,
+        event_capacity,
+        command_capacity,
+        send_timeout,
+        leave_timeout,
+        socket_buffer,
+        recv_batch,
+    } = config;
+
+    let socket = bind_unicast(bind, socket_buffer, multicast.as_ref())
+        .map_err(|source| StartError::Bind { addr: bind, source })?;
+    let multicast_socket = match &multicast {
+        Some(m) => Some(bind_multicast(m).map_err(|source| StartError::Multicast {
+            group: m.group,
+            source,
+        })?),
+        None => None,
+    };
+    let local_addr = socket
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr: bind, source })?;
+
+    // A fresh incarnation, saved before anything is sealed.
+    let initial = node_config.primary.clone();
+    let (storage, stored) = tokio::task::spawn_blocking(move || {
+        let mut storage = storage;
+        let result = (|| {
+            let old = storage.load()?;
+            let incarnation = next_incarnation(old.as_ref().map(|s| s.incarnation))?;
+            let state = StoredState {
+                incarnation,
+                primary: old.map_or(initial, |s| s.primary),
+            };
+            storage.save(&state)?;
+            Ok::<_, StartError>(state)
+        })();
+        (storage, result)
+    })
+    .await
+    .map_err(|e| StartError::Config(format!("the storage task failed: {e}")))?;
+    let stored = stored?;
+
+    node_config.me.incarnation = stored.incarnation;
+    // The trace records give each sent message its MsgId (Handle::multicast)
+    // and feed the event log.
+    node_config.trace = true;
+    node_config.primary = stored.primary.clone();
+    if let Some(m) = &multicast {
+        node_config.seeds.push(SocketAddr::V4(m.group));
+    }
+    let me = node_config.me;
+    let send_queue_bytes = node_config.send_queue_bytes.min(node_config.max_message);
+
+    let socket =
+        UdpSocket::from_std(socket).map_err(|source| StartError::Bind { addr: bind, source })?;
+    let multicast_socket = match (multicast_socket, &multicast) {
+        (Some(s), Some(m)) => {
+            Some(
+                UdpSocket::from_std(s).map_err(|source| StartError::Multicast {
+                    group: m.group,
+                    source,
+                })?,
+            )
+        }
+        _ => None,
+    };
+
+    let epoch_wall_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    let event_log = match event_log {
+        None => None,
+        Some(path) => {
+            let open = || -> io::Result<std::fs::File> {
+                let mut options = std::fs::OpenOptions::new();
+                options.append(true).create(true);
+                let mut file = options.open(&path)?;
+                let start = LogLine::Start {
+                    pid: me,
+                    wall_us: epoch_wall_us,
+                    format: EVENT_LOG_FORMAT,
+                };
+                let mut line = serde_json::to_vec(&start).map_err(io::Error::other)?;
+                // A line torn by an earlier crash ends here, so this one
+                // starts on a line of its own.
+                line.insert(0, b'\n');
+                line.push(b'\n');
+                file.write_all(&line)?;
+                Ok(file)
+            };
+            match open() {
+                Ok(file) => Some(EventLog {
+                    path,
+                    file,
+                    buf: Vec::new(),
+                    failed: false,
+                }),
+                Err(source) => return Err(StartError::EventLog { path, source }),
+            }
+        }
+    };
+    let (command_tx, command_rx) = mpsc::channel(command_capacity);
+    let (event_tx, event_rx) = mpsc::channel(event_capacity);
+    let (outcome_tx, outcome_rx) = watch::channel(None);
+    let epoch = Instant::now();
+    let driver = Driver {
+        node: Node::new(node_config, Time::ZERO),
+        sealer: Sealer::new(&key, me),
+        socket,
+        multicast: multicast_socket,
+        epoch,
+        commands: command_rx,
+        commands_open: true,
+        events: Some(event_tx),
+        pending: VecDeque::new(),
+        storage: Some(storage),
+        stored,
+        recv_buf: vec![0; MAX_DATAGRAM_LEN + 1],
+        open_buf: Vec::with_capacity(MAX_DATAGRAM_LEN),
+        seal_buf: Vec::with_capacity(MAX_DATAGRAM_LEN),
+        io: IoCounters::default(),
+        logs: Logs::default(),
+        parked: VecDeque::new(),
+        unsent_at_refusal: 0,
+        queued_upper: 0,
+        send_queue_bytes,
+        stall_started: None,
+        leaving: None,
+        leave_timeout,
+        recv_batch,
+        recv_errors_in_a_row: 0,
+        outcome: outcome_tx,
+        sends: VecDeque::new(),
+        disseminate: multicast
+            .as_ref()
+            .filter(|m| m.disseminate)
+            .map(|m| SocketAddr::V4(m.group)),
+        event_log,
+        epoch_wall_us,
+    };
+    info!(%me, %local_addr, multicast = ?multicast.map(|m| m.group), "gc-core node started");
+    tokio::spawn(driver.run());
+    Ok((
+        Handle {
+            commands: command_tx,
+            outcome: outcome_rx,
+            me,
+            local_addr,
+            send_timeout,
+        },
+        Events { rx: event_rx },
+    ))
+}
+
+fn bind_unicast(
+    addr: SocketAddr,
+    buffer: usize,
+    multicast: Option<&MulticastConfig>,
+) -> io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if buffer > 0 {
+        // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+        let _ = socket.set_recv_buffer_size(buffer);
+        let _ = socket.set_send_buffer_size(buffer);
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    if let Some(m) = multicast {
+        socket.set_multicast_if_v4(&m.interface)?;
+        socket.set_multicast_ttl_v4(m.ttl)?;
+        socket.set_multicast_loop_v4(m.loopback)?;
+    }
+    Ok(socket.into())
+}
+
+fn bind_multicast(m: &MulticastConfig) -> io::Result<std::net::UdpSocket> {
+    if !m.group.ip().is_multicast() {
+        return Err(io::Error::new(
+            ErrorKind::InvalidInput,
+            "not an IPv4 multicast address",
+        ));
+    }
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    // Bound to the group's address, the socket receives only the group's
+    // datagrams for the port (Linux).
+    socket.bind(&SocketAddr::V4(SocketAddrV4::new(*m.group.ip(), m.group.port())).into())?;
+    socket.join_multicast_v4(m.group.ip(), &m.interface)?;
+    socket.set_multicast_loop_v4(m.loopback)?;
+    Ok(socket.into())
+}
+
+/// Waits until `socket` is readable, or forever when there is none.
+async fn readable(socket: Option<&UdpSocket>) -> io::Result<()> {
+    match socket {
+        Some(s) => s.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `at`, or forever.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+impl Driver {
+    async fn run(mut self) {
+        let result = self.run_loop().await;
+        match &result {
+            Ok(()) => info!(me = %self.node.pid(), "node left the cluster; driver stopped"),
+            Err(e) => warn!(me = %self.node.pid(), error = %e, "driver stopped"),
+        }
+        for p in self.parked.drain(..) {
+            let _ = p.reply.send(Err(Error::Stopped));
+        }
+        self.drain_trace();
+        let end = if result.is_ok() {
+            ProcessEnd::Left
+        } else {
+            ProcessEnd::Crashed
+        };
+        self.log_line(&LogLine::End {
+            end,
+            unsent_at_end: self.node.unsent() as u64,
+        });
+        self.write_log();
+        // Waiters for messages never sent get `Stopped` as they drop.
+        self.sends.clear();
+        if let Some(leaving) = self.leaving.take() {
+            for w in leaving.waiters {
+                let _ = w.send(result.clone());
+            }
+        }
+        // Whatever is still queued gets `Stopped` when the receiver drops.
+        self.commands.close();
+        self.outcome.send_replace(Some(result));
+    }
+
+    fn now(&self) -> Time {
+        Time(u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX))
+    }
+
+    fn instant(&self, t: Time) -> Option<Instant> {
+        self.epoch.checked_add(Duration::from_micros(t.as_micros()))
+    }
+
+    async fn run_loop(&mut self) -> Result<(), Error> {
+        loop {
+            self.flush().await?;
+            if self.node.has_left() && self.pending.is_empty() {
+                return Ok(());
+            }
+            if self
+                .leaving
+                .as_ref()
+                .is_some_and(|l| Instant::now() >= l.deadline)
+            {
+                return Err(Error::LeaveTimeout);
+            }
+            if self.pending.is_empty() {
+                self.end_stall();
+                self.step().await?;
+            } else {
+                self.stalled().await;
+            }
+        }
+    }
+
+    /// Waits for input and handles it.
+    async fn step(&mut self) -> Result<(), Error> {
+        let timer = self.node.poll_timeout().and_then(|t| self.instant(t));
+        let wake = earliest(
+            earliest(timer, self.parked.front().map(|p| p.deadline)),
+            self.leaving.as_ref().map(|l| l.deadline),
+        );
+        tokio::select! {
+            biased;
+            ready = self.socket.readable() => {
+                match ready {
+                    Ok(()) => self.drain(false)?,
+                    Err(e) => self.recv_error(e)?,
+                }
+            }
+            ready = readable(self.multicast.as_ref()) => {
+                match ready {
+                    Ok(()) => self.drain(true)?,
+                    Err(e) => self.recv_error(e)?,
+                }
+            }
+            command = self.commands.recv(), if self.commands_open => {
+                match command {
+                    Some(c) => {
+                        self.on_command(c);
+                        for _ in 1..COMMAND_BATCH {
+                            match self.commands.try_recv() {
+                                Ok(c) => self.on_command(c),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    None => {
+                        // Every handle is gone: leave cleanly.
+                        self.commands_open = false;
+                        self.begin_leave(None);
+                    }
+                }
+            }
+            () = sleep_until(wake) => {}
+        }
+        let now = self.now();
+        if self.node.poll_timeout().is_some_and(|t| t <= now) {
+            self.node.handle_timeout(now);
+        }
+        self.after_input();
+        Ok(())
+    }
+
+    /// The application is behind: wait for room in [`Events`], serving
+    /// commands meanwhile, but neither reading the socket nor running the
+    /// node's timers.
+    async fn stalled(&mut self) {
+        let now = Instant::now();
+        if self.stall_started.is_none() {
+            self.stall_started = Some(now);
+            self.io.event_stalls += 1;
+            if let Some(n) = self.logs.stall.hit(std::time::Instant::now()) {
+                warn!(
+                    stalls = n,
+                    "the application is not reading events fast enough; the node is paused \
+                     until it does (a long pause gets it excluded from the view)"
+                );
+            }
+        }
+        let Some(events) = self.events.clone() else {
+            self.pending.clear();
+            return;
+        };
+        let wake = earliest(
+            self.parked.front().map(|p| p.deadline),
+            self.leaving.as_ref().map(|l| l.deadline),
+        );
+        tokio::select! {
+            biased;
+            permit = events.reserve() => match permit {
+                Ok(permit) => {
+                    if let Some(event) = self.pending.pop_front() {
+                        permit.send(event);
+                    }
+                    self.forward_events();
+                }
+                Err(_) => self.events_closed(),
+            },
+            command = self.commands.recv(), if self.commands_open => match command {
+                Some(c) => self.on_command(c),
+                None => {
+                    self.commands_open = false;
+                    self.begin_leave(None);
+                }
+            },
+            () = sleep_until(wake) => {}
+        }
+        self.after_input();
+    }
+
+    fn end_stall(&mut self) {
+        if let Some(started) = self.stall_started.take() {
+            let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.io.event_stall_us = self.io.event_stall_us.saturating_add(us);
+        }
+    }
+
+    /// Bookkeeping after any input: expired and unblocked multicasts.
+    fn after_input(&mut self) {
+        if self.node.unsent() == 0 {
+            self.queued_upper = 0;
+        }
+        let now = Instant::now();
+        while self.parked.front().is_some_and(|p| p.deadline <= now) {
+            if let Some(p) = self.parked.pop_front() {
+                self.io.refused_queue_full += 1;
+                let _ = p.reply.send(Err(Error::Timeout(p.timeout)));
+            }
+        }
+        self.retry_parked();
+    }
+
+    /// Offers parked multicasts again once the send queue has shrunk.
+    fn retry_parked(&mut self) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let unsent = self.node.unsent();
+        if unsent >= self.unsent_at_refusal && unsent != 0 {
+            return;
+        }
+        while let Some(p) = self.parked.pop_front() {
+            if p.reply.is_closed() {
+                continue;
+            }
+            match self.offer(&p.group, p.level, p.payload) {
+                Offer::Accepted => self.sends.push_back(p.reply),
+                Offer::Refused(e) => {
+                    let _ = p.reply.send(Err(e.into()));
+                }
+                Offer::Full(payload) => {
+                    self.unsent_at_refusal = self.node.unsent();
+                    self.parked.push_front(Parked { payload, ..p });
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Gives a multicast to the node. The payload is copied first only when
+    /// the queue might be full, so that it can be given back.
+    fn offer(&mut self, group: &str, level: Level, payload: Vec<u8>) -> Offer {
+        if group.is_empty() {
+            // "" marks the protocol's own messages in the trace.
+            return Offer::Refused(SendError::BadGroup);
+        }
+        let len = payload.len();
+        if len > self.send_queue_bytes {
+            return Offer::Refused(SendError::TooLarge {
+                len,
+                max: self.send_queue_bytes,
+            });
+        }
+        let surely_fits = self.queued_upper.saturating_add(len) <= self.send_queue_bytes;
+        let copy = (!surely_fits).then(|| payload.clone());
+        let now = self.now();
+        match self.node.multicast(now, group, level, payload) {
+            Ok(()) => {
+                self.queued_upper = self.queued_upper.saturating_add(len);
+                Offer::Accepted
+            }
+            Err(SendError::QueueFull { queued }) => match copy {
+                Some(payload) => Offer::Full(payload),
+                None => Offer::Refused(SendError::QueueFull { queued }),
+            },
+            Err(e) => Offer::Refused(e),
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        let now = self.now();
+        match command {
+            Command::Multicast {
+                group,
+                level,
+                payload,
+                deadline,
+                reply,
+            } => {
+                if reply.is_closed() {
+                    return;
+                }
+                match deadline {
+                    Some((deadline, timeout)) if !self.parked.is_empty() => {
+                        self.park(Parked {
+                            group,
+                            level,
+                            payload,
+                            deadline,
+                            timeout,
+                            reply,
+                        });
+                    }
+                    Some((deadline, timeout)) => match self.offer(&group, level, payload) {
+                        Offer::Accepted => self.sends.push_back(reply),
+                        Offer::Refused(e) => {
+                            let _ = reply.send(Err(e.into()));
+                        }
+                        Offer::Full(payload) => {
+                            self.unsent_at_refusal = self.node.unsent();
+                            self.park(Parked {
+                                group,
+                                level,
+                                payload,
+                                deadline,
+                                timeout,
+                                reply,
+                            });
+                        }
+                    },
+                    None => {
+                        let result = match self.offer(&group, level, payload) {
+                            Offer::Accepted => {
+                                self.sends.push_back(reply);
+                                return;
+                            }
+                            Offer::Full(_) => {
+                                self.io.refused_queue_full += 1;
+                                Err(SendError::QueueFull {
+                                    queued: self.queued_upper,
+                                }
+                                .into())
+                            }
+                            Offer::Refused(e) => {
+                                if matches!(e, SendError::QueueFull { .. }) {
+                                    self.io.refused_queue_full += 1;
+                                }
+                                Err(e.into())
+                            }
+                        };
+                        let _ = reply.send(result);
+                    }
+                }
+            }
+            Command::JoinGroup { group, reply } => {
+                let result = if group.is_empty() {
+                    Err(SendError::BadGroup)
+                } else {
+                    self.node.join_group(now, &group)
+                };
+                let _ = reply.send(result.map_err(Error::from));
+            }
+            Command::LeaveGroup { group, reply } => {
+                let result = if group.is_empty() {
+                    Err(SendError::BadGroup)
+                } else {
+                    self.node.leave_group(now, &group)
+                };
+                let _ = reply.send(result.map_err(Error::from));
+            }
+            Command::Leave { reply } => self.begin_leave(Some(reply)),
+            Command::Counters { reply } => {
+                let _ = reply.send(RuntimeCounters {
+                    protocol: self.node.counters().clone(),
+                    seal: *self.sealer.counters(),
+                    io: self.io,
+                });
+            }
+            Command::View { reply } => {
+                let (id, members) = self.node.view();
+                let _ = reply.send(View {
+                    me: self.node.pid(),
+                    id,
+                    members: members.to_vec(),
+                    primary: self.node.primary(),
+                    changing: self.node.changing_view(),
+                    state: self.node.describe(),
+                });
+            }
+            Command::Key { step, reply } => {
+                let changed = !matches!(step, KeyStep::Status);
+                match step {
+                    KeyStep::Stage(k) => self.sealer.stage(&k),
+                    KeyStep::Rotate(k) => self.sealer.rotate(&k),
+                    KeyStep::RetireOld => self.sealer.retire_old(),
+                    KeyStep::Status => {}
+                }
+                let status = KeyStatus {
+                    current: self.sealer.current_key(),
+                    staged: self.sealer.staged_key(),
+                    previous: self.sealer.previous_key(),
+                };
+                if changed {
+                    info!(
+                        current = %status.current,
+                        staged = ?status.staged.map(|k| k.to_string()),
+                        previous = ?status.previous.map(|k| k.to_string()),
+                        "cluster key rotation step"
+                    );
+                }
+                let _ = reply.send(status);
+            }
+        }
+    }
+
+    /// Takes every trace record from the node.
+    fn drain_trace(&mut self) {
+        while let Some(r) = self.node.poll_trace() {
+            self.on_trace(r);
+        }
+    }
+
+    /// A trace record: a sent message's identity goes to whoever waits for
+    /// it; every record goes to the event log.
+    fn on_trace(&mut self, record: TraceRecord) {
+        // Group joins and leaves are traced with the group "" (which the
+        // runtime refuses as a group name), application messages with
+        // their group.
+        if let TraceEvent::Send { msg, group, .. } = &record.event {
+            if !group.is_empty() {
+                match self.sends.pop_front() {
+                    Some(reply) => {
+                        let _ = reply.send(Ok(*msg));
+                    }
+                    None => debug!(%msg, "a sent message nobody waited for (a bug)"),
+                }
+            }
+        }
+        if self.event_log.is_some() {
+            let record = TraceRecord {
+                time: Time(record.time.as_micros().saturating_add(self.epoch_wall_us)),
+                event: record.event,
+            };
+            self.log_line(&LogLine::Record(record));
+        }
+    }
+
+    fn log_line(&mut self, line: &LogLine) {
+        let Some(log) = &mut self.event_log else {
+            return;
+        };
+        if log.failed {
+            return;
+        }
+        // Serializing these types into a Vec cannot fail (no maps with
+        // non-string keys, no custom serializers); if it ever does, the
+        // line is skipped rather than the node stopped.
+        if serde_json::to_writer(&mut log.buf, line).is_ok() {
+            log.buf.push(b'\n');
+        }
+        if log.buf.len() >= EVENT_LOG_BUFFER {
+            self.write_log();
+        }
+    }
+
+    /// Writes what the event log buffer holds. A failure (full disk) stops
+    /// the log, not the node: the group's work matters more than its record.
+    fn write_log(&mut self) {
+        let Some(log) = &mut self.event_log else {
+            return;
+        };
+        if log.buf.is_empty() || log.failed {
+            log.buf.clear();
+            return;
+        }
+        if let Err(e) = log.file.write_all(&log.buf) {
+            log.failed = true;
+            warn!(path = %log.path.display(), error = %e, "cannot write the event log; it stops here");
+        }
+        log.buf.clear();
+    }
+
+    fn park(&mut self, p: Parked) {
+        if self.parked.len() >= MAX_PARKED {
+            self.io.refused_queue_full += 1;
+            let _ = p.reply.send(Err(SendError::QueueFull {
+                queued: self.queued_upper,
+            }
+            .into()));
+        } else {
+            self.parked.push_back(p);
+        }
+    }
+
+    fn begin_leave(&mut self, waiter: Option<oneshot::Sender<Result<(), Error>>>) {
+        let now = self.now();
+        if self.leaving.is_none() {
+            info!(me = %self.node.pid(), "leaving the cluster");
+            let deadline = Instant::now()
+                .checked_add(self.leave_timeout)
+                .unwrap_or_else(Instant::now);
+            self.leaving = Some(Leaving {
+                deadline,
+                waiters: Vec::new(),
+            });
+            self.node.leave(now);
+        }
+        if let (Some(leaving), Some(w)) = (&mut self.leaving, waiter) {
+            leaving.waiters.push(w);
+        }
+    }
+
+    /// Reads every datagram waiting on the unicast socket, or on the
+    /// multicast one, up to the batch size.
+    fn drain(&mut self, multicast: bool) -> Result<(), Error> {
+        for _ in 0..self.recv_batch {
+            let socket = match (&self.multicast, multicast) {
+                (_, false) => &self.socket,
+                (Some(s), true) => s,
+                (None, true) => return Ok(()),
+            };
+            match socket.try_recv_from(&mut self.recv_buf) {
+                Ok((n, from)) => {
+                    self.recv_errors_in_a_row = 0;
+                    self.on_datagram(n, from);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => return self.recv_error(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn recv_error(&mut self, e: io::Error) -> Result<(), Error> {
+        self.io.recv_errors += 1;
+        self.recv_errors_in_a_row += 1;
+        if let Some(n) = self.logs.recv_error.hit(std::time::Instant::now()) {
+            warn!(errors = n, error = %e, "UDP receive failed");
+        }
+        if self.recv_errors_in_a_row >= MAX_RECV_ERRORS {
+            return Err(FatalError::Socket(e).into());
+        }
+        Ok(())
+    }
+
+    /// One datagram: opened (authenticated, decrypted, replay-checked)
+    /// before the node decodes any of it.
+    fn on_datagram(&mut self, len: usize, from: SocketAddr) {
+        self.io.datagrams_in += 1;
+        self.io.bytes_in += len as u64;
+        let now = self.now();
+        let Some(datagram) = self.recv_buf.get(..len) else {
+            return;
+        };
+        if let Err(e) = super::receive(
+            &mut self.sealer,
+            &mut self.node,
+            &mut self.open_buf,
+            now,
+            from,
+            datagram,
+        ) {
+            log_drop(&mut self.logs, &e, from);
+        }
+    }
+
+    /// Drains the node: events (saving primary state changes first), then
+    /// datagrams, then forwards events to the application.
+    async fn flush(&mut self) -> Result<(), Error> {
+        while let Some(event) = self.node.poll_event() {
+            match event {
+                Event::PersistPrimary(primary) => self.persist(primary).await?,
+                Event::PeerRefused { addr, reason } => {
+                    if let Some(n) = self.logs.refused.hit(std::time::Instant::now()) {
+                        warn!(peer = %addr, refusals = n, %reason, "peer refused");
+                    }
+                    self.pending.push_back(Event::PeerRefused { addr, reason });
+                }
+                other => self.pending.push_back(other),
+            }
+        }
+        let now = self.now();
+        match self.disseminate {
+            None => {
+                while let Some(transmit) = self.node.poll_transmit(now) {
+                    self.send(transmit).await?;
+                }
+            }
+            Some(group) => self.send_disseminating(now, group).await?,
+        }
+        self.drain_trace();
+        self.write_log();
+        self.forward_events();
+        Ok(())
+    }
+
+    fn forward_events(&mut self) {
+        let Some(events) = &self.events else {
+            self.io.events_discarded += self.pending.len() as u64;
+            self.pending.clear();
+            return;
+        };
+        while let Some(event) = self.pending.pop_front() {
+            match events.try_send(event) {
+                Ok(()) => {}
+                Err(TrySendError::Full(event)) => {
+                    self.pending.push_front(event);
+                    return;
+                }
+                Err(TrySendError::Closed(_)) => {
+                    self.events_closed();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn events_closed(&mut self) {
+        debug!("the application dropped its event stream; events are discarded");
+        self.events = None;
+        self.io.events_discarded += self.pending.len() as u64;
+        self.pending.clear();
+    }
+
+    /// Sends what the node has, once to the multicast `group` for every
+    /// datagram addressed identically to every other view member. Per
+    /// destination the order is kept: a datagram is sent at its first
+    /// occurrence, and each destination's datagrams come in its order.
+    async fn send_disseminating(&mut self, now: Time, group: SocketAddr) -> Result<(), Error> {
+        let mut batch = Vec::new();
+        while let Some(t) = self.node.poll_transmit(now) {
+            batch.push(t);
+        }
+        let others = self.node.view().1.len().saturating_sub(1);
+        if batch.len() < 2 || others < 2 {
+            for t in batch {
+                self.send(t).await?;
+            }
+            return Ok(());
+        }
+        // How many distinct destinations each payload goes to.
+        let mut dests: std::collections::HashMap<&[u8], Vec<SocketAddr>> =
+            std::collections::HashMap::with_capacity(batch.len());
+        for t in &batch {
+            let d = dests.entry(t.payload.as_slice()).or_default();
+            if !d.contains(&t.dest) {
+                d.push(t.dest);
+            }
+        }
+        let to_group: std::collections::HashSet<Vec<u8>> = dests
+            .into_iter()
+            .filter(|(_, d)| d.len() == others)
+            .map(|(p, _)| p.to_vec())
+            .collect();
+        let mut sent_to_group = std::collections::HashSet::new();
+        for t in batch {
+            if to_group.contains(&t.payload) {
+                if sent_to_group.insert(t.payload.clone()) {
+                    self.io.multicast_out += 1;
+                    self.send(Transmit {
+                        dest: group,
+                        payload: t.payload,
+                    })
+                    .await?;
+                }
+            } else {
+                self.send(t).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, transmit: Transmit) -> Result<(), Error> {
+        match self.sealer.seal(&transmit.payload, &mut self.seal_buf) {
+            Ok(()) => {}
+            Err(e @ SealError::PacketNumbersExhausted) => return Err(FatalError::Seal(e).into()),
+            Err(e) => {
+                // Only a datagram above the limit, which check_config rules
+                // out; drop it rather than stop.
+                warn!(error = %e, dest = %transmit.dest, "cannot seal a datagram; dropped");
+                return Ok(());
+            }
+        }
+        match self.socket.send_to(&self.seal_buf, transmit.dest).await {
+            Ok(n) => {
+                self.io.datagrams_out += 1;
+                self.io.bytes_out += n as u64;
+            }
+            Err(e) => {
+                self.io.send_errors += 1;
+                if let Some(n) = self.logs.send_error.hit(std::time::Instant::now()) {
+                    warn!(dest = %transmit.dest, errors = n, error = %e, "UDP send failed");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Saves a primary state change on the blocking pool; nothing is sent
+    /// until it is durable.
+    async fn persist(&mut self, primary: PrimaryState) -> Result<(), Error> {
+        self.stored.primary = primary;
+        let state = self.stored.clone();
+        let Some(mut storage) = self.storage.take() else {
+            return Err(FatalError::Task("the storage was lost".into()).into());
+        };
+        let (storage, result) = tokio::task::spawn_blocking(move || {
+            let result = storage.save(&state);
+            (storage, result)
+        })
+        .await
+        .map_err(|e| FatalError::Task(e.to_string()))?;
+        self.storage = Some(storage);
+        result.map_err(FatalError::Storage)?;
+        self.io.state_saves += 1;
+        Ok(())
+    }
+}
+
+/// Logs a dropped datagram, at most once per cause per period.
+fn log_drop(logs: &mut Logs, error: &OpenError, from: SocketAddr) {
+    let now = std::time::Instant::now();
+    let warn_level = |limiter: &mut Limiter, what: &str| {
+        if let Some(n) = limiter.hit(now) {
+            warn!(peer = %from, dropped = n, error = %error, "dropped {what}");
+        }
+    };
+    match error {
+        OpenError::Malformed { .. } => warn_level(&mut logs.malformed, "malformed datagrams"),
+        OpenError::Version { .. } => {
+            warn_level(&mut logs.version, "datagrams of another wire version")
+        }
+        OpenError::UnknownKey { .. } => warn_level(
+            &mut logs.unknown_key,
+            "datagrams sealed under an unknown cluster key",
+        ),
+        OpenError::Authentication => warn_level(
+            &mut logs.authentication,
+            "datagrams that failed authentication",
+        ),
+        OpenError::Replay { .. } => {
+            if let Some(n) = logs.replay.hit(now) {
+                info!(peer = %from, dropped = n, error = %error, "dropped replayed datagrams");
+            }
+        }
+        OpenError::Stale { .. } => {
+            if let Some(n) = logs.stale.hit(now) {
+                debug!(peer = %from, dropped = n, error = %error, "dropped datagrams of an old incarnation");
+            }
+        }
+    }
+}

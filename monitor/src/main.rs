@@ -1,0 +1,564 @@
+//! `monitor`, Flotilla's operator CLI.
+//!
+//! ```text
+//! monitor simex [--targets h1,h2 | --where key=value ...] [--timeout 30s] [--stream] -- CMD [ARGS...]
+//! monitor status | members | chdir DIR | exit (--targets h3 | --all --yes) | job ID | jobs
+//! monitor demo [--hosts 5] [--keep]
+//! ```
+//!
+//! It connects to one server: the Unix socket (`--socket`,
+//! `FLOTILLA_SOCKET`), or TCP (`--connect HOST:PORT`, `FLOTILLA_CONNECT`,
+//! with the cluster key `--key FILE`, `FLOTILLA_KEY`).
+//!
+//! # Exit status
+//!
+//! - 0: every target succeeded;
+//! - 1: a target did not (failed, timed out, disconnected, or a host named
+//!   was unknown);
+//! - 2: bad usage, or the server could not be reached or refused.
+
+mod demo;
+mod report;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use comfy_table::{presets, Table};
+use flotilla_client::message::{
+    MembersReply, Request, ServerMessage, Simex, StatusReply, MAX_JOBS,
+};
+use flotilla_client::{follow, ClusterKey, Connection, Endpoint, FollowEvent, JobId, Targets};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// The default socket, when neither --socket nor --connect is given.
+const DEFAULT_SOCKET: &str = "/var/lib/flotilla/mgmtd.sock";
+
+/// Flotilla's operator CLI: run commands across the fleet and follow every
+/// host's answer.
+#[derive(Debug, Parser)]
+#[command(name = "monitor", version)]
+struct Cli {
+    #[command(flatten)]
+    conn: ConnectArgs,
+
+    /// Print one JSON document instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Args)]
+struct ConnectArgs {
+    /// The server's Unix socket.
+    #[arg(long, global = true, env = "FLOTILLA_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
+
+    /// A server's TCP address for monitors (needs --key).
+    #[arg(
+        long,
+        global = true,
+        env = "FLOTILLA_CONNECT",
+        value_name = "HOST:PORT",
+        conflicts_with = "socket"
+    )]
+    connect: Option<String>,
+
+    /// The cluster key file (for --connect).
+    #[arg(long, global = true, env = "FLOTILLA_KEY", value_name = "FILE")]
+    key: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a command on the targets (every server by default).
+    Simex {
+        #[command(flatten)]
+        targets: TargetArgs,
+        /// How long the command may run on each host (e.g. 30s, 2m); the
+        /// servers' default otherwise.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+        /// Print output lines as they arrive, prefixed with the host.
+        #[arg(long)]
+        stream: bool,
+        /// The command and its arguments (after `--`), run with `sh -c`.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// The state of every server and its host.
+    Status,
+    /// M: the members of the mgmt group.
+    Members,
+    /// Change every server's working directory for later commands.
+    Chdir {
+        /// The directory.
+        dir: String,
+    },
+    /// Stop servers: each leaves the group cleanly.
+    Exit {
+        /// The servers to stop, comma-separated.
+        #[arg(long, value_delimiter = ',', conflicts_with = "all")]
+        targets: Vec<String>,
+        /// Stop every server (needs --yes).
+        #[arg(long)]
+        all: bool,
+        /// Confirm --all.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// The report of a recent job, gathered from the servers.
+    Job {
+        /// Its id, or at least 4 of its first hexadecimal digits.
+        id: String,
+    },
+    /// Recent jobs, newest first.
+    Jobs {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Start a throwaway local fleet of real daemons and take a tour.
+    Demo {
+        /// How many daemons.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=64))]
+        hosts: u32,
+        /// Leave the fleet running and print how to use and stop it.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+struct TargetArgs {
+    /// The target hosts, comma-separated.
+    #[arg(long, value_delimiter = ',', conflicts_with = "where_")]
+    targets: Vec<String>,
+    /// Target the hosts whose attribute KEY is VALUE (all must hold).
+    #[arg(long = "where", id = "where_", value_name = "KEY=VALUE", value_parser = parse_condition)]
+    where_: Vec<(String, String)>,
+}
+
+impl TargetArgs {
+    fn targets(&self) -> Targets {
+        if !self.targets.is_empty() {
+            Targets::Hosts(self.targets.clone())
+        } else if !self.where_.is_empty() {
+            Targets::Where(self.where_.clone())
+        } else {
+            Targets::All
+        }
+    }
+}
+
+fn parse_condition(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, found {text:?}")),
+    }
+}
+
+/// A failure and the exit status it means.
+#[derive(Debug)]
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Failure {
+        Failure { code: 2, error }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("monitor: error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(Failure { code, error }) => {
+            // A closed pipe (`monitor ... | head`) is not an error.
+            if error
+                .chain()
+                .filter_map(|e| e.downcast_ref::<std::io::Error>())
+                .any(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("monitor: error: {error:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<u8, Failure> {
+    if let Command::Demo { hosts, keep } = cli.command {
+        return demo::run(hosts, keep).await.map_err(Failure::from);
+    }
+    let endpoint = endpoint(&cli.conn)?;
+    let out = Output { json: cli.json };
+    match cli.command {
+        Command::Simex {
+            targets,
+            timeout,
+            stream,
+            command,
+        } => {
+            let request = Request::Simex(Simex {
+                job: new_job()?,
+                targets: targets.targets(),
+                timeout,
+                stream,
+                command: command.join(" "),
+            });
+            run_job(&endpoint, request, &out).await
+        }
+        Command::Chdir { dir } => {
+            let request = Request::Chdir {
+                job: new_job()?,
+                dir,
+            };
+            run_job(&endpoint, request, &out).await
+        }
+        Command::Exit { targets, all, yes } => {
+            let targets = match (all, yes, targets.is_empty()) {
+                (true, true, _) => Targets::All,
+                (true, false, _) => {
+                    bail_usage("--all stops every server of the fleet; add --yes to confirm")?
+                }
+                (false, _, false) => Targets::Hosts(targets),
+                (false, _, true) => {
+                    bail_usage("name the servers to stop with --targets, or --all --yes")?
+                }
+            };
+            let request = Request::Exit {
+                job: new_job()?,
+                targets,
+            };
+            run_job(&endpoint, request, &out).await
+        }
+        Command::Job { id } => run_job(&endpoint, Request::Job { id }, &out).await,
+        Command::Jobs { limit } => jobs(&endpoint, limit.min(MAX_JOBS), &out).await,
+        Command::Status => status(&endpoint, &out).await,
+        Command::Members => members(&endpoint, &out).await,
+        Command::Demo { .. } => Ok(0),
+    }
+}
+
+fn bail_usage<T>(message: &str) -> Result<T, Failure> {
+    Err(Failure {
+        code: 2,
+        error: anyhow::anyhow!("{message}"),
+    })
+}
+
+fn new_job() -> anyhow::Result<JobId> {
+    JobId::random().context("cannot get random bytes for a job id")
+}
+
+fn endpoint(conn: &ConnectArgs) -> anyhow::Result<Endpoint> {
+    match (&conn.connect, &conn.socket) {
+        (Some(addr), _) => {
+            let Some(key) = &conn.key else {
+                bail!("--connect needs the cluster key: --key FILE (or FLOTILLA_KEY)");
+            };
+            let key = ClusterKey::load(key)?;
+            Ok(Endpoint::Tcp {
+                addr: addr.clone(),
+                key,
+            })
+        }
+        (None, Some(path)) => Ok(Endpoint::Unix(path.clone())),
+        (None, None) => Ok(Endpoint::Unix(PathBuf::from(DEFAULT_SOCKET))),
+    }
+}
+
+/// How results are printed.
+pub(crate) struct Output {
+    /// One JSON document instead of tables.
+    pub(crate) json: bool,
+}
+
+async fn connect(endpoint: &Endpoint) -> anyhow::Result<Connection> {
+    Connection::connect(endpoint).await.with_context(|| {
+        format!(
+            "cannot reach the server at {endpoint} (is mgmtd running? see --socket / --connect)"
+        )
+    })
+}
+
+/// Sends a job request and follows it to its report; prints it. Exit 0 if
+/// every target succeeded, 1 otherwise.
+pub(crate) async fn run_job(endpoint: &Endpoint, request: Request, out: &Output) -> Result<u8, Failure> {
+    let report = follow_job(endpoint, request, out).await?;
+    let printable = report::Report::from(&report);
+    if out.json {
+        println_checked(
+            &serde_json::to_string_pretty(&printable).context("cannot encode the report")?,
+        )?;
+    } else {
+        println_checked(&report::table(&printable))?;
+        println_checked(&report::summary_line(&printable))?;
+    }
+    Ok(if printable.all_ok() { 0 } else { 1 })
+}
+
+/// Sends a job request and follows it, with progress on a terminal.
+pub(crate) async fn follow_job(
+    endpoint: &Endpoint,
+    request: Request,
+    out: &Output,
+) -> Result<flotilla_client::JobReport, Failure> {
+    if let Err(e) = request.validate() {
+        return bail_usage(&e.to_string());
+    }
+    let mut connection = connect(endpoint).await?;
+    connection
+        .send(&request)
+        .await
+        .context("cannot send the request")?;
+    let interactive =
+        std::io::stdout().is_terminal() && std::io::stderr().is_terminal() && !out.json;
+    let bar = interactive.then(|| {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed}] {pos}/{len} done  {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(100));
+        bar
+    });
+    let report = follow(&mut connection, |event, tracker| {
+        if let FollowEvent::Accepted(accepted) = event {
+            let line = format!(
+                "job {} on {} host(s): {}",
+                accepted.job.short(),
+                accepted.targets.len(),
+                accepted.command
+            );
+            match &bar {
+                Some(bar) => bar.println(line),
+                None if !out.json => eprintln!("{line}"),
+                None => {}
+            }
+        }
+        if let FollowEvent::Output { host, line, .. } = event {
+            match &bar {
+                Some(bar) => bar.println(format!("{host}: {line}")),
+                // Keep stdout one JSON document with --json.
+                None if out.json => eprintln!("{host}: {line}"),
+                None => println!("{host}: {line}"),
+            }
+        }
+        if let FollowEvent::View { disconnected, .. } = event {
+            for host in disconnected {
+                let line = format!("{host}: disconnected (left the group before reporting)");
+                match &bar {
+                    Some(bar) => bar.println(line),
+                    None if !out.json => eprintln!("{line}"),
+                    None => {}
+                }
+            }
+        }
+        if let Some(bar) = &bar {
+            let progress = tracker.progress();
+            bar.set_length(progress.total as u64);
+            bar.set_position(progress.done as u64);
+            let waiting: Vec<&str> = tracker.pending().take(8).collect();
+            let more = tracker.pending().count().saturating_sub(waiting.len());
+            let mut msg = if waiting.is_empty() {
+                String::new()
+            } else {
+                format!("waiting for {}", report::fold_hosts(waiting))
+            };
+            if more > 0 {
+                msg.push_str(&format!(" and {more} more"));
+            }
+            bar.set_message(msg);
+        }
+    })
+    .await;
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let report = report.with_context(|| format!("the job failed at {endpoint}"))?;
+    Ok(report)
+}
+
+fn println_checked(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{text}").context("cannot write to stdout")?;
+    Ok(())
+}
+
+async fn single(endpoint: &Endpoint, request: Request) -> anyhow::Result<ServerMessage> {
+    let mut connection = connect(endpoint).await?;
+    connection
+        .send(&request)
+        .await
+        .context("cannot send the request")?;
+    match connection.recv().await? {
+        Some(ServerMessage::Error { message, .. }) => bail!("the server refused: {message}"),
+        Some(message) => Ok(message),
+        None => bail!("the server closed the connection without an answer"),
+    }
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn short_duration(d: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+}
+
+/// `monitor status`.
+pub(crate) async fn status(endpoint: &Endpoint, out: &Output) -> Result<u8, Failure> {
+    let reply: StatusReply = match single(endpoint, Request::Status).await? {
+        ServerMessage::Status(reply) => reply,
+        other => return Err(anyhow::anyhow!("unexpected answer: {other:?}").into()),
+    };
+    if out.json {
+        println_checked(&serde_json::to_string_pretty(&reply).context("cannot encode")?)?;
+    } else {
+        let mut table = Table::new();
+        table
+            .load_preset(presets::UTF8_FULL_CONDENSED)
+            .set_header(vec![
+                "host",
+                "node.incarnation",
+                "version",
+                "up",
+                "load",
+                "memory free",
+                "disk free",
+                "view",
+                "cwd",
+            ]);
+        for h in &reply.hosts {
+            table.add_row(vec![
+                h.name.clone(),
+                format!("{}.{}", h.node, h.incarnation),
+                h.version.clone(),
+                short_duration(h.uptime),
+                h.load
+                    .map(|l| format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2]))
+                    .unwrap_or_else(|| "-".into()),
+                h.memory
+                    .map(|m| format!("{} / {}", bytes(m.available), bytes(m.total)))
+                    .unwrap_or_else(|| "-".into()),
+                h.disk
+                    .as_ref()
+                    .map(|d| format!("{} / {}", bytes(d.free), bytes(d.total)))
+                    .unwrap_or_else(|| "-".into()),
+                format!("{} ({} members)", h.view.id, h.view.members.len()),
+                h.cwd.clone(),
+            ]);
+        }
+        for (host, _) in &reply.unanswered {
+            table.add_row(vec![host.clone(), "no answer".into()]);
+        }
+        println_checked(&table.to_string())?;
+    }
+    Ok(if reply.unanswered.is_empty() { 0 } else { 1 })
+}
+
+/// `monitor members`.
+pub(crate) async fn members(endpoint: &Endpoint, out: &Output) -> Result<u8, Failure> {
+    let reply: MembersReply = match single(endpoint, Request::Members).await? {
+        ServerMessage::Members(reply) => reply,
+        other => return Err(anyhow::anyhow!("unexpected answer: {other:?}").into()),
+    };
+    if out.json {
+        println_checked(&serde_json::to_string_pretty(&reply).context("cannot encode")?)?;
+    } else {
+        let mut table = Table::new();
+        table
+            .load_preset(presets::UTF8_FULL_CONDENSED)
+            .set_header(vec![
+                "host",
+                "address",
+                "incarnation",
+                "attributes",
+                "in the view since",
+            ]);
+        for m in &reply.members {
+            let attributes: Vec<String> = m
+                .attributes
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            table.add_row(vec![
+                m.host.clone(),
+                m.address.clone(),
+                m.incarnation.to_string(),
+                attributes.join(" "),
+                humantime::format_rfc3339_seconds(m.since).to_string(),
+            ]);
+        }
+        println_checked(&format!(
+            "view {} ({} members)",
+            reply.view,
+            reply.members.len()
+        ))?;
+        println_checked(&table.to_string())?;
+    }
+    Ok(0)
+}
+
+/// `monitor jobs`.
+async fn jobs(endpoint: &Endpoint, limit: u32, out: &Output) -> Result<u8, Failure> {
+    let reply = match single(endpoint, Request::Jobs { limit }).await? {
+        ServerMessage::Jobs(reply) => reply,
+        other => return Err(anyhow::anyhow!("unexpected answer: {other:?}").into()),
+    };
+    if out.json {
+        println_checked(&serde_json::to_string_pretty(&reply).context("cannot encode")?)?;
+    } else {
+        let mut table = Table::new();
+        table
+            .load_preset(presets::UTF8_FULL_CONDENSED)
+            .set_header(vec![
+                "job", "accepted", "targets", "ok", "failed", "running", "command",
+            ]);
+        for j in &reply.jobs {
+            table.add_row(vec![
+                j.job.short(),
+                humantime::format_rfc3339_seconds(j.accepted_at).to_string(),
+                j.targets.to_string(),
+                j.ok.to_string(),
+                j.failed.to_string(),
+                j.running.to_string(),
+                j.command.clone(),
+            ]);
+        }
+        println_checked(&table.to_string())?;
+    }
+    Ok(0)
+}

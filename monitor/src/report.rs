@@ -1,0 +1,354 @@
+//! A job's final report: as a table where hosts with identical answers are
+//! gathered under one row (as `clush -b` and `dshbak -c` do), or as one
+//! JSON document.
+//!
+//! # The JSON document (stable)
+//!
+//! ```json
+//! {"job": "…32 hex…", "command": "uname -a",
+//!  "summary": {"ok": 4, "failed": 0, "timed_out": 0, "disconnected": 1, "unknown_host": 0, "not_targeted": 0, "other": 0},
+//!  "hosts": [{"host": "web-1", "outcome": "ok", "exit": 0, "signal": null, "duration_ms": 3,
+//!             "stdout": "…", "stderr": "", "stdout_truncated": false, "stderr_truncated": false, "error": null}]}
+//! ```
+//!
+//! `outcome` is one of `ok`, `failed`, `timed out`, `signaled`,
+//! `disconnected`, `unknown host`, `not targeted`, `no record`, `running`,
+//! `interrupted`, `not started`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use comfy_table::{presets, Cell, ContentArrangement, Table};
+use flotilla_client::message::Unfinished;
+use flotilla_client::outcome::ExecStatus;
+use flotilla_client::{HostState, JobReport, Outcome};
+use serde::Serialize;
+
+/// Lines of output shown per group in the table.
+const SHOWN_LINES: usize = 8;
+
+/// One host's line in the report.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct HostLine {
+    /// The host.
+    pub(crate) host: String,
+    /// What happened, in words.
+    pub(crate) outcome: &'static str,
+    /// The exit code, when the command exited.
+    pub(crate) exit: Option<i32>,
+    /// The signal, when it was killed by one.
+    pub(crate) signal: Option<i32>,
+    /// How long it ran.
+    pub(crate) duration_ms: Option<u64>,
+    /// Its standard output (as kept).
+    pub(crate) stdout: String,
+    /// Its standard error (as kept).
+    pub(crate) stderr: String,
+    /// Whether stdout was cut at the cap.
+    pub(crate) stdout_truncated: bool,
+    /// Whether stderr was cut at the cap.
+    pub(crate) stderr_truncated: bool,
+    /// An error: why a command did not start, why a chdir was refused.
+    pub(crate) error: Option<String>,
+    /// Whether this host counts as a success.
+    #[serde(skip)]
+    pub(crate) ok: bool,
+}
+
+/// Counts by kind.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct Summary {
+    /// Succeeded.
+    pub(crate) ok: usize,
+    /// Ran and failed (non-zero exit, signal, chdir refused, not started).
+    pub(crate) failed: usize,
+    /// Timed out.
+    pub(crate) timed_out: usize,
+    /// Left M before reporting.
+    pub(crate) disconnected: usize,
+    /// Named but not in M.
+    pub(crate) unknown_host: usize,
+    /// In M, not a target.
+    pub(crate) not_targeted: usize,
+    /// Running, no record, interrupted.
+    pub(crate) other: usize,
+}
+
+/// The report in its printable form.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Report {
+    /// The job id.
+    pub(crate) job: String,
+    /// The command.
+    pub(crate) command: String,
+    /// Counts.
+    pub(crate) summary: Summary,
+    /// Every host, sorted.
+    pub(crate) hosts: Vec<HostLine>,
+}
+
+impl Report {
+    /// Whether every target succeeded and no host was unknown.
+    pub(crate) fn all_ok(&self) -> bool {
+        self.hosts
+            .iter()
+            .all(|h| h.ok || h.outcome == "not targeted")
+    }
+}
+
+fn millis(d: Duration) -> Option<u64> {
+    Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn line(host: String, state: &HostState<Outcome>) -> HostLine {
+    let mut l = HostLine {
+        host,
+        outcome: "",
+        exit: None,
+        signal: None,
+        duration_ms: None,
+        stdout: String::new(),
+        stderr: String::new(),
+        stdout_truncated: false,
+        stderr_truncated: false,
+        error: None,
+        ok: false,
+    };
+    match state {
+        HostState::Reported(Outcome::Exec(e)) => {
+            l.duration_ms = millis(e.duration);
+            l.stdout = e.stdout.text().into_owned();
+            l.stderr = e.stderr.text().into_owned();
+            l.stdout_truncated = e.stdout.truncated;
+            l.stderr_truncated = e.stderr.truncated;
+            match &e.status {
+                ExecStatus::Exited(0) => {
+                    l.outcome = "ok";
+                    l.exit = Some(0);
+                    l.ok = true;
+                }
+                ExecStatus::Exited(code) => {
+                    l.outcome = "failed";
+                    l.exit = Some(*code);
+                }
+                ExecStatus::Signaled(signal) => {
+                    l.outcome = "signaled";
+                    l.signal = Some(*signal);
+                }
+                ExecStatus::TimedOut => l.outcome = "timed out",
+                ExecStatus::SpawnFailed(why) => {
+                    l.outcome = "not started";
+                    l.error = Some(why.clone());
+                }
+                ExecStatus::Lost(why) => {
+                    l.outcome = "failed";
+                    l.error = Some(why.clone());
+                }
+            }
+        }
+        HostState::Reported(Outcome::Chdir(c)) => match &c.error {
+            None => {
+                l.outcome = "ok";
+                l.ok = true;
+                l.stdout = format!("now in {}\n", c.dir);
+            }
+            Some(e) => {
+                l.outcome = "failed";
+                l.error = Some(format!("{e} (still in {})", c.dir));
+            }
+        },
+        HostState::Reported(Outcome::Exit) => {
+            l.outcome = "ok";
+            l.ok = true;
+            l.stdout = "leaving the group\n".into();
+        }
+        HostState::Reported(Outcome::Interrupted) => l.outcome = "interrupted",
+        HostState::Pending | HostState::Unfinished(Unfinished::TimedOut) => l.outcome = "timed out",
+        HostState::Unfinished(Unfinished::Disconnected) => l.outcome = "disconnected",
+        HostState::Unfinished(Unfinished::Running) => l.outcome = "running",
+        HostState::Unfinished(Unfinished::NoRecord) => l.outcome = "no record",
+        HostState::UnknownHost => l.outcome = "unknown host",
+        HostState::NotTargeted => l.outcome = "not targeted",
+    }
+    l
+}
+
+impl From<&JobReport> for Report {
+    fn from(report: &JobReport) -> Report {
+        let hosts: Vec<HostLine> = report
+            .hosts
+            .iter()
+            .map(|(host, state)| line(host.clone(), state))
+            .collect();
+        let mut summary = Summary::default();
+        for h in &hosts {
+            match h.outcome {
+                "ok" => summary.ok += 1,
+                "failed" | "signaled" | "not started" => summary.failed += 1,
+                "timed out" => summary.timed_out += 1,
+                "disconnected" => summary.disconnected += 1,
+                "unknown host" => summary.unknown_host += 1,
+                "not targeted" => summary.not_targeted += 1,
+                _ => summary.other += 1,
+            }
+        }
+        Report {
+            job: report.job.to_string(),
+            command: report.command.clone(),
+            summary,
+            hosts,
+        }
+    }
+}
+
+/// Host names folded where they share a prefix and differ by a number:
+/// `web-1,web-2,web-3,db-1` becomes `db-1,web-[1-3]`.
+pub(crate) fn fold_hosts<'a>(hosts: impl IntoIterator<Item = &'a str>) -> String {
+    let mut numbered: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    let mut plain: Vec<&str> = Vec::new();
+    for host in hosts {
+        let digits = host.len() - host.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+        let (prefix, number) = host.split_at(host.len() - digits);
+        // Leading zeros would not survive the fold.
+        match number.parse::<u64>() {
+            Ok(n) if !number.starts_with('0') || number == "0" => {
+                numbered.entry(prefix).or_default().push(n)
+            }
+            _ => plain.push(host),
+        }
+    }
+    let mut parts: Vec<String> = plain.into_iter().map(str::to_owned).collect();
+    for (prefix, mut numbers) in numbered {
+        numbers.sort_unstable();
+        numbers.dedup();
+        if numbers.len() == 1 {
+            parts.push(format!("{prefix}{}", numbers[0]));
+            continue;
+        }
+        let mut ranges: Vec<String> = Vec::new();
+        let mut start = numbers[0];
+        let mut end = start;
+        for &n in &numbers[1..] {
+            if n == end + 1 {
+                end = n;
+            } else {
+                ranges.push(range(start, end));
+                start = n;
+                end = n;
+            }
+        }
+        ranges.push(range(start, end));
+        parts.push(format!("{prefix}[{}]", ranges.join(",")));
+    }
+    parts.sort();
+    parts.join(",")
+}
+
+fn range(start: u64, end: u64) -> String {
+    if start == end {
+        start.to_string()
+    } else {
+        format!("{start}-{end}")
+    }
+}
+
+fn shown_output(h: &HostLine) -> String {
+    let mut text = String::new();
+    if let Some(e) = &h.error {
+        text.push_str(e);
+        text.push('\n');
+    }
+    let mut lines: Vec<&str> = h.stdout.lines().collect();
+    lines.extend(h.stderr.lines());
+    let total = lines.len();
+    for l in lines.iter().take(SHOWN_LINES) {
+        text.push_str(l);
+        text.push('\n');
+    }
+    if total > SHOWN_LINES {
+        text.push_str(&format!("… {} more lines\n", total - SHOWN_LINES));
+    }
+    if h.stdout_truncated || h.stderr_truncated {
+        text.push_str("(output truncated at the cap)\n");
+    }
+    text.trim_end().to_owned()
+}
+
+/// The table: one row per group of hosts with the same outcome, exit and
+/// output; the hosts not targeted are left out (they are counted).
+pub(crate) fn table(report: &Report) -> String {
+    let mut groups: BTreeMap<(String, String, String), Vec<&HostLine>> = BTreeMap::new();
+    for h in report.hosts.iter().filter(|h| h.outcome != "not targeted") {
+        let exit = match (h.exit, h.signal) {
+            (Some(code), _) => code.to_string(),
+            (None, Some(signal)) => format!("signal {signal}"),
+            _ => "-".into(),
+        };
+        groups
+            .entry((h.outcome.to_owned(), exit, shown_output(h)))
+            .or_default()
+            .push(h);
+    }
+    let mut rows: Vec<_> = groups.into_iter().collect();
+    // Failures first, then by size: what needs a look comes first.
+    rows.sort_by_key(|((outcome, _, _), hosts)| (outcome == "ok", std::cmp::Reverse(hosts.len())));
+    let mut table = Table::new();
+    table
+        .load_preset(presets::UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(vec!["hosts", "outcome", "exit", "duration", "output"]);
+    for ((outcome, exit, output), hosts) in rows {
+        let names = fold_hosts(hosts.iter().map(|h| h.host.as_str()));
+        let durations: Vec<u64> = hosts.iter().filter_map(|h| h.duration_ms).collect();
+        let duration = match (durations.iter().min(), durations.iter().max()) {
+            (Some(a), Some(b)) if a == b => format!("{a}ms"),
+            (Some(a), Some(b)) => format!("{a}-{b}ms"),
+            _ => "-".into(),
+        };
+        table.add_row(vec![
+            Cell::new(format!("{names} ({})", hosts.len())),
+            Cell::new(outcome),
+            Cell::new(exit),
+            Cell::new(duration),
+            Cell::new(output),
+        ]);
+    }
+    table.to_string()
+}
+
+/// The one-line summary under the table.
+pub(crate) fn summary_line(report: &Report) -> String {
+    let s = &report.summary;
+    let mut parts = vec![format!("{} ok", s.ok)];
+    for (n, what) in [
+        (s.failed, "failed"),
+        (s.timed_out, "timed out"),
+        (s.disconnected, "disconnected"),
+        (s.unknown_host, "unknown host"),
+        (s.other, "other"),
+        (s.not_targeted, "not targeted"),
+    ] {
+        if n > 0 {
+            parts.push(format!("{n} {what}"));
+        }
+    }
+    format!(
+        "job {}: {}",
+        &report.job[..12.min(report.job.len())],
+        parts.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_fold_into_ranges() {
+        assert_eq!(
+            fold_hosts(["web-1", "web-2", "web-3", "db-1", "web-7", "solo"]),
+            "db-1,solo,web-[1-3,7]"
+        );
+        assert_eq!(fold_hosts(["a01", "a02"]), "a01,a02");
+    }
+}

@@ -1,0 +1,347 @@
+//! End to end: real `mgmtd` daemons on loopback, driven by the real
+//! `monitor` binary (and, where a test needs what the monitor does not do,
+//! by the client library). Every wait is bounded; a fleet is killed when
+//! its test ends, passing or not.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flotilla_client::message::{Request, Simex};
+use flotilla_client::{follow, ClusterKey, Connection, Endpoint, JobId, Targets};
+use flotilla_tests::{Error, Fleet, FleetOptions};
+use serde_json::Value;
+
+type TestResult = Result<(), Error>;
+
+/// The hosts of a report with this outcome, sorted.
+fn hosts_with(report: &Value, outcome: &str) -> Vec<String> {
+    let mut hosts: Vec<String> = report["hosts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|h| h["outcome"] == outcome)
+        .filter_map(|h| h["host"].as_str().map(str::to_owned))
+        .collect();
+    hosts.sort();
+    hosts
+}
+
+fn host<'a>(report: &'a Value, name: &str) -> Option<&'a Value> {
+    report["hosts"]
+        .as_array()?
+        .iter()
+        .find(|h| h["host"] == name)
+}
+
+fn text(output: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// A shell snippet that prints the daemon's host name: the name of the
+/// directory of its configuration, from the daemon's command line.
+const WHOAMI: &str =
+    r"tr '\0' '\n' < /proc/$PPID/cmdline | grep mgmtd.yaml | xargs dirname | xargs basename";
+
+#[test]
+fn simex_with_identical_and_differing_output() -> TestResult {
+    let fleet = Fleet::start(FleetOptions::new(3))?;
+    let (code, report) = fleet.monitor_json(0, &["simex", "--", "echo", "same"])?;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(hosts_with(&report, "ok"), ["h1", "h2", "h3"]);
+    for name in ["h1", "h2", "h3"] {
+        assert_eq!(
+            host(&report, name).map(|h| &h["stdout"]),
+            Some(&Value::from("same\n"))
+        );
+    }
+    // Identical answers are gathered under one row.
+    let table = fleet.monitor(1, &["simex", "--", "echo", "same"])?;
+    assert_eq!(table.status.code(), Some(0), "{}", text(&table));
+    let shown = String::from_utf8_lossy(&table.stdout);
+    assert!(shown.contains("h[1-3] (3)"), "{shown}");
+
+    // Differing answers: one row each, and the right text for each host.
+    let (code, report) = fleet.monitor_json(2, &["simex", "--", WHOAMI])?;
+    assert_eq!(code, 0, "{report}");
+    for name in ["h1", "h2", "h3"] {
+        assert_eq!(
+            host(&report, name).map(|h| h["stdout"].clone()),
+            Some(Value::from(format!("{name}\n")))
+        );
+    }
+    let table = fleet.monitor(0, &["simex", "--", WHOAMI])?;
+    let shown = String::from_utf8_lossy(&table.stdout);
+    for name in ["h1 (1)", "h2 (1)", "h3 (1)"] {
+        assert!(shown.contains(name), "{shown}");
+    }
+
+    // A failing command: exit status 1, the code reported per host.
+    let (code, report) = fleet.monitor_json(0, &["simex", "--", "exit 3"])?;
+    assert_eq!(code, 1);
+    assert_eq!(hosts_with(&report, "failed"), ["h1", "h2", "h3"]);
+    assert_eq!(
+        host(&report, "h2").map(|h| h["exit"].clone()),
+        Some(Value::from(3))
+    );
+
+    // --where targets by attribute.
+    let (code, report) = fleet.monitor_json(0, &["simex", "--where", "role=web", "--", "true"])?;
+    assert_eq!(code, 0);
+    assert_eq!(hosts_with(&report, "ok"), ["h2", "h3"]);
+    assert_eq!(hosts_with(&report, "not targeted"), ["h1"]);
+    Ok(())
+}
+
+#[test]
+fn an_unknown_host_is_reported_not_skipped() -> TestResult {
+    let fleet = Fleet::start(FleetOptions::new(3))?;
+    let (code, report) =
+        fleet.monitor_json(0, &["simex", "--targets", "h2,nohost", "--", "true"])?;
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(hosts_with(&report, "ok"), ["h2"]);
+    assert_eq!(hosts_with(&report, "unknown host"), ["nohost"]);
+    Ok(())
+}
+
+#[test]
+fn a_timeout_kills_the_whole_process_group() -> TestResult {
+    let fleet = Fleet::start(FleetOptions::new(3))?;
+    // A number no other process uses as its argument.
+    let marker = 3_000_000 + std::process::id() % 1_000_000;
+    let command = format!("sleep {marker} & sleep {marker}; echo never");
+    let started = Instant::now();
+    let (code, report) = fleet.monitor_json(0, &["simex", "--timeout", "1s", "--", &command])?;
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(hosts_with(&report, "timed out"), ["h1", "h2", "h3"]);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // Nothing of any group is left (SIGTERM, then SIGKILL after the grace).
+    std::thread::sleep(Duration::from_millis(300));
+    let pattern = format!("sleep {marker}");
+    let survivors = Command::new("pgrep").args(["-f", &pattern]).output()?;
+    assert!(
+        survivors.stdout.is_empty(),
+        "processes of the timed-out groups survive: {}",
+        String::from_utf8_lossy(&survivors.stdout)
+    );
+    Ok(())
+}
+
+#[test]
+fn a_daemon_killed_during_a_command_is_reported_disconnected() -> TestResult {
+    let mut fleet = Fleet::start(FleetOptions::new(3))?;
+    let mut monitor = Command::new(&fleet.bin.monitor)
+        .env("FLOTILLA_SOCKET", fleet.daemons[0].socket())
+        .args(["--json", "simex", "--", "sleep 2; echo done"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(700));
+    fleet.kill(2);
+    let status = flotilla_tests::wait_bounded(&mut monitor, Duration::from_secs(30))?;
+    let mut stdout = String::new();
+    if let Some(mut out) = monitor.stdout.take() {
+        std::io::Read::read_to_string(&mut out, &mut stdout)?;
+    }
+    let report: Value = serde_json::from_str(&stdout)?;
+    assert_eq!(status.code(), Some(1), "{report}");
+    assert_eq!(hosts_with(&report, "ok"), ["h1", "h2"]);
+    assert_eq!(hosts_with(&report, "disconnected"), ["h3"]);
+    // And it is gone from M.
+    fleet.wait_members(0, 2, Duration::from_secs(10))?;
+    Ok(())
+}
+
+#[test]
+fn a_client_without_the_key_is_refused() -> TestResult {
+    let mut options = FleetOptions::new(2);
+    options.tcp = true;
+    let fleet = Fleet::start(options)?;
+    let port = fleet.daemons[0].tcp.ok_or("no tcp port")?;
+    let addr = format!("127.0.0.1:{port}");
+    let wrong = fleet.dir.path().join("wrong.key");
+    ClusterKey::generate()?.write_new(&wrong)?;
+    let run = |key: &std::path::Path| -> Result<std::process::Output, Error> {
+        let mut command = Command::new(&fleet.bin.monitor);
+        command
+            .env_remove("FLOTILLA_SOCKET")
+            .args(["--connect", &addr, "--key"])
+            .arg(key)
+            .args(["simex", "--", "echo", "hi"]);
+        flotilla_tests::run_bounded(command, Duration::from_secs(30))
+    };
+    let refused = run(&wrong)?;
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("cluster key"),
+        "{}",
+        text(&refused)
+    );
+    assert!(fleet.daemons[0]
+        .log()
+        .contains("does not hold the cluster key"));
+    let accepted = run(&fleet.key)?;
+    assert_eq!(accepted.status.code(), Some(0), "{}", text(&accepted));
+    Ok(())
+}
+
+#[test]
+fn a_command_runs_at_most_once_across_a_retransmission() -> TestResult {
+    let fleet = Fleet::start(FleetOptions::new(3))?;
+    let file = fleet.dir.path().join("runs");
+    let request = Request::Simex(Simex {
+        job: JobId::random()?,
+        targets: Targets::All,
+        timeout: None,
+        stream: false,
+        command: format!("echo ran >> {}", file.display()),
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // The monitor sends the request, loses the connection, and retries the
+    // same job through another server, then the first one again.
+    for i in [0, 1, 0] {
+        let report = runtime.block_on(async {
+            let mut connection =
+                Connection::connect(&Endpoint::Unix(fleet.daemons[i].socket())).await?;
+            connection.send(&request).await?;
+            let report =
+                tokio::time::timeout(Duration::from_secs(20), follow(&mut connection, |_, _| {}))
+                    .await??;
+            Ok::<_, Error>(report)
+        })?;
+        assert!(report.all_ok(), "{report:?}");
+        assert_eq!(report.hosts.len(), 3);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let runs = std::fs::read_to_string(&file)?;
+    assert_eq!(runs.lines().count(), 3, "one run per host: {runs:?}");
+    Ok(())
+}
+
+#[test]
+fn a_job_report_outlives_an_interrupted_monitor() -> TestResult {
+    let fleet = Fleet::start(FleetOptions::new(3))?;
+    let mut monitor = Command::new(&fleet.bin.monitor)
+        .env("FLOTILLA_SOCKET", fleet.daemons[0].socket())
+        .args(["simex", "--", "sleep 1.5; echo late"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // "job 0123456789ab on 3 host(s): ..." comes first on stderr.
+    let stderr = monitor.stderr.take().ok_or("no stderr")?;
+    let mut first = String::new();
+    BufReader::new(stderr).read_line(&mut first)?;
+    let id = first
+        .split_whitespace()
+        .nth(1)
+        .ok_or_else(|| format!("no job id in {first:?}"))?
+        .to_owned();
+    monitor.kill()?;
+    monitor.wait()?;
+    // Mid-command: the hosts are still running it.
+    let (code, report) = fleet.monitor_json(1, &["job", &id])?;
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(hosts_with(&report, "running"), ["h1", "h2", "h3"]);
+    std::thread::sleep(Duration::from_millis(2000));
+    let (code, report) = fleet.monitor_json(2, &["job", &id])?;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(hosts_with(&report, "ok"), ["h1", "h2", "h3"]);
+    assert_eq!(
+        host(&report, "h3").map(|h| h["stdout"].clone()),
+        Some(Value::from("late\n"))
+    );
+    let (code, jobs) = fleet.monitor_json(0, &["jobs"])?;
+    assert_eq!(code, 0);
+    assert!(jobs["jobs"].as_array().is_some_and(|j| !j.is_empty()));
+    Ok(())
+}
+
+#[test]
+fn chdir_persists_across_a_restart_and_exit_leaves_cleanly() -> TestResult {
+    let mut fleet = Fleet::start(FleetOptions::new(3))?;
+    let place = fleet.dir.path().canonicalize()?;
+    let place = place.to_str().ok_or("not utf-8")?.to_owned();
+    let (code, report) = fleet.monitor_json(0, &["chdir", &place])?;
+    assert_eq!(code, 0, "{report}");
+    let (code, report) = fleet.monitor_json(0, &["chdir", "/no/such/dir"])?;
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(hosts_with(&report, "failed"), ["h1", "h2", "h3"]);
+
+    // SIGTERM: a clean leave, exit status 0.
+    let status = fleet.terminate(1)?;
+    assert!(status.success(), "{status:?}");
+    fleet.wait_members(0, 2, Duration::from_secs(10))?;
+    fleet.spawn(1, None)?;
+    fleet.wait_members(0, 3, Duration::from_secs(30))?;
+    let (code, report) = fleet.monitor_json(0, &["simex", "--", "pwd"])?;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(
+        host(&report, "h2").map(|h| h["stdout"].clone()),
+        Some(Value::from(format!("{place}\n")))
+    );
+
+    // monitor exit: the host leaves and its daemon ends with status 0.
+    let refused = fleet.monitor(0, &["exit", "--all"])?;
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    let (code, report) = fleet.monitor_json(0, &["exit", "--targets", "h3"])?;
+    assert_eq!(code, 0, "{report}");
+    let child = fleet.daemons[2].child.as_mut().ok_or("h3 not running")?;
+    let status = flotilla_tests::wait_bounded(child, Duration::from_secs(15))?;
+    assert!(status.success(), "{status:?}");
+    fleet.daemons[2].child = None;
+    fleet.wait_members(0, 2, Duration::from_secs(10))?;
+    Ok(())
+}
+
+#[test]
+fn output_is_capped_and_truncation_reported() -> TestResult {
+    let mut options = FleetOptions::new(2);
+    options.exec = "exec:\n  output_cap: 1KiB\n".into();
+    let fleet = Fleet::start(options)?;
+    let (code, report) =
+        fleet.monitor_json(0, &["simex", "--", "head -c 5000 /dev/zero | tr '\\0' a"])?;
+    assert_eq!(code, 0, "{report}");
+    let h1 = host(&report, "h1").ok_or("no h1")?;
+    assert_eq!(h1["stdout_truncated"], Value::from(true));
+    assert_eq!(h1["stdout"].as_str().map(str::len), Some(1024));
+    Ok(())
+}
+
+#[test]
+fn a_daemon_with_the_wrong_key_never_appears_in_m() -> TestResult {
+    let mut fleet = Fleet::start(FleetOptions::new(3))?;
+    fleet.kill(2);
+    fleet.wait_members(0, 2, Duration::from_secs(10))?;
+    let wrong = fleet.dir.path().join("wrong.key");
+    ClusterKey::generate()?.write_new(&wrong)?;
+    fleet.spawn(2, Some(&wrong))?;
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(fleet.members(0), ["h1", "h2"]);
+    assert_eq!(fleet.members(1), ["h1", "h2"]);
+    Ok(())
+}
+
+#[test]
+fn status_and_members_show_every_host() -> TestResult {
+    let fleet = Fleet::start(FleetOptions::new(3))?;
+    let (code, status) = fleet.monitor_json(0, &["status"])?;
+    assert_eq!(code, 0, "{status}");
+    let names: Vec<&str> = status["hosts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h["name"].as_str())
+        .collect();
+    assert_eq!(names, ["h1", "h2", "h3"]);
+    let table = fleet.monitor(1, &["members"])?;
+    assert_eq!(table.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&table.stdout).contains("role=web"));
+    Ok(())
+}
