@@ -8,11 +8,14 @@
 //! (a [`FileStorage`] directory from the daemon's configuration):
 //!
 //! ```text
+//! // cfg.hosts: the configured hosts' node ids, as gc-core has them
 //! let (mut maps, cut) = MapsServer::open(my_pid, FileStorage::open(dir)?, cfg)?;
 //! // log `cut` (a torn log tail removed at recovery) if Some
 //! node.join_group(now, &cfg.group)?;                  // on every host
-//! for every gc-core event:   actions = maps.on_event(&event)?;
+//! for every run of gc-core events ready at once:
+//!                            actions = maps.on_events(&events)?;  // one fsync
 //! for every client request:  actions = maps.client_request(client_id, request)?;
+//! now and then (optional):   actions = maps.retry();  // control messages gc-core refused
 //! for each action, in order:
 //!     Action::Multicast { level, payload } => node.multicast(now, &cfg.group, level, payload)
 //!                                             (on Err: actions = maps.on_send_failed(&payload))
@@ -33,20 +36,66 @@
 //!
 //! # How it works
 //! - [`Tables`] is the deterministic state machine (bounds in [`bounds`]).
-//! - On every regular primary view, members exchange their maps' heads
-//!   ([`wire::State`], safe delivery). When all are in, every member picks
-//!   alike: the primary server ([`primary_server`]: longest tenure in the
-//!   primary component, then node id), and per map the history to follow
-//!   (the head of the latest epoch, then the highest version). The member
-//!   holding it sends others the log suffix they lack, or a snapshot where
-//!   the log was compacted or their history diverged.
+//! - On every regular gc-core primary view, members exchange their maps'
+//!   heads and their voting records ([`wire::State`], safe delivery). When
+//!   all are in, every member decides alike whether the view may be a maps
+//!   **session** ([`vote`]: a majority of the last complete session and of
+//!   every session attempted after it), the primary server
+//!   ([`primary_server`]: longest tenure in the primary component, then node
+//!   id), and per map the history to follow (the head of the latest epoch,
+//!   then the highest version). Each member records the session as
+//!   attempted (on disk), the holder of a chosen history sends others the
+//!   log suffix they lack (or a snapshot where the log was compacted or
+//!   their history diverged) and the updates it keeps unapplied
+//!   ([`wire::Msg::Accept`]); each member, once it holds the chosen history
+//!   on disk, says so (`Caught`). When every member has, the session is
+//!   **complete**: recorded as the last one, and only now does the primary
+//!   server order.
 //! - The primary server's [`Sequencer`] assigns gap-free versions and
-//!   multicasts each update at `Level::Safe`, stamped with the view's primary
-//!   number (its epoch) and the chain digest of the history it follows. An
-//!   update delivered in the regular configuration of the primary view of
-//!   its own epoch is applied and logged (fsync) before any reply; one
-//!   delivered in a transitional configuration is held, unapplied, until
-//!   the next primary view's exchange adopts or drops it.
+//!   multicasts each update at `Level::Safe`, stamped with the session's
+//!   number (its epoch) and the chain digest of the history it follows. A
+//!   member that delivers it in the regular configuration of that session
+//!   **keeps** it (a `Held` log record, synced at the end of the input) and
+//!   reports the versions it has synced (`Durable`). An update is
+//!   **applied** (to the tables, answered to its client, rendered) only once
+//!   a strict majority of the session's hosts reported it synced. One
+//!   delivered in a transitional configuration is kept alike, until the next
+//!   session's exchange adopts or drops it.
+//!
+//! # Why two histories never both count, and an acknowledged update is never lost
+//! gc-core's primary rule is not enough on its own: a gc-core primary view
+//! whose maps exchange was cut off never told its members the latest heads,
+//! and gc-core lets a majority of it (holding none of them) be the next
+//! primary (seeds 1044 and 1074 of the simulator did exactly that).
+//! 1. *Complete sessions form one chain, each holding a majority of the
+//!    hosts of the one before* ([`vote`] has the induction): every member
+//!    records a session as attempted before its `Caught`, so before the
+//!    session can complete, and forgets it only on completing a newer one.
+//! 2. *Updates of an epoch lie on one history*: only a complete session's
+//!    primary server orders, one sequencer per session, each update naming
+//!    the chain digest of the history below it.
+//! 3. *An applied update u (version v, epoch of complete session M) is held
+//!    on disk by a majority of M's hosts* when anyone applies it, so also
+//!    when it is answered "applied". The next session M' to complete holds
+//!    a majority of M (1), so a member x of M' keeps u on disk. No session
+//!    between M and M' ordered anything (2), so every head in M''s exchange
+//!    (and in any failed attempt between them) has an epoch of at most M's;
+//!    x's has M's, so the chosen head is of M's epoch, at a version at least
+//!    x's: on M's history, past v. (x keeps its updates through failed
+//!    attempts: a head of the same epoch and a higher version is on the same
+//!    history.) M' completes only when every member holds that history on
+//!    disk, so the induction goes on from M'.
+//! 4. Hence the applied tables only ever hold updates no later session can
+//!    drop: any two replicas at version k of a map hold the same content,
+//!    and an update reported applied is never lost. An update delivered
+//!    only in a transitional configuration, or whose majority the view
+//!    change cut off, is answered *unknown*: it may or may not be applied
+//!    by a later session, and retrying with its id applies it at most once.
+//!
+//! Counting is by host (node id), and the records are on the host's disk,
+//! so a restarted process keeps its part. A member that crashes holding an
+//! update only in gc-core's memory (received, not yet delivered) does not
+//! count towards its majority: it never reported it synced.
 //! - [`wal`]: checksummed log, snapshots and compaction, recovery that cuts
 //!   a torn tail and refuses corruption before it naming file and offset.
 //! - [`check`]: the checker the simulator tests run on recorded histories.

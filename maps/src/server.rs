@@ -212,18 +212,23 @@ struct KeptLog {
 /// # Driver contract
 /// - Create it with [`MapsServer::open`] at every start of the process
 ///   (with the new incarnation's pid); it recovers from its storage.
+/// - Set [`ServerConfig::hosts`] to the configured hosts (gc-core's list).
 /// - Join the group [`ServerConfig::group`] on every host, and pass every
-///   gc-core [`Event`] to [`MapsServer::on_event`] (views and the group's
-///   deliveries), and every client request to
-///   [`MapsServer::client_request`].
+///   gc-core [`Event`] to [`MapsServer::on_events`] (views and the group's
+///   deliveries; every event ready at once in one call, so that one fsync
+///   covers them all), and every client request to
+///   [`MapsServer::client_request`]. [`MapsServer::retry`] resends control
+///   messages gc-core refused; every input does that too.
 /// - Carry out the returned actions in order: multicasts (at the level
 ///   given; hand a refused one back to [`MapsServer::on_send_failed`]),
 ///   replies, and file renders.
 /// - An `Err` means the server cannot go on (its disk failed, or two
 ///   primaries ordered the same version): stop the daemon with the message.
 ///
-/// Writes to the log happen inside the calls, synced before any reply to an
-/// update is returned: a reply that says "applied" is durable here.
+/// Writes to the log happen inside the calls and are synced once at the end
+/// of each call, before anything is reported to peers; a reply that says
+/// "applied" means a majority of the session's hosts hold the update on
+/// disk (see the crate docs).
 pub struct MapsServer<S: Storage> {
     me: Pid,
     cfg: ServerConfig,
@@ -717,12 +722,12 @@ impl<S: Storage> MapsServer<S> {
             | Msg::Caught { .. }
             | Msg::Durable { .. }
             | Msg::Refused { .. }
-            | Msg::Done { .. } => {
-                // Bounded: at most a few per view, plus one refusal per
-                // update in flight (itself bounded).
-                if self.unsent.len() < self.cfg.max_in_flight {
-                    self.unsent.push(payload.to_vec());
-                }
+            | Msg::Done { .. }
+            // Bounded: at most a few per view, plus one refusal per update
+            // in flight (itself bounded).
+                if self.unsent.len() < self.cfg.max_in_flight =>
+            {
+                self.unsent.push(payload.to_vec());
             }
             Msg::Ordered(o) => {
                 let id = o.update.id;
