@@ -19,16 +19,25 @@
 //! holds: recovery ignores a log older than the snapshot.
 //!
 //! # Recovery ([`Wal::open`])
-//! The snapshot is loaded, then the log replayed frame by frame. A frame
-//! that ends past the end of the file, a last frame whose checksum fails, and
-//! a run of zero bytes at the end are a *torn tail*: the writes a crash
-//! interrupted, which were never synced and so never acknowledged. The tail
-//! is cut (the file truncated, durably) and reported in
-//! [`Recovered::cut`]. A frame whose checksum fails with more frames after
-//! it, a frame whose body does not decode, or a record that does not follow
-//! the state before it, is corruption of synced data: [`WalError::Corrupt`]
-//! names the file and the byte offset, and the server must not start on a
-//! guess.
+//! The snapshot is loaded, then the log replayed frame by frame. A *torn
+//! tail* is the end of the last append, which a crash interrupted before its
+//! sync (so nothing in it was acknowledged): a header cut short, a frame
+//! whose length runs past the end of the file with no complete frame after
+//! it, a last frame whose checksum fails, or a run of zero bytes at the end.
+//! The tail is cut (the file truncated, durably) and reported in
+//! [`Recovered::cut`]. Everything else is corruption of synced data, and
+//! [`WalError::Corrupt`] names the file and the byte offset (the server must
+//! not start on a guess): a checksum failure with more bytes after the
+//! frame, a length that runs past the end while a complete frame (length
+//! that fits, matching checksum, a body that decodes) starts somewhere
+//! after it (a damaged length field hiding synced frames), a body that does
+//! not decode, or a record that does not follow the state before it.
+//!
+//! What the format cannot tell: frames carry no sequence number, so if the
+//! file system wrote an unsynced append's later pages but not an earlier
+//! one, the hole looks like damage with complete frames after it and is
+//! reported as corruption. That errs towards stopping, never towards
+//! applying or silently dropping synced records.
 
 use crate::replica::Change;
 use crate::storage::Storage;
@@ -417,7 +426,7 @@ fn replay(
     let mut at = WAL_HEADER as usize;
     while at < end {
         let Some(header) = data.get(at..at + FRAME_HEADER) else {
-            return Ok(at as u64); // a torn header
+            return Ok(at as u64); // a torn header: nothing can follow it
         };
         let len = le_u32(header) as usize;
         let crc = le_u32(&header[4..]);
@@ -427,8 +436,22 @@ fn replay(
             }
             return Err(corrupt(at as u64, "a frame of length 0".into()));
         }
-        let body_end = at + FRAME_HEADER + len;
+        let body_end = at.saturating_add(FRAME_HEADER).saturating_add(len);
         if len > MAX_FRAME || body_end > end {
+            // Either the last frame was cut short by a crash (torn), or this
+            // length field is damaged and points past the end. A torn tail
+            // is the unsynced end of the last append, so no complete frame
+            // follows a torn one's start; a damaged length hides the synced
+            // frames after it, and one of them checks out.
+            if let Some(next) = valid_frame_after(data, at + FRAME_HEADER + 1) {
+                return Err(corrupt(
+                    at as u64,
+                    format!(
+                        "a frame length of {len} bytes runs past the end of the file, \
+                         but a complete frame follows at byte {next}: a damaged length"
+                    ),
+                ));
+            }
             return Ok(at as u64); // the frame runs past the end: torn
         }
         let body = &data[at + FRAME_HEADER..body_end];
@@ -451,6 +474,27 @@ fn replay(
         at = body_end;
     }
     Ok(at as u64)
+}
+
+/// The offset of the first complete frame (a length that fits, a body whose
+/// checksum matches and that decodes) starting at or after `from`, if any.
+/// A chance match in torn garbage needs a 32-bit checksum to agree and the
+/// body to decode as a record, so a hit means synced data lies there.
+fn valid_frame_after(data: &[u8], from: usize) -> Option<usize> {
+    let end = data.len();
+    (from..end.saturating_sub(FRAME_HEADER)).find(|&at| {
+        let Some(header) = data.get(at..at + FRAME_HEADER) else {
+            return false;
+        };
+        let len = le_u32(header) as usize;
+        let crc = le_u32(&header[4..]);
+        let body_end = at + FRAME_HEADER + len;
+        len > 0
+            && len <= MAX_FRAME
+            && body_end <= end
+            && crc32fast::hash(&data[at + FRAME_HEADER..body_end]) == crc
+            && postcard::from_bytes::<Change>(&data[at + FRAME_HEADER..body_end]).is_ok()
+    })
 }
 
 /// Applies one logged change to the recovered state.
@@ -582,6 +626,58 @@ mod tests {
         data.extend([0u8; 100]);
         disk.set_file(WAL_FILE, data);
         assert!(Wal::open(disk.storage()).unwrap().1.cut.is_some());
+    }
+
+    #[test]
+    fn a_damaged_length_is_corruption_a_short_last_frame_is_torn() {
+        let disk = MemDisk::new();
+        let (mut wal, _) = Wal::open(disk.storage()).unwrap();
+        let mut t = Tables::new();
+        wal.append(&[change(&mut t, "m", 1, Op::CreateMap)])
+            .unwrap();
+        let second = disk.file(WAL_FILE).unwrap().len();
+        for i in 2..6 {
+            wal.append(&[change(&mut t, "m", i, set("k", &format!("v{i}")))])
+                .unwrap();
+        }
+        let good = disk.file(WAL_FILE).unwrap();
+        // The second frame's length now points past the end of the file,
+        // with complete synced frames after it: corruption, not a tail.
+        let mut data = good.clone();
+        data[second..second + 4].copy_from_slice(&u32::MAX.to_le_bytes()[..4]);
+        data[second + 3] = 0x3f; // under MAX_FRAME, past the end
+        disk.set_file(WAL_FILE, data);
+        match Wal::open(disk.storage()) {
+            Err(WalError::Corrupt { offset, reason, .. }) => {
+                assert_eq!(offset, second as u64);
+                assert!(reason.contains("damaged length"), "{reason}");
+            }
+            other => panic!("expected corruption, got {:?}", other.map(|r| r.1.cut)),
+        }
+        assert_eq!(disk.file(WAL_FILE).unwrap().len(), good.len(), "not cut");
+        // The same damage to the last frame's length: nothing complete
+        // follows, so it is a torn tail and is cut.
+        let mut data = good.clone();
+        let last = {
+            // Walk the frames to the start of the last one.
+            let mut at = WAL_HEADER as usize;
+            let mut last = at;
+            while at < data.len() {
+                last = at;
+                at += FRAME_HEADER + le_u32(&data[at..]) as usize;
+            }
+            last
+        };
+        data[last..last + 4].copy_from_slice(&0x3fff_ffffu32.to_le_bytes());
+        disk.set_file(WAL_FILE, data);
+        let (_, rec) = Wal::open(disk.storage()).unwrap();
+        assert_eq!(rec.cut.unwrap().offset, last as u64);
+        // A last frame cut anywhere, header included, is torn.
+        for keep in [last + 3, last + FRAME_HEADER + 2, good.len() - 1] {
+            disk.set_file(WAL_FILE, good[..keep].to_vec());
+            let (_, rec) = Wal::open(disk.storage()).unwrap();
+            assert_eq!(rec.cut.unwrap().offset, last as u64, "cut at {keep}");
+        }
     }
 
     #[test]
