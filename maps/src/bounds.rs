@@ -7,6 +7,7 @@
 //! | key | 1 to [`MAX_KEY`] bytes, no control characters | [`validate_key`], a rejection in the state machine |
 //! | value | at most [`MAX_VALUE`] bytes (64 KiB) | [`validate_value`], a rejection in the state machine |
 //! | entries per map | at most [`MAX_ENTRIES`] | the state machine ([`crate::Rejection::MapFull`]) |
+//! | bytes per map | at most [`MAX_MAP_BYTES`] of keys and values | the state machine ([`crate::Rejection::MapTooLarge`]) |
 //! | operations per batch | at most [`MAX_BATCH_OPS`], no batch inside a batch | [`crate::Update::validate`] |
 //! | one update | at most [`MAX_UPDATE_BYTES`] of keys and values | [`crate::Update::validate`] |
 //! | live maps | at most [`MAX_MAPS`] | the primary's [`crate::Sequencer`] (admission) |
@@ -30,6 +31,11 @@ pub const MAX_KEY: usize = 256;
 pub const MAX_VALUE: usize = 64 * 1024;
 /// Most entries in one map.
 pub const MAX_ENTRIES: usize = 1_000_000;
+/// Most bytes of keys and values in one map (128 MiB): what every replica
+/// holds in memory, renders, and sends in a snapshot. An update that would
+/// grow a map past it is rejected (the version still advances); one that
+/// shrinks or keeps its size is not.
+pub const MAX_MAP_BYTES: usize = 128 << 20;
 /// Most live (created and not dropped) maps.
 pub const MAX_MAPS: usize = 256;
 /// Most map names remembered, live or dropped. A dropped map keeps its name

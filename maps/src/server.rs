@@ -400,13 +400,22 @@ impl<S: Storage> MapsServer<S> {
                 r.durable
             )
         });
-        let tops: Vec<(String, u64, u64)> = self
+        let tops: Vec<(String, u64, u64, u64, u64)> = self
             .tables()
             .maps()
-            .map(|(m, t)| (m.to_owned(), t.version(), self.top(m).0))
+            .map(|(m, t)| {
+                let (v, _, e) = self.top(m);
+                (m.to_owned(), t.version(), t.epoch(), v, e)
+            })
+            .collect();
+        let held: Vec<(u64, u64, u128)> = self
+            .held
+            .values()
+            .flat_map(|h| h.values())
+            .map(|o| (o.version, o.epoch, o.update.id.0))
             .collect();
         format!(
-            "{}: view {view:?} trans {} blocked {} exchange {:?} ready {ready:?} votes {:?} maps {tops:?} held {}",
+            "{}: view {view:?} trans {} blocked {} exchange {:?} ready {ready:?} votes {:?} maps {tops:?} held {} {held:?}",
             self.me,
             self.in_trans,
             self.blocked,
@@ -863,22 +872,28 @@ impl<S: Storage> MapsServer<S> {
             return Ok(());
         }
         self.votes.store(self.wal.storage_mut())?;
-        let mut best: BTreeMap<String, (Head, Pid)> = BTreeMap::new();
+        // Per map, the history of the highest ballot, then the highest
+        // version (one session orders on one chain, so histories of one
+        // ballot are prefixes of one another).
+        let mut best: BTreeMap<String, (Head, Pid, u64)> = BTreeMap::new();
         for (pid, s) in &states {
+            let ballot = s.votes.ballot;
             for h in &s.heads {
-                let better = best.get(&h.map).is_none_or(|(b, _)| h.rank() > b.rank());
+                let rank = (ballot, h.top_version);
+                let better = best
+                    .get(&h.map)
+                    .is_none_or(|(b, _, bb)| rank > (*bb, b.top_version));
                 if better {
-                    best.insert(h.map.clone(), (h.clone(), *pid));
+                    best.insert(h.map.clone(), (h.clone(), *pid, ballot));
                 }
             }
         }
         // Held updates on the chosen history stay held, to be applied when
         // the session completes. They are on it when this server's top is
-        // the chosen one, or an earlier version of the same epoch: one
-        // sequencer orders an epoch, on one chain, so the update at a version
-        // of that epoch names the history below it. (That case matters: a
-        // holder of an update a majority kept must keep it through attempts
-        // that choose a longer history of the same epoch and then fail.)
+        // the chosen one, or an earlier version of the same ballot: one
+        // session orders on one chain. (That case matters: a holder of an
+        // update a majority kept must keep it through attempts that choose
+        // a longer history of the same ballot and then fail.)
         // The rest were never applied anywhere and are dropped here (their
         // records on disk are harmless: a held update only counts where its
         // chain digest follows the applied history).
@@ -887,12 +902,13 @@ impl<S: Storage> MapsServer<S> {
         let held = std::mem::take(&mut self.held);
         self.held_count = 0;
         for (map, updates) in held {
-            let (v, c, e) = tops.get(&map).copied().unwrap_or_default();
+            let (v, c, _) = tops.get(&map).copied().unwrap_or_default();
             let chosen = best
                 .get(&map)
-                .map(|(h, _)| (h.top_version, h.top_chain, h.top_epoch));
-            let adopt = chosen.is_some_and(|(cv, cc, ce)| {
-                (cv, cc) == (v, c) || (ce == e && cv > v && v > self.tables().version(&map))
+                .map(|(h, _, b)| (h.top_version, h.top_chain, *b));
+            let mine = self.votes.ballot;
+            let adopt = chosen.is_some_and(|(cv, cc, cb)| {
+                (cv, cc) == (v, c) || (cb == mine && cv > v && v > self.tables().version(&map))
             });
             let upto = chosen.map_or(0, |(cv, _, _)| cv);
             let have = self.tables().version(&map);
@@ -910,9 +926,9 @@ impl<S: Storage> MapsServer<S> {
         }
         let need: BTreeMap<String, u64> = best
             .iter()
-            .map(|(m, (h, _))| (m.clone(), h.top_version))
+            .map(|(m, (h, _, _))| (m.clone(), h.top_version))
             .collect();
-        for (map, (h, source)) in &best {
+        for (map, (h, source, _)) in &best {
             if *source != self.me {
                 continue;
             }
@@ -936,7 +952,7 @@ impl<S: Storage> MapsServer<S> {
         }
         let chosen = best
             .iter()
-            .map(|(m, (h, _))| (m.clone(), (h.top_version, h.top_chain)))
+            .map(|(m, (h, _, _))| (m.clone(), (h.top_version, h.top_chain)))
             .collect();
         // Nothing is ordered before the session completes (every member
         // caught up): see `caught`.
@@ -1042,9 +1058,14 @@ impl<S: Storage> MapsServer<S> {
             .as_ref()
             .is_some_and(|r| !r.complete && !r.caught_sent && self.caught_up(r));
         if send_caught {
+            let mut session = 0;
             if let Some(r) = self.ready.as_mut() {
                 r.caught_sent = true;
+                session = r.session.number;
             }
+            // This history is now the session's: on disk before saying so.
+            self.votes.ballot = session;
+            self.votes.store(self.wal.storage_mut())?;
             out.push(multicast(Level::Agreed, &Msg::Caught { view: view_id }));
         }
         Ok(())
@@ -1523,9 +1544,11 @@ impl<S: Storage> MapsServer<S> {
         };
         snap.recent = recent;
         let have = (self.tables().version(&map), self.tables().chain(&map));
-        if (snap.version, snap.chain) == have
-            || snap.version < have.0 && self.log_covers(&map, snap.version, snap.chain)
-        {
+        // Applied tables hold only what a session committed, and every
+        // later chosen history extends that: a snapshot below the applied
+        // version has nothing this replica lacks, and installing it would
+        // roll committed updates back.
+        if (snap.version, snap.chain) == have || snap.version < have.0 {
             return Ok(()); // nothing new for this replica
         }
         match self.replica.install(snap) {

@@ -4,6 +4,7 @@
 
 use crate::bounds::{
     validate_key, validate_map_name, validate_value, BoundError, DEDUP_WINDOW, MAX_ENTRIES,
+    MAX_MAP_BYTES,
 };
 use crate::update::{Op, Ordered, Outcome, Rejection, UpdateId};
 
@@ -522,6 +523,7 @@ fn execute(state: &mut MapState, op: &Op, version: u64) -> Result<(), Rejection>
             cleared: false,
             writes: BTreeMap::new(),
             len: state.entries.len(),
+            bytes: state.bytes,
         };
         match op {
             Op::Batch(ops) => {
@@ -573,6 +575,8 @@ struct Tx<'m, 'o> {
     writes: BTreeMap<&'o str, Option<&'o str>>,
     /// Entries the map has at this point of the operation.
     len: usize,
+    /// Bytes of keys and values the map has at this point.
+    bytes: usize,
 }
 
 impl<'o> Tx<'_, 'o> {
@@ -583,6 +587,20 @@ impl<'o> Tx<'_, 'o> {
             Some(None) => None,
             None if self.cleared => None,
             None => self.base.entries.get(key).map(|e| e.version),
+        }
+    }
+
+    /// The bytes `key` and its value take at this point, 0 if absent.
+    fn key_bytes(&self, key: &str) -> usize {
+        match self.writes.get(key) {
+            Some(Some(v)) => key.len() + v.len(),
+            Some(None) => 0,
+            None if self.cleared => 0,
+            None => self
+                .base
+                .entries
+                .get(key)
+                .map_or(0, |e| key.len() + e.value.len()),
         }
     }
 
@@ -627,6 +645,7 @@ impl<'o> Tx<'_, 'o> {
                 }
                 if self.key_version(key).is_some() {
                     self.len -= 1;
+                    self.bytes -= self.key_bytes(key);
                     self.writes.insert(key, None);
                 }
             }
@@ -642,12 +661,19 @@ impl<'o> Tx<'_, 'o> {
         if !self.live {
             return Err(Rejection::NoSuchMap);
         }
+        let bytes = self.bytes - self.key_bytes(key) + key.len() + value.len();
+        // Only growth past the bound is refused: a map over it (a bound
+        // lowered since) can still shrink.
+        if bytes > MAX_MAP_BYTES && bytes > self.bytes {
+            return Err(Rejection::MapTooLarge { bytes });
+        }
         if self.key_version(key).is_none() {
             if self.len >= MAX_ENTRIES {
                 return Err(Rejection::MapFull);
             }
             self.len += 1;
         }
+        self.bytes = bytes;
         self.writes.insert(key, Some(value));
         Ok(())
     }
@@ -656,6 +682,7 @@ impl<'o> Tx<'_, 'o> {
         self.cleared = true;
         self.writes.clear();
         self.len = 0;
+        self.bytes = 0;
     }
 }
 
@@ -705,6 +732,48 @@ pub(crate) mod tests {
             .entries()
             .map(|(k, e)| (k.to_owned(), e.value.clone(), e.version))
             .collect()
+    }
+
+    #[test]
+    fn a_map_is_bounded_in_bytes() {
+        let mut t = Tables::new();
+        step(&mut t, "m", 1, Op::CreateMap);
+        let big = "v".repeat(crate::bounds::MAX_VALUE);
+        let per = 8 + big.len();
+        let fit = MAX_MAP_BYTES / per;
+        for i in 0..fit {
+            let a = step(&mut t, "m", 10 + i as u128, set(&format!("k{i:07}"), &big));
+            assert!(a.outcome.is_applied(), "{i}: {:?}", a.outcome);
+        }
+        let used = t.map("m").unwrap().bytes();
+        assert_eq!(used, fit * per);
+        // One more entry of that size would pass the bound: rejected, with
+        // the map unchanged and its version advanced.
+        let v = t.version("m");
+        let a = step(&mut t, "m", 1 << 40, set("another", &big));
+        assert_eq!(
+            a.outcome,
+            Outcome::Rejected {
+                version: v + 1,
+                reason: Rejection::MapTooLarge {
+                    bytes: used + 7 + big.len()
+                }
+            }
+        );
+        assert!(a.outcome.to_string().contains("over the limit"));
+        assert_eq!(t.map("m").unwrap().bytes(), used);
+        // In a batch, a delete first makes room.
+        let a = step(
+            &mut t,
+            "m",
+            (1 << 40) + 1,
+            Op::Batch(vec![del("k0000000"), set("another", &big)]),
+        );
+        assert!(a.outcome.is_applied(), "{:?}", a.outcome);
+        // Overwriting with a smaller value always fits.
+        let a = step(&mut t, "m", (1 << 40) + 2, set("another", "x"));
+        assert!(a.outcome.is_applied());
+        assert_eq!(t.map("m").unwrap().bytes(), used - per + 8);
     }
 
     #[test]

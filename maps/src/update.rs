@@ -316,6 +316,17 @@ pub enum Rejection {
     /// ordering, so this means a server that forwarded without checking).
     #[error("{0}")]
     Invalid(BoundError),
+    /// The update would grow the map past [`crate::bounds::MAX_MAP_BYTES`]
+    /// bytes of keys and values.
+    #[error(
+        "the map would hold {bytes} bytes of keys and values, over the limit of {}: delete entries or use another map",
+        crate::bounds::MAX_MAP_BYTES
+    )]
+    // Last, so that the log's encoding of the variants before it stays.
+    MapTooLarge {
+        /// The bytes it would hold.
+        bytes: usize,
+    },
 }
 
 fn show_version(v: Option<u64>) -> String {

@@ -88,6 +88,13 @@ pub struct Votes {
     /// Sessions newer than `last` this host recorded without seeing them
     /// complete.
     pub ambiguous: Vec<Session>,
+    /// The newest session whose chosen history this host took on (it said
+    /// so with `Caught`); the updates it keeps since are that session's. The
+    /// state exchange follows the history of the highest ballot, as Paxos
+    /// follows the value accepted at the highest ballot: an update's epoch
+    /// alone would let an old session's unapplied updates beat a history a
+    /// later session adopted and committed on (simulator seed 6017).
+    pub ballot: u64,
 }
 
 impl Votes {
@@ -96,6 +103,7 @@ impl Votes {
         Votes {
             last: Session::new(0, hosts.iter().copied()),
             ambiguous: Vec::new(),
+            ballot: 0,
         }
     }
 

@@ -39,8 +39,9 @@ pub struct Head {
 }
 
 impl Head {
-    /// The order in which heads compete to be the map's history: the later
-    /// epoch, then the higher version.
+    /// The head's epoch, then version. The exchange does not rank by this
+    /// alone: it ranks by the stating member's ballot
+    /// ([`crate::vote::Votes::ballot`]) first, then the version.
     pub fn rank(&self) -> (u64, u64) {
         (self.top_epoch, self.top_version)
     }
