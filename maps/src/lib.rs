@@ -42,14 +42,15 @@
 //!   **session** ([`vote`]: a majority of the last complete session and of
 //!   every session attempted after it), the primary server
 //!   ([`primary_server`]: longest tenure in the primary component, then node
-//!   id), and per map the history to follow (the head of the latest epoch,
-//!   then the highest version). Each member records the session as
-//!   attempted (on disk), the holder of a chosen history sends others the
-//!   log suffix they lack (or a snapshot where the log was compacted or
-//!   their history diverged) and the updates it keeps unapplied
-//!   ([`wire::Msg::Accept`]); each member, once it holds the chosen history
-//!   on disk, says so (`Caught`). When every member has, the session is
-//!   **complete**: recorded as the last one, and only now does the primary
+//!   id), and per map the history to follow (that of the highest ballot,
+//!   then the highest version: see below). Each member records
+//!   the session as attempted (on disk), the holder of a chosen history
+//!   sends others the log suffix they lack (or a snapshot where the log was
+//!   compacted or their history diverged) and the updates it keeps
+//!   unapplied ([`wire::Msg::Accept`]); each member, once it holds the
+//!   chosen history on disk, takes the session's number as its *ballot*
+//!   (on disk) and says so (`Caught`). When every member has, the session
+//!   is **complete**: recorded as the last one, and only now does the primary
 //!   server order.
 //! - The primary server's [`Sequencer`] assigns gap-free versions and
 //!   multicasts each update at `Level::Safe`, stamped with the session's
@@ -61,6 +62,9 @@
 //!   a strict majority of the session's hosts reported it synced. One
 //!   delivered in a transitional configuration is kept alike, until the next
 //!   session's exchange adopts or drops it.
+//! - [`wal`]: checksummed log, snapshots and compaction, recovery that cuts
+//!   a torn tail and refuses corruption before it naming file and offset.
+//! - [`check`]: the checker the simulator tests run on recorded histories.
 //!
 //! # Why two histories never both count, and an acknowledged update is never lost
 //! gc-core's primary rule is not enough on its own: a gc-core primary view
@@ -71,23 +75,31 @@
 //!    hosts of the one before* ([`vote`] has the induction): every member
 //!    records a session as attempted before its `Caught`, so before the
 //!    session can complete, and forgets it only on completing a newer one.
-//! 2. *Updates of an epoch lie on one history*: only a complete session's
-//!    primary server orders, one sequencer per session, each update naming
-//!    the chain digest of the history below it.
-//! 3. *An applied update u (version v, epoch of complete session M) is held
-//!    on disk by a majority of M's hosts* when anyone applies it, so also
-//!    when it is answered "applied". The next session M' to complete holds
-//!    a majority of M (1), so a member x of M' keeps u on disk. No session
-//!    between M and M' ordered anything (2), so every head in M''s exchange
-//!    (and in any failed attempt between them) has an epoch of at most M's;
-//!    x's has M's, so the chosen head is of M's epoch, at a version at least
-//!    x's: on M's history, past v. (x keeps its updates through failed
-//!    attempts: a head of the same epoch and a higher version is on the same
-//!    history.) M' completes only when every member holds that history on
-//!    disk, so the induction goes on from M'.
-//! 4. Hence the applied tables only ever hold updates no later session can
-//!    drop: any two replicas at version k of a map hold the same content,
-//!    and an update reported applied is never lost. An update delivered
+//! 2. *Histories of one ballot lie on one chain*: a member's ballot is the
+//!    last session whose chosen history it took on (`Caught`), and only a
+//!    complete session's primary server orders, one sequencer per session,
+//!    each update naming the chain digest of the history below it.
+//! 3. *Every chosen history extends every committed update* (committed:
+//!    held on disk by a strict majority of its session's hosts, the
+//!    condition for anyone to apply it), as in Paxos with ballots = session
+//!    numbers and the exchange as phase 1. Let u be committed in session S.
+//!    Take any later session T that reaches its `Caught` phase, and suppose
+//!    every such session between S and T chose a history extending u. T
+//!    holds a majority of the last complete session L before it (1), and
+//!    L is S or later. If L is S, T contains a member that keeps u, with a
+//!    ballot of at least S. If L is later, every member of L took on L's
+//!    chosen history, which extends u, so T contains a member of ballot at
+//!    least L with u. The exchange takes the highest ballot B present, and
+//!    among members of ballot B the highest version: B's histories extend
+//!    u (when B is after S, by the hypothesis; when B is S, they are on S's
+//!    chain (2), and the member with u has one of them, so the longest
+//!    reaches past u). So T's choice extends u. A member never drops an
+//!    applied update (a snapshot below its applied version is ignored),
+//!    and keeps held updates on disk, so "keeps u" survives restarts.
+//!    The first complete session after S makes every member apply u.
+//! 4. Hence the applied tables only ever hold committed updates, which no
+//!    later session can drop: any two replicas at version k of a map hold
+//!    the same content, and an update reported applied is never lost. An update delivered
 //!    only in a transitional configuration, or whose majority the view
 //!    change cut off, is answered *unknown*: it may or may not be applied
 //!    by a later session, and retrying with its id applies it at most once.
@@ -96,9 +108,13 @@
 //! so a restarted process keeps its part. A member that crashes holding an
 //! update only in gc-core's memory (received, not yet delivered) does not
 //! count towards its majority: it never reported it synced.
-//! - [`wal`]: checksummed log, snapshots and compaction, recovery that cuts
-//!   a torn tail and refuses corruption before it naming file and offset.
-//! - [`check`]: the checker the simulator tests run on recorded histories.
+//!
+//! One gap remains in "keeps u on disk": an exchange whose chosen history
+//! has a higher ballot than a member's drops that member's kept updates from
+//! memory (the chosen history has them, and its holder re-sends them with
+//! `Accept`); their log records stay, but a compaction in that window
+//! rewrites only what is in memory. A crash of that member right then, with
+//! the other members of u's majority also gone, could lose u.
 // Tests may unwrap: a panic there is a failed test, not a crashed daemon.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
