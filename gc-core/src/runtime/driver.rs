@@ -870,6 +870,11 @@ impl Driver {
                 other => self.pending.push_back(other),
             }
         }
+        // The event log first: a message that leaves this host must already
+        // be in it, or a kill -9 between the two makes the checker see a
+        // delivery nobody sent (found by the nemesis).
+        self.drain_trace();
+        self.write_log();
         let now = self.now();
         match self.disseminate {
             None => {
