@@ -59,6 +59,14 @@ pub struct Config {
     pub startup_wait: Duration,
     /// Retransmission request period.
     pub nack_interval: Duration,
+    /// How long a gap in a sender's stream must stand, in a regular view,
+    /// before the first retransmission request for it. Zero (the default)
+    /// asks at once. On a loaded host the missing frames are often still
+    /// unread in the socket buffer behind the frame or ack that revealed
+    /// the gap: a few milliseconds here removed most retransmissions in the
+    /// runtime's throughput benchmark (BENCHMARKS.md). Left at zero until
+    /// the simulator's liveness runs are checked with it.
+    pub nack_grace: Duration,
     /// How long an acknowledgement may wait for other traffic to ride on.
     pub ack_delay: Duration,
     /// Record a [`TraceRecord`] stream for the checker.
@@ -103,6 +111,7 @@ impl Config {
             merge_cooldown: Duration::from_millis(1000),
             startup_wait: Duration::from_millis(100),
             nack_interval: Duration::from_millis(10),
+            nack_grace: Duration::ZERO,
             ack_delay: Duration::ZERO,
             trace: false,
             rng_seed: 0,
@@ -222,6 +231,10 @@ pub struct Counters {
     pub drop_version: u64,
     /// Datagrams dropped from an older incarnation of a node.
     pub drop_stale: u64,
+    /// Datagrams that claim this node's id with another incarnation.
+    pub drop_own_node: u64,
+    /// Joins dropped because the sender had since sent a later attempt.
+    pub drop_stale_join: u64,
     /// Frames dropped because they were too far ahead of what was received.
     pub drop_ahead: u64,
     /// Frames retransmitted on request.
@@ -344,6 +357,10 @@ pub struct Node {
     primary: PrimaryState,
     addrs: BTreeMap<Pid, SocketAddr>,
     newest: BTreeMap<NodeId, u64>,
+    /// The latest join attempt seen from each process, and when: joins
+    /// arrive out of order, and a stale one (its fail set from a round the
+    /// sender has since left) would exclude the sender again and again.
+    join_attempts: BTreeMap<Pid, (u64, Time)>,
     last_heard: BTreeMap<Pid, Time>,
     cooldown: BTreeMap<Pid, Time>,
     pending_merge: BTreeSet<Pid>,
@@ -417,6 +434,7 @@ impl Node {
             groups_intent: BTreeSet::new(),
             addrs: BTreeMap::new(),
             newest,
+            join_attempts: BTreeMap::new(),
             last_heard: BTreeMap::new(),
             cooldown: BTreeMap::new(),
             pending_merge: BTreeSet::new(),
@@ -623,7 +641,13 @@ impl Node {
             }
         };
         let sender = packet.from;
-        if sender == self.me {
+        if sender.node == self.me.node {
+            // An older incarnation's leftovers, or a second process
+            // configured with this node's id. Taking a newer one at its word
+            // would make this process fail itself.
+            if sender != self.me {
+                self.counters.drop_own_node += 1;
+            }
             return;
         }
         match self.newest.get(&sender.node) {
@@ -792,6 +816,8 @@ impl Node {
 
     fn newer_incarnation(&mut self, pid: Pid) {
         self.newest.insert(pid.node, pid.incarnation);
+        self.join_attempts
+            .retain(|p, _| p.node != pid.node || p.incarnation >= pid.incarnation);
         let old: Vec<Pid> = self
             .cur
             .members
@@ -1029,6 +1055,15 @@ impl Node {
     }
 
     fn on_join(&mut self, from: Pid, j: Arc<JoinFrame>) {
+        // Only for a while: a forged or corrupted attempt number must not
+        // silence a process for good.
+        if let Some((seen, at)) = self.join_attempts.get(&from) {
+            if *seen > j.attempt && self.now.since(*at) < self.cfg.join_timeout {
+                self.counters.drop_stale_join += 1;
+                return;
+            }
+        }
+        self.join_attempts.insert(from, (j.attempt, self.now));
         self.max_counter = self
             .max_counter
             .max(j.state.max_counter)
@@ -1633,6 +1668,7 @@ impl Node {
             4 * self.cfg.window,
         );
         streams.agreed_in_arrival_order = self.cfg.bug == Some(Bug::AgreedInArrivalOrder);
+        streams.nack_grace = self.cfg.nack_grace;
         let old = std::mem::replace(&mut self.cur.streams, streams);
         if old_id.counter != 0 {
             self.retained.push_back(old);

@@ -24,7 +24,15 @@
 //! committed, so nobody could have installed it.
 
 use crate::types::{NodeId, ViewId};
+use crate::wire::MAX_AMBIGUOUS;
 use serde::{Deserialize, Serialize};
+
+/// A view stops trying to become primary while this many attempts are
+/// ambiguous: joins and installs carry them all, and the decoder takes at
+/// most [`MAX_AMBIGUOUS`]. Half leaves room for the attempts a member enters
+/// after its join was sent. Safety is untouched; only progress waits for an
+/// ambiguous attempt to be resolved.
+pub const AMBIGUOUS_SOFT_LIMIT: usize = MAX_AMBIGUOUS / 2;
 
 /// One primary component, formed or attempted.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -82,13 +90,45 @@ impl PrimaryState {
 
     /// Records an attempt this process entered.
     pub(crate) fn enter_attempt(&mut self, rec: &PrimaryRecord) -> bool {
-        if rec.num <= self.last.num || self.ambiguous.contains(rec) {
+        if rec.num <= self.last.num
+            || self
+                .ambiguous
+                .iter()
+                .any(|a| a.equivalent(rec) && a.view >= rec.view)
+        {
             return false;
         }
+        self.ambiguous.retain(|a| !a.equivalent(rec));
         self.ambiguous.push(rec.clone());
         self.ambiguous.sort();
         true
     }
+}
+
+impl PrimaryRecord {
+    /// Two attempts are equivalent when they agree on everything the rule
+    /// looks at: the number (the chain and the "newer than known" filter),
+    /// the representative's host (the only host whose report resolves it)
+    /// and the hosts (the majority a later attempt must hold). Keeping one of
+    /// each class bounds the list when one representative's attempts keep
+    /// being cut off: without it every member kept one record per try.
+    pub(crate) fn equivalent(&self, other: &PrimaryRecord) -> bool {
+        self.num == other.num
+            && self.view.coordinator.node == other.view.coordinator.node
+            && self.nodes == other.nodes
+    }
+}
+
+/// Keeps the newest record of each equivalence class; `v` must be sorted.
+fn dedup_equivalent(v: &mut Vec<PrimaryRecord>) {
+    let mut kept: Vec<PrimaryRecord> = Vec::with_capacity(v.len());
+    for rec in v.drain(..).rev() {
+        if !kept.iter().any(|k| k.equivalent(&rec)) {
+            kept.push(rec);
+        }
+    }
+    kept.sort();
+    *v = kept;
 }
 
 /// True when `nodes` holds a strict majority of `of`.
@@ -130,7 +170,7 @@ pub(crate) fn decide(
         .cloned()
         .collect();
     ambiguous.sort();
-    ambiguous.dedup();
+    dedup_equivalent(&mut ambiguous);
     // Resolve attempts whose representative is here and never committed.
     ambiguous.retain(|a| {
         let coordinator = a.view.coordinator.node;
@@ -140,7 +180,8 @@ pub(crate) fn decide(
         }
     });
     let candidate = has_majority(nodes, &known.nodes)
-        && ambiguous.iter().all(|a| has_majority(nodes, &a.nodes));
+        && ambiguous.iter().all(|a| has_majority(nodes, &a.nodes))
+        && ambiguous.len() < AMBIGUOUS_SOFT_LIMIT;
     let attempt = candidate.then(|| PrimaryRecord {
         num: ambiguous
             .iter()
@@ -231,5 +272,51 @@ mod tests {
         let init = PrimaryState::initial(vec![]);
         let reports = vec![(1, &init.last, &[][..])];
         assert_eq!(decide(view(2, 1), &[1], &reports).attempt, None);
+    }
+
+    #[test]
+    fn repeated_cut_off_attempts_of_one_representative_are_kept_once() {
+        // Seed 9315: host 1 tried primary 4 over the same six hosts in 64
+        // views that were all cut off before the commit; every member kept
+        // all 64, the joins outgrew the decoder's limit and the cluster never
+        // merged again.
+        let mut st = PrimaryState::initial(vec![1, 2, 3, 4, 5, 6]);
+        for counter in 6..70 {
+            st.enter_attempt(&rec(4, view(counter, 1), &[1, 2, 3, 4, 5, 6]));
+        }
+        assert_eq!(st.ambiguous.len(), 1);
+        assert_eq!(st.ambiguous[0].view, view(69, 1));
+        // An older equivalent attempt changes nothing.
+        assert!(!st.enter_attempt(&rec(4, view(7, 1), &[1, 2, 3, 4, 5, 6])));
+        // A different representative, number or host set is kept apart.
+        assert!(st.enter_attempt(&rec(4, view(70, 2), &[1, 2, 3, 4, 5, 6])));
+        assert!(st.enter_attempt(&rec(5, view(71, 1), &[1, 2, 3, 4, 5, 6])));
+        assert!(st.enter_attempt(&rec(4, view(72, 1), &[1, 2, 3, 4, 5])));
+        assert_eq!(st.ambiguous.len(), 4);
+    }
+
+    #[test]
+    fn decide_merges_equivalent_reports() {
+        let init = PrimaryState::initial(vec![1, 2, 3]);
+        let a = [rec(1, view(4, 9), &[1, 2, 3])];
+        let b = [rec(1, view(5, 9), &[1, 2, 3])];
+        let reports = vec![(1, &init.last, &a[..]), (2, &init.last, &b[..])];
+        let d = decide(view(6, 1), &[1, 2, 3], &reports);
+        assert_eq!(d.ambiguous, vec![rec(1, view(5, 9), &[1, 2, 3])]);
+        assert_eq!(d.attempt.map(|a| a.num), Some(2));
+    }
+
+    #[test]
+    fn too_many_ambiguous_attempts_stop_new_attempts() {
+        let init = PrimaryState::initial(vec![1, 2, 3]);
+        let many: Vec<PrimaryRecord> = (0..AMBIGUOUS_SOFT_LIMIT as u64)
+            .map(|k| rec(1 + k, view(10 + k, 9 + k as NodeId), &[1, 2, 3]))
+            .collect();
+        let reports = vec![(1, &init.last, &many[..])];
+        let d = decide(view(100, 1), &[1, 2, 3], &reports);
+        assert_eq!(d.attempt, None);
+        let fewer = &many[..AMBIGUOUS_SOFT_LIMIT - 1];
+        let reports = vec![(1, &init.last, fewer)];
+        assert!(decide(view(100, 1), &[1, 2, 3], &reports).attempt.is_some());
     }
 }

@@ -106,6 +106,9 @@ pub(crate) struct Streams {
     /// During a view change: deliver nothing past these frames.
     caps: Option<Vec<u64>>,
     recv_window: u64,
+    /// How long a gap must stand before the first retransmission request
+    /// for it (see [`Streams::first_nack`]).
+    pub(crate) nack_grace: std::time::Duration,
     pub(crate) held_bytes: usize,
     pub(crate) held_frames: usize,
     /// A deliberate bug for the checker's own tests.
@@ -131,6 +134,7 @@ impl Streams {
             pending_total: BTreeSet::new(),
             caps: None,
             recv_window,
+            nack_grace: std::time::Duration::ZERO,
             held_bytes: 0,
             held_frames: 0,
             agreed_in_arrival_order: false,
@@ -171,9 +175,14 @@ impl Streams {
         while st.frames.contains_key(&(st.contig + 1)) {
             st.contig += 1;
         }
+        let first_nack = now.plus(self.nack_grace);
         if st.known_max > st.contig {
             if st.next_nack == Time::NEVER {
-                st.next_nack = now;
+                // Not at once: the missing frames are most often still in
+                // this process's socket buffer, behind the one that showed
+                // the gap; asking at once made most retransmissions under
+                // load needless.
+                st.next_nack = first_nack;
             }
         } else {
             st.next_nack = Time::NEVER;
@@ -183,6 +192,15 @@ impl Streams {
         if let Some(row) = self.acks.get_mut(self.me) {
             if let Some(c) = row.get_mut(s) {
                 *c = contig;
+            }
+        }
+        // The sender holds every frame of its own stream up to this one (it
+        // sent them in order): that is its acknowledgement of them. Without
+        // this a safe message waited for its sender's next periodic ack (a
+        // heartbeat interval, 50 ms) although the sender had it all along.
+        if s != self.me {
+            if let Some(c) = self.acks.get_mut(s).and_then(|row| row.get_mut(s)) {
+                *c = (*c).max(seq);
             }
         }
         Received::New
@@ -212,9 +230,10 @@ impl Streams {
             }
             st.known_max = st.known_max.max(ack.sent);
         }
+        let first_nack = now.plus(self.nack_grace);
         for st in &mut self.senders {
             if st.known_max > st.contig && st.next_nack == Time::NEVER {
-                st.next_nack = now;
+                st.next_nack = first_nack;
             }
         }
     }

@@ -211,3 +211,136 @@ async fn a_full_send_queue_is_backpressure_not_memory() -> R {
     first.abort();
     Ok(())
 }
+
+/// Garbage, truncated, oversized, other-version, wrong-key, replayed and
+/// undecodable-but-authentic datagrams sent to a live node's socket: each
+/// dropped and counted by cause, and the node goes on working.
+#[tokio::test(flavor = "current_thread")]
+async fn hostile_datagrams_are_dropped_and_counted_by_cause() -> R {
+    use gc_core::seal::{Sealer, MAGIC_VERSION};
+    let dir = tempfile::tempdir()?;
+    let key = dir.path().join("cluster.key");
+    let cluster_key = ClusterKey::generate()?;
+    cluster_key.write_new(&key)?;
+    let addrs = free_addrs(1)?;
+    let (h, _events) = start(dir.path(), 1, &addrs, &key).await?;
+    let target = h.local_addr();
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+
+    // Not a Flotilla datagram, empty, truncated, large garbage.
+    sock.send_to(b"GET / HTTP/1.0\r\n\r\n", target).await?;
+    sock.send_to(&[], target).await?;
+    sock.send_to(&[MAGIC_VERSION, 1, 2], target).await?;
+    sock.send_to(&vec![MAGIC_VERSION; 65_000], target).await?;
+    // Another format version of the seal.
+    let mut other = vec![0u8; 100];
+    other[0] = (MAGIC_VERSION & 0xF0) | 0x2;
+    sock.send_to(&other, target).await?;
+    // Sealed under another key.
+    let mut sealed = Vec::new();
+    Sealer::new(&ClusterKey::generate()?, Pid::new(9, 1)).seal(b"x", &mut sealed)?;
+    sock.send_to(&sealed, target).await?;
+    // Authentic but garbage inside, then the same datagram again (replay).
+    let mut peer = Sealer::new(&cluster_key, Pid::new(7, 1));
+    peer.seal(b"\x01 not a packet", &mut sealed)?;
+    sock.send_to(&sealed, target).await?;
+    sock.send_to(&sealed, target).await?;
+    // Authentic, tampered.
+    peer.seal(b"anything", &mut sealed)?;
+    if let Some(b) = sealed.last_mut() {
+        *b ^= 1;
+    }
+    sock.send_to(&sealed, target).await?;
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let drops = loop {
+        let c = h.counters().await?;
+        if c.io.datagrams_in >= 9 || Instant::now() > deadline {
+            break c.drops();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    // Wrong key, tampered, and the large garbage one (its header parses and
+    // names a key id nobody holds).
+    assert_eq!(drops.authentication, 3, "{drops:?}");
+    assert_eq!(drops.replay, 1, "{drops:?}");
+    assert!(drops.decode >= 4, "{drops:?}"); // 3 malformed + 1 undecodable
+    assert!(drops.version >= 1, "{drops:?}");
+    // Still alive and answering.
+    assert_eq!(h.view().await?.me, h.pid());
+    timeout(Duration::from_secs(5), h.shutdown()).await??;
+    Ok(())
+}
+
+/// The cluster key changes while three nodes run: stage everywhere, rotate
+/// everywhere, retire everywhere. The view never changes and messages go
+/// on being delivered; afterwards the old key is refused.
+#[tokio::test(flavor = "current_thread")]
+async fn the_cluster_key_rotates_without_a_view_change() -> R {
+    let dir = tempfile::tempdir()?;
+    let key = dir.path().join("cluster.key");
+    ClusterKey::generate()?.write_new(&key)?;
+    let old = ClusterKey::load(&key)?;
+    let addrs = free_addrs(3)?;
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        nodes.push(start(dir.path(), id, &addrs, &key).await?);
+    }
+    for (h, events) in &mut nodes {
+        let v = wait_for(events, Duration::from_secs(5), |e| {
+            matches!(e, Event::View(v) if matches!(v.conf, ConfId::Regular(_)) && v.members.len() == 3)
+        })
+        .await;
+        assert!(v.is_some());
+        h.join_group("g").await?;
+    }
+    let view = nodes[0].0.view().await?.id;
+    let next = ClusterKey::generate()?;
+    let next_id = next.id();
+    // Each step on every node, with traffic between the steps.
+    for step in 0..3 {
+        for (h, _) in &nodes {
+            let status = match step {
+                0 => h.stage_key(next.clone()).await?,
+                1 => h.rotate_key(next.clone()).await?,
+                _ => h.retire_old_key().await?,
+            };
+            match step {
+                0 => assert_eq!(status.staged, Some(next_id)),
+                1 => assert_eq!((status.current, status.previous), (next_id, Some(old.id()))),
+                _ => assert_eq!((status.current, status.previous), (next_id, None)),
+            }
+        }
+        let id = nodes[step % 3]
+            .0
+            .multicast("g", Level::Agreed, format!("step {step}").into_bytes())
+            .await?;
+        for (_, events) in &mut nodes {
+            let got = wait_for(
+                events,
+                Duration::from_secs(5),
+                |e| matches!(e, Event::Deliver(d) if d.msg == id),
+            )
+            .await;
+            assert!(got.is_some(), "message of step {step} not delivered");
+        }
+    }
+    for (h, _) in &nodes {
+        assert_eq!(h.view().await?.id, view, "the view changed during rotation");
+        assert_eq!(h.counters().await?.drops().authentication, 0);
+    }
+    // The old key is refused now.
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let mut sealed = Vec::new();
+    gc_core::seal::Sealer::new(&old, Pid::new(8, 1)).seal(b"x", &mut sealed)?;
+    sock.send_to(&sealed, nodes[0].0.local_addr()).await?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while nodes[0].0.counters().await?.drops().authentication == 0 {
+        assert!(Instant::now() < deadline, "the old key was not refused");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for (h, _) in &nodes {
+        timeout(Duration::from_secs(10), h.shutdown()).await??;
+    }
+    Ok(())
+}

@@ -80,16 +80,23 @@ impl Cluster {
 
     /// Starts node `id` (1-based) with `key`, seeded with every address.
     fn spawn_with_key(&self, id: u32, key: &Path) -> Result<NodeProc, Box<dyn std::error::Error>> {
-        let addr = self.addrs[id as usize - 1];
         let seeds: Vec<String> = self.addrs.iter().map(|a| a.to_string()).collect();
+        self.spawn_with(id, key, &["--seed".into(), seeds.join(",")])
+    }
+
+    fn spawn_with(
+        &self,
+        id: u32,
+        key: &Path,
+        extra: &[String],
+    ) -> Result<NodeProc, Box<dyn std::error::Error>> {
+        let addr = self.addrs[id as usize - 1];
         let bootstrap: Vec<String> = (1..=self.addrs.len()).map(|i| i.to_string()).collect();
-        let args = vec![
+        let mut args = vec![
             "--id".into(),
             id.to_string(),
             "--bind".into(),
             addr.to_string(),
-            "--seed".into(),
-            seeds.join(","),
             "--key".into(),
             key.display().to_string(),
             "--state".into(),
@@ -107,6 +114,7 @@ impl Cluster {
             "--groups".into(),
             "g".into(),
         ];
+        args.extend(extra.iter().cloned());
         let log = self.dir.join(format!("node{id}.log"));
         Ok(NodeProc::spawn(&node_exe()?, &args, id, addr, Some(&log))?)
     }
@@ -341,5 +349,59 @@ fn a_node_with_the_wrong_key_never_enters_and_is_counted() -> R {
     }
     let c = counters(&mut intruder).ok_or("no counters")?;
     assert!(c["drops"]["authentication"].as_u64().unwrap_or(0) > 0);
+    Ok(())
+}
+
+#[test]
+fn ip_multicast_discovers_without_seeds_and_disseminates() -> R {
+    let cluster = Cluster::new("gc-udp-multicast", 3)?;
+    let port = free_addrs(1)?[0].port();
+    let group = format!("239.255.78.{}:{port}", std::process::id() % 250 + 1);
+    let extra: Vec<String> = [
+        "--multicast",
+        &group,
+        "--interface",
+        "127.0.0.1",
+        "--disseminate",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut nodes: Vec<NodeProc> = (1..=3)
+        .map(|i| cluster.spawn_with(i, &cluster.key, &extra))
+        .collect::<Result<_, _>>()?;
+    let mut refs: Vec<&mut NodeProc> = nodes.iter_mut().collect();
+    assert!(
+        wait_until(&mut refs, Duration::from_secs(5), |n| one_view(
+            n,
+            &[1, 2, 3]
+        )),
+        "no common view of 3 through multicast discovery within 5 s"
+    );
+    assert!(wait_until(&mut refs, Duration::from_secs(5), |ns| ns
+        .iter()
+        .all(|n| {
+            n.seen.iter().any(|v| {
+                v["type"] == "group_view" && v["members"].as_array().map(Vec::len) == Some(3)
+            })
+        })));
+    for i in 0..20 {
+        refs[i % 3].command(&format!("send agreed g m{i}"))?;
+    }
+    assert!(
+        wait_until(&mut refs, Duration::from_secs(5), |ns| ns
+            .iter()
+            .all(|n| deliveries(n, "agreed").len() == 20)),
+        "not all 20 messages delivered everywhere"
+    );
+    let first = deliveries(refs[0], "agreed");
+    for n in refs.iter_mut() {
+        assert_eq!(deliveries(n, "agreed"), first);
+        let c = counters(n).ok_or("no counters")?;
+        assert!(
+            c["multicast_out"].as_u64().unwrap_or(0) > 0,
+            "nothing went through the group: {c}"
+        );
+    }
     Ok(())
 }

@@ -15,7 +15,7 @@ use gc_core::{Event, Level, PrimaryState};
 use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::group::{Group, GroupError, GroupEvent, MemberId};
+use crate::group::{Group, GroupError, GroupEvent, MemberId, Order};
 use crate::key::ClusterKey;
 
 /// The group every server joins.
@@ -77,12 +77,15 @@ impl Group for GcGroup {
         self.handle.local_addr().to_string()
     }
 
-    async fn multicast(&self, payload: Vec<u8>) -> Result<(), GroupError> {
+    async fn multicast(&self, order: Order, payload: Vec<u8>) -> Result<(), GroupError> {
+        let level = match order {
+            Order::Agreed => Level::Agreed,
+            Order::Fifo => Level::Fifo,
+        };
         self.handle
-            .multicast(MGMT_GROUP, Level::Agreed, payload)
+            .multicast(MGMT_GROUP, level, payload)
             .await
-            // The runtime now returns the message's id; mgmtd does not need it.
-            .map(drop)
+            .map(|_id| ())
             .map_err(|e| match e {
                 gc_core::runtime::Error::Stopped => GroupError::Stopped,
                 other => GroupError::Refused(other.to_string()),

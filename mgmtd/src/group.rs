@@ -57,6 +57,18 @@ pub enum GroupEvent {
     Left,
 }
 
+/// The order a message needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// One total order for all members, with the views (commands: a
+    /// `chdir` and a `simex` apply in the same order everywhere).
+    Agreed,
+    /// The sender's order only (results, output, answers, announcements):
+    /// delivered without waiting for the total order, which is much faster
+    /// in a large group.
+    Fifo,
+}
+
 /// Why a request to the group failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum GroupError {
@@ -77,9 +89,13 @@ pub trait Group: Send + Sync + 'static {
     /// This server's group-communication address, for `monitor members`.
     fn address(&self) -> String;
 
-    /// Multicasts `payload` to the group in agreed order. `Ok` means the
-    /// core accepted it: every member that stays connected delivers it.
-    fn multicast(&self, payload: Vec<u8>) -> impl Future<Output = Result<(), GroupError>> + Send;
+    /// Multicasts `payload` to the group in `order`. `Ok` means the core
+    /// accepted it: every member that stays connected delivers it.
+    fn multicast(
+        &self,
+        order: Order,
+        payload: Vec<u8>,
+    ) -> impl Future<Output = Result<(), GroupError>> + Send;
 
     /// Leaves the group cleanly, once what this server sent is delivered:
     /// the others install a view without it.
@@ -198,7 +214,8 @@ pub mod fake {
             format!("fake:{}", self.me)
         }
 
-        async fn multicast(&self, payload: Vec<u8>) -> Result<(), GroupError> {
+        async fn multicast(&self, _order: Order, payload: Vec<u8>) -> Result<(), GroupError> {
+            // One total order for everything: stronger than FIFO.
             let mut state = self.net.lock();
             if !state.members.contains_key(&self.me) {
                 return Err(GroupError::Stopped);

@@ -44,7 +44,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::exec::{self, ExecOptions, OutputLine};
-use crate::group::{Group, GroupEvent, MemberId};
+use crate::group::{Group, GroupEvent, MemberId, Order};
 use crate::jobs::{
     AuditEntry, AuditLog, JobRecord, JobStore, JobStoreLimits, JobsError, OutcomeSummary,
 };
@@ -227,7 +227,7 @@ enum Internal {
 }
 
 enum Outgoing {
-    Message(Vec<u8>),
+    Message(Order, Vec<u8>),
     Leave,
 }
 
@@ -435,8 +435,16 @@ impl<G: Group> Server<G> {
         // server that comes back announces itself again.
         self.known.retain(|m, _| members.contains(m));
         tracing::info!(view = %id, members = members.len(), "new view of the mgmt group");
+        // A member that was not in the previous view knows nobody yet: every
+        // member announces itself again. A view that only lost members
+        // needs no announcement.
+        let joined = members.iter().any(|m| !self.view.contains(m));
         self.view_id = Some(id);
         self.view = members;
+        if !joined {
+            self.update_m();
+            return;
+        }
         let announce = GroupMessage::Announce(Announce {
             name: self.config.name.clone(),
             attributes: self.config.attributes.clone(),
@@ -498,14 +506,14 @@ impl<G: Group> Server<G> {
             }
             GroupMessage::Command(command) => self.on_command(command),
             GroupMessage::Result { job, host, outcome } => {
-                self.to_followers(job, Update::Result(host, outcome), false)
+                self.notify_followers(job, Update::Result(host, outcome), false)
             }
             GroupMessage::Output {
                 job,
                 host,
                 stream,
                 line,
-            } => self.to_followers(job, Update::Output(host, stream, line), true),
+            } => self.notify_followers(job, Update::Output(host, stream, line), true),
             GroupMessage::Query { id, origin, query } => self.on_query(id, origin, query),
             GroupMessage::Reply {
                 id,
@@ -525,7 +533,7 @@ impl<G: Group> Server<G> {
         }
     }
 
-    fn to_followers(&mut self, job: JobId, update: Update, is_output: bool) {
+    fn notify_followers(&mut self, job: JobId, update: Update, is_output: bool) {
         let Some(followers) = self.followers.get_mut(&job) else {
             return;
         };
@@ -550,7 +558,7 @@ impl<G: Group> Server<G> {
 
     fn on_command(&mut self, command: Command) {
         let job = command.job;
-        if !command.targets.iter().any(|t| *t == self.config.name) {
+        if !command.targets.contains(&self.config.name) {
             return;
         }
         if let Some(record) = self.store.get(&job) {
@@ -736,7 +744,13 @@ impl<G: Group> Server<G> {
                 return;
             }
         };
-        if let Err(e) = self.outbox.try_send(Outgoing::Message(payload)) {
+        // Only commands need the total order (with each other and with the
+        // views); everything else is per sender.
+        let order = match message {
+            GroupMessage::Command(_) => Order::Agreed,
+            _ => Order::Fifo,
+        };
+        if let Err(e) = self.outbox.try_send(Outgoing::Message(order, payload)) {
             self.shed += 1;
             tracing::warn!(
                 shed = self.shed,
@@ -747,7 +761,7 @@ impl<G: Group> Server<G> {
 
     fn on_query(&mut self, id: u64, origin: MemberId, query: Query) {
         let reply = match query {
-            Query::Status => Reply::Status(status::host_status(&status::StatusInput {
+            Query::Status => Reply::Status(Box::new(status::host_status(&status::StatusInput {
                 name: &self.config.name,
                 me: self.me,
                 started: self.started,
@@ -755,7 +769,7 @@ impl<G: Group> Server<G> {
                 view_id: self.view_id.as_deref().unwrap_or(""),
                 members: &self.m,
                 cwd: &self.cwd,
-            })),
+            }))),
             Query::Job { prefix } => Reply::Job(
                 self.store
                     .recent()
@@ -1010,8 +1024,8 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 async fn sender<G: Group>(group: std::sync::Arc<G>, mut outbox: mpsc::Receiver<Outgoing>) {
     while let Some(outgoing) = outbox.recv().await {
         match outgoing {
-            Outgoing::Message(payload) => {
-                if let Err(e) = group.multicast(payload).await {
+            Outgoing::Message(order, payload) => {
+                if let Err(e) = group.multicast(order, payload).await {
                     tracing::warn!("multicast failed: {e}");
                 }
             }

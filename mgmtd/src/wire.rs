@@ -159,7 +159,7 @@ pub enum Query {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Reply {
     /// To [`Query::Status`].
-    Status(HostStatus),
+    Status(Box<HostStatus>),
     /// To [`Query::Job`]: the matching records (at most
     /// [`MAX_JOB_MATCHES`]).
     Job(Vec<JobRecord>),

@@ -276,3 +276,273 @@ pub fn scratch_dir(name: &str) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
+
+/// Where node processes run.
+pub enum Placement {
+    /// All on 127.0.0.1, free ports.
+    Loopback,
+    /// One network namespace per node on a bridge (root only).
+    Netns(Netns),
+}
+
+/// Network namespaces `flt<tag>-<i>`, each with one veth on the bridge
+/// `flbr<tag>`, addresses 10.201.<i/250>.<i%250+1>/16. Removed on drop.
+pub struct Netns {
+    tag: String,
+    n: usize,
+}
+
+fn ip(args: &[&str]) -> std::io::Result<()> {
+    let out = Command::new("ip").args(args).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+impl Netns {
+    /// Creates `n` namespaces on a fresh bridge.
+    pub fn create(n: usize) -> std::io::Result<Netns> {
+        let tag = format!("{}", std::process::id() % 100_000);
+        let me = Netns { tag, n: 0 };
+        let br = me.bridge();
+        ip(&["link", "add", &br, "type", "bridge"])?;
+        ip(&["link", "set", &br, "up"])?;
+        let mut me = me;
+        for i in 1..=n {
+            let ns = me.ns(i);
+            ip(&["netns", "add", &ns])?;
+            me.n = i;
+            let (host, peer) = (me.host_if(i), "eth0".to_owned());
+            ip(&[
+                "link",
+                "add",
+                &host,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &me.peer_if(i),
+            ])?;
+            ip(&["link", "set", &me.peer_if(i), "netns", &ns])?;
+            ip(&["-n", &ns, "link", "set", &me.peer_if(i), "name", &peer])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/16", me.addr(i)),
+                "dev",
+                &peer,
+            ])?;
+            ip(&["-n", &ns, "link", "set", &peer, "up"])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+            ip(&["link", "set", &host, "master", &br])?;
+            ip(&["link", "set", &host, "up"])?;
+        }
+        Ok(me)
+    }
+
+    fn bridge(&self) -> String {
+        format!("flbr{}", self.tag)
+    }
+
+    fn host_if(&self, i: usize) -> String {
+        format!("flv{}x{i}", self.tag)
+    }
+
+    fn peer_if(&self, i: usize) -> String {
+        format!("flp{}x{i}", self.tag)
+    }
+
+    /// Node `i`'s namespace (1-based).
+    pub fn ns(&self, i: usize) -> String {
+        format!("flt{}-{i}", self.tag)
+    }
+
+    /// Node `i`'s address.
+    pub fn addr(&self, i: usize) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::new(10, 201, (i / 250) as u8, (i % 250 + 1) as u8)
+    }
+
+    /// Cuts node `i` off the bridge (a partition of one).
+    pub fn cut(&self, i: usize) -> std::io::Result<()> {
+        ip(&["link", "set", &self.host_if(i), "down"])
+    }
+
+    /// Reconnects node `i`.
+    pub fn heal(&self, i: usize) -> std::io::Result<()> {
+        ip(&["link", "set", &self.host_if(i), "up"])
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for i in 1..=self.n {
+            let _ = ip(&["link", "del", &self.host_if(i)]);
+            let _ = ip(&["netns", "del", &self.ns(i)]);
+        }
+        let _ = ip(&["link", "del", &self.bridge()]);
+    }
+}
+
+/// The `node` example beside the running example, built first with the
+/// same profile (`cargo run --example bench-*` builds only the bench).
+pub fn node_exe() -> std::io::Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let dir = me
+        .parent()
+        .ok_or_else(|| std::io::Error::other("no directory"))?;
+    let exe = dir.join("node");
+    let release = dir.components().any(|c| c.as_os_str() == "release");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-q", "-p", "gc-core", "--example", "node"]);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status()?;
+    if !status.success() || !exe.exists() {
+        return Err(std::io::Error::other(format!(
+            "cannot build the node example at {}",
+            exe.display()
+        )));
+    }
+    Ok(exe)
+}
+
+/// A set of node processes under one key, in one scratch directory.
+pub struct Fleet {
+    /// The scratch directory (removed on drop).
+    pub dir: PathBuf,
+    /// The key file.
+    pub key: PathBuf,
+    /// Every node's address (index i is node i+1).
+    pub addrs: Vec<SocketAddr>,
+    /// Where they run.
+    pub placement: Placement,
+    exe: PathBuf,
+    /// Extra arguments for every node.
+    pub common_args: Vec<String>,
+    /// IP multicast group for discovery and dissemination, when used.
+    pub multicast: Option<SocketAddr>,
+}
+
+/// The port every node binds in its own namespace.
+const NETNS_PORT: u16 = 7470;
+
+impl Fleet {
+    /// `n` nodes' worth of addresses and a fresh key.
+    pub fn new(name: &str, n: usize, netns: bool) -> Result<Fleet, Box<dyn std::error::Error>> {
+        let dir = scratch_dir(name)?;
+        let key = dir.join("cluster.key");
+        gc_core::seal::ClusterKey::generate()?.write_new(&key)?;
+        let (placement, addrs) = if netns {
+            let ns = Netns::create(n)?;
+            let addrs = (1..=n)
+                .map(|i| SocketAddr::from((ns.addr(i), NETNS_PORT)))
+                .collect();
+            (Placement::Netns(ns), addrs)
+        } else {
+            (Placement::Loopback, free_addrs(n)?)
+        };
+        Ok(Fleet {
+            dir,
+            key,
+            addrs,
+            placement,
+            exe: node_exe()?,
+            common_args: Vec::new(),
+            multicast: None,
+        })
+    }
+
+    /// Discovery and dissemination through an IP multicast group of this
+    /// run (a free port, so concurrent runs stay apart).
+    pub fn use_multicast(&mut self) -> std::io::Result<()> {
+        let port = free_addrs(1)?[0].port();
+        let octet = (std::process::id() % 250) as u8 + 1;
+        self.multicast = Some(SocketAddr::from(([239, 255, 77, octet], port)));
+        Ok(())
+    }
+
+    /// Starts node `id` (1-based) with `extra` arguments, seeded with every
+    /// address, the bootstrap primary being every node.
+    pub fn spawn(&self, id: u32, extra: &[&str]) -> std::io::Result<NodeProc> {
+        let addr = self.addrs[id as usize - 1];
+        let seeds: Vec<String> = self.addrs.iter().map(|a| a.to_string()).collect();
+        let bootstrap: Vec<String> = (1..=self.addrs.len()).map(|i| i.to_string()).collect();
+        let mut args: Vec<String> = vec![
+            "--id".into(),
+            id.to_string(),
+            "--bind".into(),
+            addr.to_string(),
+            "--seed".into(),
+            seeds.join(","),
+            "--key".into(),
+            self.key.display().to_string(),
+            "--state".into(),
+            self.dir
+                .join(format!("node{id}.state"))
+                .display()
+                .to_string(),
+            "--bootstrap".into(),
+            bootstrap.join(","),
+        ];
+        if let Some(group) = self.multicast {
+            args.extend([
+                "--multicast".to_owned(),
+                group.to_string(),
+                "--interface".to_owned(),
+                addr.ip().to_string(),
+                "--disseminate".to_owned(),
+            ]);
+        }
+        args.extend(self.common_args.iter().cloned());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let log = self.dir.join(format!("node{id}.log"));
+        match &self.placement {
+            Placement::Loopback => NodeProc::spawn(&self.exe, &args, id, addr, Some(&log)),
+            Placement::Netns(ns) => {
+                let mut full = vec![
+                    "netns".to_owned(),
+                    "exec".to_owned(),
+                    ns.ns(id as usize),
+                    self.exe.display().to_string(),
+                ];
+                full.extend(args);
+                NodeProc::spawn(Path::new("ip"), &full, id, addr, Some(&log))
+            }
+        }
+    }
+
+    /// Removes every node's stored state (the next start is a fresh node).
+    pub fn forget_state(&self) {
+        for i in 1..=self.addrs.len() {
+            let _ = std::fs::remove_file(self.dir.join(format!("node{i}.state")));
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Median and maximum of `values` (sorted here).
+pub fn p50_max(values: &mut [u64]) -> (u64, u64) {
+    values.sort_unstable();
+    // Nearest rank, as common::percentile (not reachable from the tests
+    // that include this file alone).
+    let median = match values.len() {
+        0 => 0,
+        len => values[len.div_ceil(2) - 1],
+    };
+    (median, values.last().copied().unwrap_or(0))
+}

@@ -33,6 +33,8 @@ options:
   --bootstrap 1,2,3      the initial primary component's node ids
   --groups g1,g2         groups to join at start
   --multicast GROUP:PORT IP multicast discovery (with --interface IP)
+  --disseminate          with --multicast: send what goes to every member once
+                         to the group
   --quiet                do not print deliveries
   --answer Q:A           answer every message 'Q...' delivered in group Q with
                          'A...' at the same level to group A (query benchmark)
@@ -40,7 +42,7 @@ options:
   --set KNOB=VALUE       protocol and runtime settings (repeatable): max_datagram,
                          ack_delay_us, heartbeat_ms, suspect_ms, join_interval_ms,
                          join_timeout_ms, consensus_ms, install_ms, discovery_ms,
-                         merge_cooldown_ms, startup_wait_ms, nack_ms, window,
+                         merge_cooldown_ms, startup_wait_ms, nack_ms, nack_grace_us, window,
                          send_queue_bytes, event_capacity, socket_buffer, recv_batch
   env NODE_LOG=error|warn|info|debug|trace (default warn), logs go to stderr
 
@@ -48,6 +50,9 @@ stdin commands:
   send <fifo|causal|agreed|safe> <group> <text>
   join <group> | leave-group <group> | leave | view | counters
   load <level> <size> <duration_ms> <group> [rate_per_s] [senders]
+  query <level> <samples> <answers> <qgroup> <agroup>
+                         round trips: multicast 'Q<k>' to qgroup, wait for
+                         <answers> answers in agroup (nodes run with --answer)
 ";
 
 /// Microseconds since the Unix epoch.
@@ -133,6 +138,7 @@ impl Opts {
                 let group: SocketAddrV4 = g.parse().map_err(|_| "--multicast: expected IP:PORT")?;
                 let mut m = MulticastConfig::new(group);
                 m.interface = flag_or(args, "--interface", Ipv4Addr::UNSPECIFIED)?;
+                m.disseminate = args.iter().any(|a| a == "--disseminate");
                 Some(m)
             }
         };
@@ -193,6 +199,7 @@ fn apply_sets(rc: &mut RuntimeConfig, sets: &[(String, String)]) -> Result<(), S
             "merge_cooldown_ms" => c.merge_cooldown = ms,
             "startup_wait_ms" => c.startup_wait = ms,
             "nack_ms" => c.nack_interval = ms,
+            "nack_grace_us" => c.nack_grace = Duration::from_micros(n),
             "window" => c.window = n,
             "send_queue_bytes" => c.send_queue_bytes = n as usize,
             "event_capacity" => rc.event_capacity = n as usize,
@@ -291,6 +298,74 @@ struct Load {
 
 const LOAD_TAG: u8 = b'L';
 
+/// A query benchmark under way (`query` command): one question at a time.
+struct Query {
+    level: Level,
+    qgroup: String,
+    agroup: String,
+    /// Questions still to ask, warm-up included.
+    remaining: u32,
+    /// Questions whose round trip is not recorded (connections, caches).
+    warmup: u32,
+    expected: usize,
+    k: u64,
+    t0: Instant,
+    answered: std::collections::BTreeSet<Pid>,
+    latencies: Vec<u64>,
+}
+
+impl Query {
+    async fn ask(&mut self, handle: &Handle) {
+        self.k += 1;
+        self.answered.clear();
+        let mut payload = vec![b'Q'];
+        payload.extend_from_slice(&self.k.to_le_bytes());
+        self.t0 = Instant::now();
+        if let Err(e) = handle.multicast(&self.qgroup, self.level, payload).await {
+            emit(json!({"type": "error", "message": format!("query: {e}")}));
+        }
+    }
+
+    /// An answer; true when the benchmark is over.
+    async fn on_answer(&mut self, handle: &Handle, from: Pid, payload: &[u8]) -> bool {
+        let k = payload
+            .get(1..9)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_le_bytes);
+        if k != Some(self.k) || !self.answered.insert(from) || self.answered.len() < self.expected {
+            return false;
+        }
+        let us = u64::try_from(self.t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+        if self.warmup > 0 {
+            self.warmup -= 1;
+        } else {
+            self.latencies.push(us);
+        }
+        self.remaining = self.remaining.saturating_sub(1);
+        if self.remaining == 0 {
+            return true;
+        }
+        self.ask(handle).await;
+        false
+    }
+
+    fn report(mut self) {
+        self.latencies.sort_unstable();
+        let l = &self.latencies;
+        emit(json!({
+            "type": "query_report",
+            "level": level_name(self.level),
+            "answers": self.expected,
+            "samples": l.len(),
+            "p50_us": super::percentile(l, 50.0),
+            "p95_us": super::percentile(l, 95.0),
+            "p99_us": super::percentile(l, 99.0),
+            "max_us": l.last().copied().unwrap_or(0),
+            "time_us": wall_us(),
+        }));
+    }
+}
+
 fn load_payload(size: usize, id: u32) -> Vec<u8> {
     let mut p = vec![0x55u8; size.max(13)];
     p[..8].copy_from_slice(&wall_us().to_le_bytes());
@@ -327,15 +402,36 @@ async fn run(o: Opts) -> Result<(), Box<dyn Error>> {
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = o.stdin;
     let mut load: Option<Load> = None;
+    let mut query: Option<Query> = None;
     let mut rss_tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         let report_at = load.as_ref().map(|l| l.report_at);
         tokio::select! {
             event = events.recv() => match event {
+                Some(Event::Deliver(d)) if query.as_ref().is_some_and(|q| q.agroup == d.group) => {
+                    let done = match &mut query {
+                        Some(q) => q.on_answer(&handle, d.msg.sender, &d.payload).await,
+                        None => false,
+                    };
+                    if done {
+                        if let Some(q) = query.take() {
+                            q.report();
+                        }
+                    }
+                }
                 Some(e) => on_event(&o, &handle, e, &mut load).await,
                 None => break,
             },
             line = lines.next_line(), if stdin_open => match line {
+                Ok(Some(l)) if l.starts_with("query ") => {
+                    match parse_query(&l) {
+                        Ok(mut q) => {
+                            q.ask(&handle).await;
+                            query = Some(q);
+                        }
+                        Err(e) => emit(json!({"type": "error", "command": l, "message": e})),
+                    }
+                }
                 Ok(Some(l)) => {
                     if let Err(e) = on_command(&o, &handle, &l, &mut load).await {
                         emit(json!({"type": "error", "command": l, "message": e}));
@@ -360,6 +456,27 @@ async fn run(o: Opts) -> Result<(), Box<dyn Error>> {
     }
     handle.closed().await?;
     Ok(())
+}
+
+fn parse_query(line: &str) -> Result<Query, String> {
+    let w: Vec<&str> = line.split_whitespace().collect();
+    let [_, level, samples, answers, qgroup, agroup] = w[..] else {
+        return Err("query <level> <samples> <answers> <qgroup> <agroup>".into());
+    };
+    let samples: u32 = samples.parse().map_err(|_| "query: samples")?;
+    let warmup = (samples / 10).clamp(5, 100);
+    Ok(Query {
+        level: parse_level(level)?,
+        qgroup: qgroup.to_owned(),
+        agroup: agroup.to_owned(),
+        remaining: samples + warmup,
+        warmup,
+        expected: answers.parse().map_err(|_| "query: answers")?,
+        k: 0,
+        t0: Instant::now(),
+        answered: Default::default(),
+        latencies: Vec::new(),
+    })
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -658,5 +775,6 @@ pub fn counters_json(c: &RuntimeCounters) -> Value {
         "send_errors": c.io.send_errors,
         "recv_errors": c.io.recv_errors,
         "state_saves": c.io.state_saves,
+        "multicast_out": c.io.multicast_out,
     })
 }

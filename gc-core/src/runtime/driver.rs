@@ -92,6 +92,8 @@ pub(super) struct Driver {
     /// joins and leaves at a view change), so the two stay in step; bounded
     /// by the node's send queue bounds.
     sends: VecDeque<oneshot::Sender<Result<MsgId, Error>>>,
+    /// The multicast group to disseminate through, when configured.
+    disseminate: Option<SocketAddr>,
     event_log: Option<EventLog>,
     /// Microseconds since the Unix epoch at `epoch`, for event log times.
     epoch_wall_us: u64,
@@ -254,6 +256,10 @@ pub(super) async fn start(config: RuntimeConfig) -> Result<(Handle, Events), Sta
         recv_errors_in_a_row: 0,
         outcome: outcome_tx,
         sends: VecDeque::new(),
+        disseminate: multicast
+            .as_ref()
+            .filter(|m| m.disseminate)
+            .map(|m| SocketAddr::V4(m.group)),
         event_log,
         epoch_wall_us,
     };
@@ -837,15 +843,15 @@ impl Driver {
         let Some(datagram) = self.recv_buf.get(..len) else {
             return;
         };
-        match self.sealer.open(datagram, &mut self.open_buf) {
-            // The seal authenticated the sender; the node drops a packet
-            // whose header names anyone else, so a member holding the key
-            // still cannot speak for another member.
-            Ok(opened) => {
-                self.node
-                    .handle_authenticated(now, from, opened.sender, opened.plaintext)
-            }
-            Err(e) => log_drop(&mut self.logs, &e, from),
+        if let Err(e) = super::receive(
+            &mut self.sealer,
+            &mut self.node,
+            &mut self.open_buf,
+            now,
+            from,
+            datagram,
+        ) {
+            log_drop(&mut self.logs, &e, from);
         }
     }
 
@@ -865,8 +871,13 @@ impl Driver {
             }
         }
         let now = self.now();
-        while let Some(transmit) = self.node.poll_transmit(now) {
-            self.send(transmit).await?;
+        match self.disseminate {
+            None => {
+                while let Some(transmit) = self.node.poll_transmit(now) {
+                    self.send(transmit).await?;
+                }
+            }
+            Some(group) => self.send_disseminating(now, group).await?,
         }
         self.drain_trace();
         self.write_log();
@@ -900,6 +911,54 @@ impl Driver {
         self.events = None;
         self.io.events_discarded += self.pending.len() as u64;
         self.pending.clear();
+    }
+
+    /// Sends what the node has, once to the multicast `group` for every
+    /// datagram addressed identically to every other view member. Per
+    /// destination the order is kept: a datagram is sent at its first
+    /// occurrence, and each destination's datagrams come in its order.
+    async fn send_disseminating(&mut self, now: Time, group: SocketAddr) -> Result<(), Error> {
+        let mut batch = Vec::new();
+        while let Some(t) = self.node.poll_transmit(now) {
+            batch.push(t);
+        }
+        let others = self.node.view().1.len().saturating_sub(1);
+        if batch.len() < 2 || others < 2 {
+            for t in batch {
+                self.send(t).await?;
+            }
+            return Ok(());
+        }
+        // How many distinct destinations each payload goes to.
+        let mut dests: std::collections::HashMap<&[u8], Vec<SocketAddr>> =
+            std::collections::HashMap::with_capacity(batch.len());
+        for t in &batch {
+            let d = dests.entry(t.payload.as_slice()).or_default();
+            if !d.contains(&t.dest) {
+                d.push(t.dest);
+            }
+        }
+        let to_group: std::collections::HashSet<Vec<u8>> = dests
+            .into_iter()
+            .filter(|(_, d)| d.len() == others)
+            .map(|(p, _)| p.to_vec())
+            .collect();
+        let mut sent_to_group = std::collections::HashSet::new();
+        for t in batch {
+            if to_group.contains(&t.payload) {
+                if sent_to_group.insert(t.payload.clone()) {
+                    self.io.multicast_out += 1;
+                    self.send(Transmit {
+                        dest: group,
+                        payload: t.payload,
+                    })
+                    .await?;
+                }
+            } else {
+                self.send(t).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn send(&mut self, transmit: Transmit) -> Result<(), Error> {

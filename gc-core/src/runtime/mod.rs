@@ -118,8 +118,12 @@
 //! second socket bound to the group's port (with `SO_REUSEADDR`, so that
 //! several processes on one host can join) and adds the group to the node's
 //! discovery addresses: discovery beacons go to every process of the group
-//! without knowing their addresses. Dissemination stays unicast to each
-//! member (the node addresses its datagrams to members).
+//! without knowing their addresses. With [`MulticastConfig::disseminate`]
+//! the driver also sends once to the group every datagram that the node
+//! addressed, byte for byte the same, to every other member of its view
+//! (acknowledgements, heartbeats, data), instead of once per member: the
+//! sender's cost per datagram no longer grows with the view. Otherwise
+//! dissemination is unicast to each member.
 //!
 //! # Logging
 //! Through `tracing`, never a line per datagram: each cause of dropped
@@ -127,6 +131,7 @@
 //! per 10 s, with the count since the last one.
 
 mod driver;
+pub mod fuzzing;
 mod ratelimit;
 mod storage;
 
@@ -258,6 +263,13 @@ pub struct MulticastConfig {
     /// Whether this host's own processes receive what it sends to the group
     /// (needed for several processes on one host).
     pub loopback: bool,
+    /// Also disseminate through the group: a datagram the node addresses
+    /// identically to every other member of its view is sent once to the
+    /// group instead of once per member. Every node of the cluster must
+    /// then listen on the same group (same `group`). Processes of the group
+    /// outside the view receive such datagrams too; they treat them as
+    /// traffic of a foreign view, as they do discovery beacons.
+    pub disseminate: bool,
 }
 
 impl MulticastConfig {
@@ -268,6 +280,7 @@ impl MulticastConfig {
             interface: Ipv4Addr::UNSPECIFIED,
             ttl: 1,
             loopback: true,
+            disseminate: false,
         }
     }
 }
@@ -419,6 +432,9 @@ pub struct IoCounters {
     pub refused_queue_full: u64,
     /// Saves of the stored state.
     pub state_saves: u64,
+    /// Datagrams sent once to the multicast group instead of to each member
+    /// ([`MulticastConfig::disseminate`]).
+    pub multicast_out: u64,
 }
 
 /// Dropped datagrams and refused requests by cause, summed over the
@@ -791,6 +807,31 @@ impl Handle {
             mpsc::error::TrySendError::Closed(_) => Error::Stopped,
         })
     }
+}
+
+/// The receive path of the driver, for every datagram the socket gives it:
+/// opened by `sealer` (authenticated, decrypted, replay-checked) before the
+/// node decodes a byte of it, then handed to
+/// [`Node::handle_authenticated`](crate::Node::handle_authenticated) with
+/// the sender the seal authenticated. A datagram that fails to open is
+/// counted by the sealer and returned as the error; one that opens but does
+/// not decode is counted by the node. Never panics, whatever the bytes:
+/// the fuzz target (`gc-core/fuzz`) and `tests/receive_path.rs` feed it
+/// arbitrary input. `buf` is scratch space, reused across calls.
+pub fn receive(
+    sealer: &mut crate::seal::Sealer,
+    node: &mut crate::Node,
+    buf: &mut Vec<u8>,
+    now: crate::Time,
+    from: SocketAddr,
+    datagram: &[u8],
+) -> Result<(), crate::seal::OpenError> {
+    let opened = sealer.open(datagram, buf)?;
+    // The seal authenticated the sender; the node drops a packet whose
+    // header names anyone else, so a member holding the key still cannot
+    // speak for another member.
+    node.handle_authenticated(now, from, opened.sender, opened.plaintext);
+    Ok(())
 }
 
 /// `timeout` from now, or a year from now if that overflows.

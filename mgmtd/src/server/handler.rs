@@ -195,7 +195,7 @@ async fn status(connection: &mut ServerConnection, server: &ServerHandle) -> Sen
     let hosts = replies
         .into_values()
         .filter_map(|reply| match reply {
-            Reply::Status(status) => Some(status),
+            Reply::Status(status) => Some(*status),
             _ => None,
         })
         .collect();
@@ -339,7 +339,7 @@ async fn gather_jobs(connection: &mut ServerConnection, server: &ServerHandle, l
         }
     }
     let mut jobs: Vec<JobSummary> = merged.into_values().collect();
-    jobs.sort_by(|a, b| b.accepted_at.cmp(&a.accepted_at));
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.accepted_at));
     jobs.truncate(limit as usize);
     let unanswered = missing
         .into_iter()

@@ -1,0 +1,178 @@
+//! The mgmtd benchmarks of issue 5; prints the figures it measured.
+//!
+//! ```text
+//! cargo run --release -p flotilla-tests --bin bench -- [--hosts 5,20,50] [--runs 20]
+//! ```
+//!
+//! For each fleet size it starts that many real `mgmtd` daemons on loopback
+//! and measures:
+//! - **whole-CLI simex latency**: from starting `monitor simex -- true` to
+//!   its exit, as a user runs it (p50, p95, max over `--runs` runs, after
+//!   one warm-up run);
+//! - **baselines** over the same number of local processes, standing in for
+//!   pdsh without ssh's own cost: `sh -c true` run one after the other
+//!   (sequential), and all at once then waited for (parallel);
+//! - **daemon resident memory** (VmRSS): idle, and while every daemon runs
+//!   a `simex -- sleep 1`.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flotilla_tests::{Error, Fleet, FleetOptions};
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+fn stats(mut samples: Vec<Duration>) -> (Duration, Duration, Duration) {
+    samples.sort();
+    (
+        percentile(&samples, 50.0),
+        percentile(&samples, 95.0),
+        samples.last().copied().unwrap_or_default(),
+    )
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn fleet_rss(fleet: &Fleet) -> (f64, f64) {
+    let samples: Vec<u64> = fleet
+        .daemons
+        .iter()
+        .filter_map(|d| d.child.as_ref().and_then(|c| rss_kib(c.id())))
+        .collect();
+    let mean = samples.iter().sum::<u64>() as f64 / samples.len().max(1) as f64;
+    let max = samples.iter().copied().max().unwrap_or(0) as f64;
+    (mean / 1024.0, max / 1024.0)
+}
+
+fn simex_once(fleet: &Fleet, command: &str) -> Result<Duration, Error> {
+    let start = Instant::now();
+    let status = Command::new(&fleet.bin.monitor)
+        .env("FLOTILLA_SOCKET", fleet.daemons[0].socket())
+        .args(["simex", "--", command])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    let elapsed = start.elapsed();
+    if !status.success() {
+        return Err(format!("monitor simex -- {command} exited with {status}").into());
+    }
+    Ok(elapsed)
+}
+
+fn sequential(n: usize) -> Result<Duration, Error> {
+    let start = Instant::now();
+    for _ in 0..n {
+        Command::new("/bin/sh").args(["-c", "true"]).status()?;
+    }
+    Ok(start.elapsed())
+}
+
+fn parallel(n: usize) -> Result<Duration, Error> {
+    let start = Instant::now();
+    let children: Vec<_> = (0..n)
+        .map(|_| Command::new("/bin/sh").args(["-c", "true"]).spawn())
+        .collect::<Result<_, _>>()?;
+    for mut child in children {
+        child.wait()?;
+    }
+    Ok(start.elapsed())
+}
+
+fn main() -> Result<(), Error> {
+    let mut sizes = vec![5, 20, 50];
+    let mut runs = 20;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--hosts" => {
+                sizes = args
+                    .next()
+                    .ok_or("--hosts needs a list like 5,20,50")?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?
+            }
+            "--runs" => runs = args.next().ok_or("--runs needs a number")?.parse()?,
+            other => return Err(format!("unknown argument {other:?}").into()),
+        }
+    }
+    // Build (or find) the binaries before anything is timed.
+    flotilla_tests::binaries()?;
+    println!(
+        "machine: {} cores; {runs} runs per figure after one warm-up",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "| daemons | form (ms) | simex p50 | p95 | max | seq sh p50 | par sh p50 | RSS idle mean/max (MiB) | RSS in simex mean/max (MiB) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for &n in &sizes {
+        let mut options = FleetOptions::new(n);
+        options.log_level = "warn".into();
+        let formed = Instant::now();
+        let fleet = Fleet::start(options)?;
+        let form = formed.elapsed();
+        std::thread::sleep(Duration::from_secs(2));
+        let idle = fleet_rss(&fleet);
+        simex_once(&fleet, "true")?;
+        let mut samples = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            samples.push(simex_once(&fleet, "true")?);
+        }
+        let (p50, p95, max) = stats(samples);
+        let (seq, _, _) = stats(
+            (0..runs.min(10))
+                .map(|_| sequential(n))
+                .collect::<Result<_, _>>()?,
+        );
+        let (par, _, _) = stats(
+            (0..runs.min(10))
+                .map(|_| parallel(n))
+                .collect::<Result<_, _>>()?,
+        );
+        // Memory while every daemon runs a command.
+        let busy = std::thread::scope(|scope| {
+            let run = scope.spawn(|| simex_once(&fleet, "sleep 1"));
+            std::thread::sleep(Duration::from_millis(600));
+            let rss = fleet_rss(&fleet);
+            (rss, run.join())
+        });
+        let (busy_rss, run) = busy;
+        match run {
+            Ok(result) => {
+                result?;
+            }
+            Err(_) => return Err("the busy run panicked".into()),
+        }
+        println!(
+            "| {n} | {} | {} | {} | {} | {} | {} | {:.1} / {:.1} | {:.1} / {:.1} |",
+            form.as_millis(),
+            ms(p50),
+            ms(p95),
+            ms(max),
+            ms(seq),
+            ms(par),
+            idle.0,
+            idle.1,
+            busy_rss.0,
+            busy_rss.1
+        );
+        drop(fleet);
+    }
+    Ok(())
+}
