@@ -85,7 +85,9 @@ impl Group for GcGroup {
         self.handle
             .multicast(MGMT_GROUP, level, payload)
             .await
-            .map(|_id| ())
+            // The message's id is of no use to the server: its job id
+            // identifies what it carries.
+            .map(drop)
             .map_err(|e| match e {
                 gc_core::runtime::Error::Stopped => GroupError::Stopped,
                 other => GroupError::Refused(other.to_string()),

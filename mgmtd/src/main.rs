@@ -179,6 +179,9 @@ async fn run(config: Config, key: ClusterKey) -> anyhow::Result<()> {
     {
         tracing::warn!("the server did not stop within 10s");
     }
+    // The monitors' handlers end once the core has: give them a moment to
+    // send their last answers (an `exit` reports before the leave).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let _ = std::fs::remove_file(&config.client.socket);
     Ok(())
 }

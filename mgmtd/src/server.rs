@@ -744,10 +744,13 @@ impl<G: Group> Server<G> {
                 return;
             }
         };
-        // Only commands need the total order (with each other and with the
-        // views); everything else is per sender.
+        // Commands need the total order (with each other and with the
+        // views), and so do queries: a `monitor job` asked after a command
+        // was accepted must reach every host after that command, or a host
+        // would answer "no record" for a job it is about to run. Results,
+        // output, answers and announcements only need their sender's order.
         let order = match message {
-            GroupMessage::Command(_) => Order::Agreed,
+            GroupMessage::Command(_) | GroupMessage::Query { .. } => Order::Agreed,
             _ => Order::Fifo,
         };
         if let Err(e) = self.outbox.try_send(Outgoing::Message(order, payload)) {

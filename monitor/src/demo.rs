@@ -33,7 +33,8 @@ struct Daemon {
 
 /// The fleet; dropping it kills whatever is still running.
 struct Fleet {
-    dir: Option<tempfile::TempDir>,
+    /// The fleet's directory: removed after a clean stop, kept after an
+    /// error (its logs say what happened) and with `--keep`.
     root: PathBuf,
     daemons: Vec<Daemon>,
 }
@@ -95,21 +96,25 @@ impl Fleet {
             .prefix("flotilla-demo-")
             .tempdir()
             .context("cannot create a temporary directory")?;
-        let root = dir.path().to_owned();
+        // Removed by `run` after a clean stop only.
+        let root = dir.keep();
         let key_path = root.join("cluster.key");
         ClusterKey::generate()?.write_new(&key_path)?;
         let ports: Vec<u16> = (0..hosts)
             .map(|_| free_udp_port())
             .collect::<Result<_, _>>()?;
         let mut fleet = Fleet {
-            dir: if keep { None } else { Some(dir) },
             root: root.clone(),
             daemons: Vec::new(),
         };
-        if keep {
-            // Kept: the directory outlives this process.
-            std::mem::forget(fleet.dir.take());
-        }
+        // Many daemons on one small machine miss gc-core's default join
+        // and suspicion timeouts (tuned for a LAN of hosts) and never settle
+        // on one view: give them more time.
+        let gc = if hosts > 10 {
+            "gc:\n  join_timeout: 1s\n  suspect_timeout: 2s\n  startup_wait: 1s\n"
+        } else {
+            ""
+        };
         for (i, port) in ports.iter().enumerate() {
             let name = format!("demo-{}", i + 1);
             let home = root.join(&name);
@@ -121,7 +126,7 @@ impl Fleet {
                 .collect();
             let role = if i == 0 { "db" } else { "web" };
             let config = format!(
-                "name: {name}\nlisten: 127.0.0.1:{port}\nseeds:\n{}\ncluster_key: {}\ndata_dir: {}\nattributes:\n  role: {role}\nclient:\n  socket: {}\nexec:\n  timeout: 30s\nlog_level: info\n",
+                "name: {name}\nlisten: 127.0.0.1:{port}\nseeds:\n{}\ncluster_key: {}\ndata_dir: {}\nattributes:\n  role: {role}\nclient:\n  socket: {}\nexec:\n  timeout: 30s\nlog_level: info\n{gc}",
                 if seeds.is_empty() { "  []".to_owned() } else { seeds.join("\n") },
                 key_path.display(),
                 home.join("data").display(),
@@ -330,10 +335,13 @@ pub(crate) async fn run(hosts: u32, keep: bool) -> anyhow::Result<u8> {
     }
     println!("\nstopping the fleet…");
     fleet.stop().await;
-    if let Some(dir) = fleet.dir.take() {
-        let _ = dir.close();
+    if let Err(e) = result {
+        return Err(e.context(format!(
+            "the demo failed; the fleet's configurations and logs are kept in {}",
+            fleet.root.display()
+        )));
     }
-    result?;
+    let _ = std::fs::remove_dir_all(&fleet.root);
     println!("done. Next: `cargo test --workspace`, or `monitor demo --keep` to keep a fleet.");
     Ok(0)
 }

@@ -303,7 +303,11 @@ async fn connect(endpoint: &Endpoint) -> anyhow::Result<Connection> {
 
 /// Sends a job request and follows it to its report; prints it. Exit 0 if
 /// every target succeeded, 1 otherwise.
-pub(crate) async fn run_job(endpoint: &Endpoint, request: Request, out: &Output) -> Result<u8, Failure> {
+pub(crate) async fn run_job(
+    endpoint: &Endpoint,
+    request: Request,
+    out: &Output,
+) -> Result<u8, Failure> {
     let report = follow_job(endpoint, request, out).await?;
     let printable = report::Report::from(&report);
     if out.json {

@@ -122,6 +122,8 @@ pub struct FleetOptions {
     pub tcp: bool,
     /// The log level.
     pub log_level: String,
+    /// A `gc:` section for every configuration (empty: the defaults).
+    pub gc: String,
 }
 
 impl FleetOptions {
@@ -132,6 +134,7 @@ impl FleetOptions {
             exec: "exec:\n  timeout: 30s\n  kill_grace: 200ms\n".into(),
             tcp: false,
             log_level: "info".into(),
+            gc: String::new(),
         }
     }
 }
@@ -217,7 +220,7 @@ impl Fleet {
             .map(|p| format!("  tcp: 127.0.0.1:{p}\n"))
             .unwrap_or_default();
         let config = format!(
-            "name: {}\nlisten: 127.0.0.1:{}\nseeds:\n{}\ncluster_key: {}\ndata_dir: {}\nattributes:\n  role: {role}\nclient:\n  socket: {}\n{tcp}{}log_level: {}\n",
+            "name: {}\nlisten: 127.0.0.1:{}\nseeds:\n{}\ncluster_key: {}\ndata_dir: {}\nattributes:\n  role: {role}\nclient:\n  socket: {}\n{tcp}{}log_level: {}\n{}",
             d.name,
             d.port,
             if seeds.is_empty() { "  []".to_owned() } else { seeds.join("\n") },
@@ -226,6 +229,7 @@ impl Fleet {
             d.socket().display(),
             self.options.exec,
             self.options.log_level,
+            self.options.gc,
         );
         let config_path = d.home.join("mgmtd.yaml");
         std::fs::write(&config_path, config)?;

@@ -345,3 +345,15 @@ fn status_and_members_show_every_host() -> TestResult {
     assert!(String::from_utf8_lossy(&table.stdout).contains("role=web"));
     Ok(())
 }
+
+#[test]
+fn stream_prints_lines_prefixed_with_the_host() -> TestResult {
+    let fleet = Fleet::start(FleetOptions::new(2))?;
+    let output = fleet.monitor(0, &["simex", "--stream", "--", "echo one; echo two >&2"])?;
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let shown = String::from_utf8_lossy(&output.stdout);
+    for line in ["h1: one", "h1: two", "h2: one", "h2: two"] {
+        assert!(shown.contains(line), "{line:?} missing in {shown}");
+    }
+    Ok(())
+}

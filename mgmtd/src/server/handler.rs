@@ -129,6 +129,13 @@ async fn follow(
                     send(connection, ServerMessage::View { members }).await?;
                 }
                 Some(Update::Result(host, outcome)) => {
+                    // The core queued a target's lines before its result
+                    // (they come in its order): relay them first.
+                    while let Ok(Update::Output(host, stream, line)) = output.try_recv() {
+                        if tracker.is_target(&host) {
+                            send(connection, ServerMessage::Output { host, stream, line }).await?;
+                        }
+                    }
                     if tracker.on_result(&host, ()) == Recorded::Recorded {
                         send(connection, ServerMessage::HostResult { host, outcome }).await?;
                     }
@@ -138,7 +145,7 @@ async fn follow(
             },
             line = output.recv(), if output_open => match line {
                 Some(Update::Output(host, stream, line)) => {
-                    if tracker.state(&host).is_some_and(|s| s.is_pending()) {
+                    if tracker.is_target(&host) {
                         send(connection, ServerMessage::Output { host, stream, line }).await?;
                     }
                 }
