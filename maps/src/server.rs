@@ -413,6 +413,7 @@ impl<S: Storage> MapsServer<S> {
             .values()
             .flat_map(|h| h.values())
             .map(|o| (o.version, o.epoch, o.update.id.0))
+            .take(8) // a sample: the line stays short
             .collect();
         format!(
             "{}: view {view:?} trans {} blocked {} exchange {:?} ready {ready:?} votes {:?} maps {tops:?} held {} {held:?}",
