@@ -36,7 +36,8 @@
 //! | `exec.output_cap` | no | bytes kept of stdout and of stderr; default `64KiB`, at most `16MiB` |
 //! | `exec.kill_grace` | no | time between `SIGTERM` and `SIGKILL`; default `1s`, at most `60s` |
 //! | `log_level` | no | `error`, `warn`, `info` (default), `debug` or `trace` |
-//! | `gc` | no | tuning knobs of the group-communication core, passed through as given |
+//! | `gc` | no | tuning knobs of the group-communication core: `heartbeat_interval`, `suspect_timeout`, `discovery_interval`, `startup_wait`, `join_timeout` (durations) |
+//! | `event_log` | no | a file where the core appends the views it installs and the messages it delivers, for the checker; off by default |
 //!
 //! Durations are written `500ms`, `30s`, `5m`, `1h` or combined (`1m 30s`).
 //! Sizes are a number of bytes, optionally with a unit: `B`, `KiB`, `MiB`,
@@ -124,9 +125,15 @@ exec:
 
 log_level: info         # error | warn | info | debug | trace
 
-# Tuning knobs of the group-communication core, passed through as given.
+# Tuning knobs of the group-communication core (durations).
 # gc:
-#   heartbeat: 100ms
+#   heartbeat_interval: 50ms
+#   suspect_timeout: 400ms
+
+# Append every view installed and message delivered to this file, for the
+# protocol checker (`gc_core::eventlog`). It grows without bound: for tests
+# and fault drills, not for production.
+# event_log: /var/lib/flotilla/events.jsonl
 "#;
 
 /// A settled configuration: every value checked, every default applied.
@@ -161,6 +168,10 @@ pub struct Config {
     pub log_level: LogLevel,
     /// Tuning knobs for the group-communication core, not interpreted here.
     pub gc: BTreeMap<String, serde_yaml::Value>,
+    /// Where the group-communication core appends the views it installs and
+    /// the messages it delivers, for the checker (`gc_core::eventlog`);
+    /// none by default.
+    pub event_log: Option<PathBuf>,
 }
 
 /// A peer to contact: a host name or IP address, and a UDP port.
@@ -610,6 +621,7 @@ struct RawConfig {
     exec: Option<RawExec>,
     log_level: Option<LogLevel>,
     gc: Option<BTreeMap<String, serde_yaml::Value>>,
+    event_log: Option<PathText>,
 }
 
 #[derive(Deserialize)]
@@ -744,6 +756,7 @@ impl RawConfig {
             exec,
             log_level: self.log_level.unwrap_or_default(),
             gc: self.gc.unwrap_or_default(),
+            event_log: self.event_log.map(|path| path.resolve(&base)),
         })
     }
 }

@@ -3,15 +3,21 @@
 //!
 //! [`start`] starts the runtime with the settings of the configuration,
 //! joins `mgmt`, and forwards the runtime's events for that group to the
-//! server as [`GroupEvent`]s. Everything else the runtime reports (node
-//! views, refused peers) is logged.
+//! server as [`GroupEvent`]s. The parts of the server that use groups of
+//! their own (the replicated maps, siminst's installation groups) take
+//! their events with [`GcGroup::subscribe`]: one pump reads the runtime's
+//! single event stream and routes each event by group, so that every
+//! subscriber sees its deliveries and the node views in the runtime's
+//! order. Everything nobody subscribed to (refused peers, other groups) is
+//! logged.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use gc_core::runtime::{FileStorage, Handle, Runtime, RuntimeConfig, StartError};
-use gc_core::{Event, Level, PrimaryState};
+use gc_core::{Event, Level, PrimaryState, ViewInfo};
 use tokio::sync::mpsc;
 
 use crate::config::Config;
@@ -52,12 +58,103 @@ pub enum GcError {
 pub struct GcGroup {
     handle: Handle,
     me: MemberId,
+    routes: Routes,
 }
 
 impl GcGroup {
-    /// The runtime's handle (counters, view).
+    /// The runtime's handle (counters, view, and the multicasts and group
+    /// joins of subscribers).
     pub fn handle(&self) -> &Handle {
         &self.handle
+    }
+
+    /// Routes the runtime's events for `group` to the returned queue: its
+    /// deliveries and group views, every node view (regular and
+    /// transitional, starting with the latest one installed, if any), and
+    /// [`Event::Left`] when the runtime stops. Subscribe before joining the
+    /// group so that nothing of it is missed. A later subscription to the
+    /// same group replaces this one; dropping the receiver ends it.
+    ///
+    /// The pump waits for room in the queue rather than dropping events
+    /// (a subscriber that lost a delivery would diverge), so a subscriber
+    /// must keep reading: while its queue is full, every group waits.
+    pub fn subscribe(&self, group: &str, capacity: usize) -> mpsc::Receiver<Event> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let mut routes = self.routes.lock();
+        if let Some(view) = &routes.last_view {
+            // The queue is new and has room for one.
+            let _ = tx.try_send(Event::View(view.clone()));
+        }
+        routes.by_group.insert(group.to_owned(), tx);
+        rx
+    }
+}
+
+/// Where the pump sends what is not the `mgmt` group's.
+#[derive(Debug, Clone, Default)]
+struct Routes {
+    inner: Arc<Mutex<RouteTable>>,
+}
+
+#[derive(Debug, Default)]
+struct RouteTable {
+    by_group: BTreeMap<String, mpsc::Sender<Event>>,
+    /// Replayed to a new subscriber, which needs to know the view it starts
+    /// in (the maps server: whether it is in the primary component).
+    last_view: Option<ViewInfo>,
+}
+
+impl Routes {
+    fn lock(&self) -> MutexGuard<'_, RouteTable> {
+        // Nothing panics while holding the lock; a poisoned table is intact.
+        match self.inner.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// The subscribers `event` goes to (cloned out, so that no lock is held
+    /// while waiting for room).
+    fn targets(&self, event: &Event) -> Vec<(String, mpsc::Sender<Event>)> {
+        let mut table = self.lock();
+        table.by_group.retain(|_, tx| !tx.is_closed());
+        let every = |table: &RouteTable| {
+            table
+                .by_group
+                .iter()
+                .map(|(group, tx)| (group.clone(), tx.clone()))
+                .collect()
+        };
+        match event {
+            Event::View(info) => {
+                table.last_view = Some(info.clone());
+                every(&table)
+            }
+            Event::Left => every(&table),
+            Event::Deliver(d) => table
+                .by_group
+                .get(&d.group)
+                .map(|tx| vec![(d.group.clone(), tx.clone())])
+                .unwrap_or_default(),
+            Event::GroupView { group, .. } => table
+                .by_group
+                .get(group)
+                .map(|tx| vec![(group.clone(), tx.clone())])
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Hands `event` to its subscribers; true if there was one.
+    async fn route(&self, event: &Event) -> bool {
+        let targets = self.targets(event);
+        let routed = !targets.is_empty();
+        for (group, tx) in targets {
+            if tx.send(event.clone()).await.is_err() {
+                tracing::debug!(%group, "subscriber gone");
+            }
+        }
+        routed
     }
 }
 
@@ -162,6 +259,7 @@ pub async fn start(
     let seal_key = gc_core::seal::ClusterKey::from_bytes(*key.as_bytes());
     let storage = FileStorage::new(config.data_dir.join(STATE_FILE));
     let mut runtime_config = RuntimeConfig::new(node, config.listen, seal_key, storage);
+    runtime_config.event_log = config.event_log.clone();
     if let Some(multicast) = config.multicast {
         match multicast.group {
             std::net::IpAddr::V4(group) => {
@@ -174,7 +272,7 @@ pub async fn start(
             }
         }
     }
-    let (handle, mut events) = Runtime::start(runtime_config).await?;
+    let (handle, events) = Runtime::start(runtime_config).await?;
     let me = member(handle.pid());
     handle
         .join_group(MGMT_GROUP)
@@ -182,41 +280,51 @@ pub async fn start(
         .map_err(|e| GcError::Join(e.to_string()))?;
     tracing::info!(%me, addr = %handle.local_addr(), "group-communication runtime started");
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
-    tokio::spawn(async move {
-        while let Some(event) = events.recv().await {
-            let forward = match event {
-                Event::GroupView { group, id, members } if group == MGMT_GROUP => {
-                    GroupEvent::View {
-                        id: format!("{}/{}", id.view, id.change),
-                        members: members.into_iter().map(member).collect(),
-                    }
-                }
-                Event::Deliver(delivery) if delivery.group == MGMT_GROUP => GroupEvent::Deliver {
-                    from: member(delivery.msg.sender),
-                    payload: delivery.payload,
-                },
-                Event::Left => GroupEvent::Left,
-                Event::View(view) => {
-                    tracing::debug!(conf = %view.conf, members = view.members.len(), "node view");
-                    continue;
-                }
-                Event::PeerRefused { addr, reason } => {
-                    tracing::warn!(%addr, "peer refused: {reason}");
-                    continue;
-                }
-                other => {
-                    tracing::trace!(?other, "runtime event ignored");
-                    continue;
-                }
-            };
-            let left = forward == GroupEvent::Left;
-            if tx.send(forward).await.is_err() || left {
-                break;
+    let routes = Routes::default();
+    tokio::spawn(pump(events, tx, routes.clone()));
+    Ok((GcGroup { handle, me, routes }, rx))
+}
+
+/// Reads the runtime's events until it stops: the `mgmt` group's go to the
+/// server, the rest to their subscribers.
+async fn pump(
+    mut events: gc_core::runtime::Events,
+    mgmt: mpsc::Sender<GroupEvent>,
+    routes: Routes,
+) {
+    while let Some(event) = events.recv().await {
+        let routed = routes.route(&event).await;
+        let forward = match event {
+            Event::GroupView { group, id, members } if group == MGMT_GROUP => GroupEvent::View {
+                id: format!("{}/{}", id.view, id.change),
+                members: members.into_iter().map(member).collect(),
+            },
+            Event::Deliver(delivery) if delivery.group == MGMT_GROUP => GroupEvent::Deliver {
+                from: member(delivery.msg.sender),
+                payload: delivery.payload,
+            },
+            Event::Left => GroupEvent::Left,
+            Event::View(view) => {
+                tracing::debug!(conf = %view.conf, members = view.members.len(), "node view");
+                continue;
             }
+            Event::PeerRefused { addr, reason } => {
+                tracing::warn!(%addr, "peer refused: {reason}");
+                continue;
+            }
+            other => {
+                if !routed {
+                    tracing::trace!(?other, "runtime event ignored");
+                }
+                continue;
+            }
+        };
+        let left = forward == GroupEvent::Left;
+        if mgmt.send(forward).await.is_err() || left {
+            break;
         }
-        // The runtime has stopped (or the server is gone): tell the server
-        // once, whatever the reason.
-        let _ = tx.send(GroupEvent::Left).await;
-    });
-    Ok((GcGroup { handle, me }, rx))
+    }
+    // The runtime has stopped (or the server is gone): tell the server
+    // once, whatever the reason.
+    let _ = mgmt.send(GroupEvent::Left).await;
 }

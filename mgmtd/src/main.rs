@@ -1,7 +1,7 @@
 //! `mgmtd`, the Flotilla management server.
 //!
 //! ```text
-//! mgmtd --config FILE [--log-level LEVEL]   run the server
+//! mgmtd --config FILE [--log-level LEVEL] [--event-log FILE]   run the server
 //! mgmtd keygen FILE                         write a new cluster key, mode 0600
 //! ```
 //!
@@ -46,6 +46,11 @@ struct Cli {
     #[arg(long, value_name = "LEVEL", value_parser = parse_level)]
     log_level: Option<LogLevel>,
 
+    /// Append the views installed and the messages delivered to FILE, for
+    /// the protocol checker. Overrides `event_log` in the configuration.
+    #[arg(long, value_name = "FILE")]
+    event_log: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -71,7 +76,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match (cli.command, cli.config) {
         (Some(Command::Keygen { file }), _) => keygen(&file),
-        (None, Some(config)) => serve(&config, cli.log_level),
+        (None, Some(config)) => serve(&config, cli.log_level, cli.event_log),
         (None, None) => Err(anyhow::anyhow!("--config FILE is required")),
     };
     match result {
@@ -95,8 +100,15 @@ fn keygen(file: &Path) -> anyhow::Result<()> {
 
 /// `mgmtd --config FILE`: joins the fleet and serves until SIGTERM, SIGINT
 /// or an `exit` command, then leaves the group cleanly.
-fn serve(config_file: &Path, log_level: Option<LogLevel>) -> anyhow::Result<()> {
-    let config = Config::load(config_file)?;
+fn serve(
+    config_file: &Path,
+    log_level: Option<LogLevel>,
+    event_log: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let mut config = Config::load(config_file)?;
+    if event_log.is_some() {
+        config.event_log = event_log;
+    }
     init_logging(log_level.unwrap_or(config.log_level), log_level.is_some())?;
     let key = ClusterKey::load(&config.cluster_key)?;
 

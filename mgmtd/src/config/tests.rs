@@ -209,6 +209,7 @@ fn relative_paths_are_taken_from_the_files_directory() -> TestResult {
     )?;
     assert_eq!(config.cluster_key, Path::new("/etc/flotilla/cluster.key"));
     assert_eq!(config.data_dir, Path::new("/etc/flotilla/../state"));
+    assert_eq!(config.event_log, None);
     assert_eq!(
         config.client.socket,
         Path::new("/etc/flotilla/../state/mgmtd.sock")
@@ -220,7 +221,7 @@ fn relative_paths_are_taken_from_the_files_directory() -> TestResult {
 fn unknown_keys_are_refused_with_the_keys_expected() {
     assert_eq!(
         error(&with("exce:\n  timeout: 5s\n")),
-        "mgmtd.yaml: unknown key \"exce\" (expected one of: name, node_id, listen, seeds, multicast, cluster_key, data_dir, attributes, client, exec, log_level, gc) (line 5, column 1)"
+        "mgmtd.yaml: unknown key \"exce\" (expected one of: name, node_id, listen, seeds, multicast, cluster_key, data_dir, attributes, client, exec, log_level, gc, event_log) (line 5, column 1)"
     );
     assert_eq!(
         error(&with("exec:\n  timout: 5s\n")),
@@ -411,4 +412,19 @@ fn errors_carry_their_parts() {
             location: Some((6, 12)),
         })
     );
+}
+
+#[test]
+fn the_event_log_is_off_unless_named() -> TestResult {
+    assert_eq!(parse(BASE)?.event_log, None);
+    let config = Config::from_yaml_with(
+        &with("event_log: events.jsonl\n"),
+        Path::new("/etc/flotilla/mgmtd.yaml"),
+        detected(),
+    )?;
+    assert_eq!(
+        config.event_log.as_deref(),
+        Some(Path::new("/etc/flotilla/events.jsonl"))
+    );
+    Ok(())
 }
