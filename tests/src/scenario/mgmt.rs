@@ -10,6 +10,12 @@
 //! Scenarios (ISSUE 8, item 5): (a) simex during a partition, (e) a rolling
 //! restart of every daemon while simex commands run. (b)-(d) need the
 //! replicated maps and siminst, which mgmtd does not serve yet.
+//!
+//! Every daemon writes an event log (`event_log:` in its configuration);
+//! [`MgmtFleet::finish`] runs the gc-core checker over the logs of every
+//! incarnation of every host once the daemons have stopped, so each
+//! scenario also checks the group-communication guarantees on real
+//! processes and a real network.
 
 use super::{cargo_build, ScenarioError, Target};
 use crate::faults::Fault;
@@ -189,6 +195,12 @@ fn host_dir(run: &Path, name: &str) -> PathBuf {
     run.join(name)
 }
 
+/// Where host `name`'s daemon appends what its group-communication core
+/// installed and delivered; every incarnation of the host appends to it.
+fn event_log(run: &Path, name: &str) -> PathBuf {
+    run.join(format!("{name}.events.jsonl"))
+}
+
 impl MgmtFleet {
     /// Builds the network, a key, a configuration per host, and starts the
     /// daemons; waits until every daemon has every host in M.
@@ -223,7 +235,7 @@ impl MgmtFleet {
                 .map(|o| format!("  - {}:{MGMT_PORT}", o.addr))
                 .collect();
             let config = format!(
-                "name: {name}\nlisten: {addr}:{MGMT_PORT}\nseeds:\n{seeds}\ncluster_key: {key}\ndata_dir: {data}\nattributes:\n  role: {role}\nclient:\n  socket: {sock}\nexec:\n  timeout: 30s\n  kill_grace: 200ms\nlog_level: info\n",
+                "name: {name}\nlisten: {addr}:{MGMT_PORT}\nseeds:\n{seeds}\ncluster_key: {key}\ndata_dir: {data}\nattributes:\n  role: {role}\nclient:\n  socket: {sock}\nexec:\n  timeout: 30s\n  kill_grace: 200ms\nlog_level: info\nevent_log: {events}\n",
                 name = h.name,
                 addr = h.addr,
                 seeds = seeds.join("\n"),
@@ -231,6 +243,7 @@ impl MgmtFleet {
                 data = home.join("data").display(),
                 role = if h.index == 0 { "db" } else { "web" },
                 sock = home.join("mgmtd.sock").display(),
+                events = event_log(&run, &h.name).display(),
             );
             let path = home.join("mgmtd.yaml");
             std::fs::write(&path, config).map_err(io("writing a configuration"))?;
@@ -364,11 +377,46 @@ impl MgmtFleet {
     /// Stops every daemon with SIGTERM (a clean leave), bounded.
     pub fn stop(&mut self) -> Result<(), ScenarioError> {
         for p in &mut self.procs {
+            if p.state() == State::Stopped {
+                p.resume()?;
+            }
             if p.state() != State::Down {
                 p.terminate(Duration::from_secs(10))?;
             }
         }
         Ok(())
+    }
+
+    /// Every host's event log.
+    pub fn event_logs(&self) -> Vec<PathBuf> {
+        self.vlan
+            .hosts()
+            .iter()
+            .map(|h| event_log(self.vlan.run_dir(), &h.name))
+            .collect()
+    }
+
+    /// The end of every scenario: stops the daemons, runs the gc-core
+    /// checker over the event logs of every incarnation of every host, and
+    /// keeps the run directory when anything was found.
+    pub fn finish(mut self, mut out: MgmtOutcome) -> Result<MgmtOutcome, ScenarioError> {
+        self.stop()?;
+        let trace = gc_core::eventlog::read_event_logs(&self.event_logs())?;
+        let check = super::nodes::report("the daemons' event logs, after a clean stop", &trace);
+        out.violations
+            .extend(check.violations.iter().map(|v| format!("checker: {v}")));
+        out.notes.push(check.to_string());
+        out.notes.extend(
+            self.journal
+                .iter()
+                .map(|(t, f)| format!("fault at {:.1} s: {f}", t.as_secs_f64())),
+        );
+        if !out.violations.is_empty() {
+            self.vlan.keep_run_dir();
+            out.notes
+                .push(format!("logs kept in {}", self.vlan.run_dir().display()));
+        }
+        Ok(out)
     }
 }
 
@@ -532,13 +580,7 @@ pub fn simex_during_partition(hosts: usize) -> Result<MgmtOutcome, ScenarioError
     let expect: BTreeMap<String, &[&str]> =
         names(all).into_iter().map(|h| (h, &["ok"][..])).collect();
     expect_outcomes(&mut out, "simex after the heal", &run, &expect);
-    fleet.stop()?;
-    if !out.violations.is_empty() {
-        fleet.vlan.keep_run_dir();
-        out.notes
-            .push(format!("logs kept in {}", fleet.vlan.run_dir().display()));
-    }
-    Ok(out)
+    fleet.finish(out)
 }
 
 /// (e) A rolling restart of every daemon, one at a time, while simex
@@ -586,11 +628,5 @@ pub fn rolling_restart(hosts: usize) -> Result<MgmtOutcome, ScenarioError> {
     let expect: BTreeMap<String, &[&str]> =
         names(all).into_iter().map(|h| (h, &["ok"][..])).collect();
     expect_outcomes(&mut out, "simex after the rolling restart", &run, &expect);
-    fleet.stop()?;
-    if !out.violations.is_empty() {
-        fleet.vlan.keep_run_dir();
-        out.notes
-            .push(format!("logs kept in {}", fleet.vlan.run_dir().display()));
-    }
-    Ok(out)
+    fleet.finish(out)
 }
