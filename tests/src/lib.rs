@@ -8,7 +8,9 @@
 //!   packet loss between chosen hosts;
 //! - [`scenario`]: fleets of real processes on such a network, and the gc-core
 //!   checker run on the event logs every host wrote;
-//! - [`nemesis`]: random faults against a live fleet under a steady workload.
+//! - [`nemesis`]: random faults against a live fleet of gc-core nodes under a
+//!   steady workload; [`nemesis_mgmt`]: the same against mgmtd daemons
+//!   driven by monitors.
 //!
 //! The tests in `tests/` need root and iproute2; without them they print why
 //! and pass without doing anything. `tests/FAULTS.md` describes the suite.
@@ -16,6 +18,7 @@
 pub mod faults;
 pub mod loopback;
 pub mod nemesis;
+pub mod nemesis_mgmt;
 pub mod scenario;
 pub mod vlan;
 

@@ -14,6 +14,7 @@ use crate::faults::Fault;
 use crate::scenario::nodes::{wall_time, FleetOptions, NodeFleet};
 use crate::scenario::{CheckReport, ScenarioError};
 use crate::vlan::proc::State;
+use crate::vlan::Vlan;
 use gc_core::trace::LivenessPhase;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -157,7 +158,8 @@ impl fmt::Display for NemesisReport {
     }
 }
 
-fn kind(f: &Fault) -> &'static str {
+/// The kind of a fault, for the report's counts.
+pub(crate) fn kind(f: &Fault) -> &'static str {
     match f {
         Fault::Partition(_) => "partition",
         Fault::Heal => "heal",
@@ -170,11 +172,12 @@ fn kind(f: &Fault) -> &'static str {
     }
 }
 
-/// Picks the next fault from the fleet's state: damage while little is
-/// damaged, repairs more often as damage accumulates, so the fleet spends
-/// its time in many different states rather than all dead.
-fn choose(rng: &mut fastrand::Rng, fleet: &mut NodeFleet, hosts: usize) -> Option<Fault> {
-    let states: Vec<State> = (0..hosts).map(|h| fleet.procs[h].state()).collect();
+/// Picks the next fault from the fleet's state (`states`: each host's
+/// process): damage while little is damaged, repairs more often as damage
+/// accumulates, so the fleet spends its time in many different states
+/// rather than all dead.
+pub(crate) fn choose(rng: &mut fastrand::Rng, states: &[State], vlan: &Vlan) -> Option<Fault> {
+    let hosts = states.len();
     let down: Vec<usize> = (0..hosts).filter(|&h| states[h] == State::Down).collect();
     let stopped: Vec<usize> = (0..hosts)
         .filter(|&h| states[h] == State::Stopped)
@@ -182,8 +185,8 @@ fn choose(rng: &mut fastrand::Rng, fleet: &mut NodeFleet, hosts: usize) -> Optio
     let running: Vec<usize> = (0..hosts)
         .filter(|&h| states[h] == State::Running)
         .collect();
-    let split = fleet.vlan.components().len() > 1;
-    let lossy = !fleet.vlan.loss_rules().is_empty();
+    let split = vlan.components().len() > 1;
+    let lossy = !vlan.loss_rules().is_empty();
     let mut options: Vec<Fault> = Vec::new();
     if !split {
         // Two or three components, at random.
@@ -215,7 +218,7 @@ fn choose(rng: &mut fastrand::Rng, fleet: &mut NodeFleet, hosts: usize) -> Optio
     for &h in &stopped {
         options.push(Fault::Resume(h));
     }
-    if fleet.vlan.loss_tool().is_some() {
+    if vlan.loss_tool().is_some() {
         if lossy {
             options.push(Fault::ClearLoss);
         }
@@ -287,7 +290,8 @@ pub fn run(
             }
         }
         if Instant::now() >= next_fault {
-            if let Some(fault) = choose(&mut rng, &mut fleet, opts.hosts) {
+            let states: Vec<State> = fleet.procs.iter_mut().map(|p| p.state()).collect();
+            if let Some(fault) = choose(&mut rng, &states, &fleet.vlan) {
                 match &fault {
                     Fault::Kill(h) => killed[*h] = true,
                     Fault::Restart(h) => killed[*h] = false,

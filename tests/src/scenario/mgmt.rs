@@ -132,6 +132,13 @@ pub struct PendingMonitor {
 }
 
 impl PendingMonitor {
+    /// Whether it has exited, or has run past [`MONITOR_TIMEOUT`]: either
+    /// way [`PendingMonitor::wait`] now returns at once.
+    pub fn finished(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)) | Err(_))
+            || self.started.elapsed() >= MONITOR_TIMEOUT
+    }
+
     /// Waits for it (bounded by [`MONITOR_TIMEOUT`], then killed).
     pub fn wait(mut self) -> Result<MonitorRun, ScenarioError> {
         let deadline = self.started + MONITOR_TIMEOUT;
