@@ -357,3 +357,49 @@ fn stream_prints_lines_prefixed_with_the_host() -> TestResult {
     }
     Ok(())
 }
+
+/// The Unix socket's real check is the peer's uid, not the file mode: with
+/// the mode opened up (as a careless operator might), another user is still
+/// refused, told why, and logged. Needs root (to act as another uid).
+#[test]
+fn another_user_on_the_unix_socket_is_refused() -> TestResult {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping: needs root to connect as another user");
+        return Ok(());
+    }
+    let fleet = Fleet::start(FleetOptions::new(1))?;
+    let daemon = &fleet.daemons[0];
+    // Let uid 65534 reach the socket and run the monitor: every directory
+    // on the way must be searchable.
+    let mut dir = Some(daemon.home.as_path());
+    while let Some(d) = dir {
+        if d.starts_with(fleet.dir.path()) {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
+        }
+        dir = d.parent();
+    }
+    std::fs::set_permissions(daemon.socket(), std::fs::Permissions::from_mode(0o777))?;
+    let mut command = Command::new(&fleet.bin.monitor);
+    command
+        .env("FLOTILLA_SOCKET", daemon.socket())
+        .env_remove("FLOTILLA_CONNECT")
+        .args(["simex", "--", "id -u"])
+        .uid(65534)
+        .gid(65534);
+    let refused = flotilla_tests::run_bounded(command, Duration::from_secs(30))?;
+    let said = text(&refused);
+    if said.contains("Permission denied") {
+        eprintln!("skipping: uid 65534 cannot reach the test's files here: {said}");
+        return Ok(());
+    }
+    assert_eq!(refused.status.code(), Some(2), "{said}");
+    assert!(said.contains("uid 65534 may not use this socket"), "{said}");
+    assert!(
+        daemon.log().contains("refused uid 65534"),
+        "{}",
+        daemon.log()
+    );
+    Ok(())
+}
