@@ -109,7 +109,7 @@ impl fmt::Display for Endpoint {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The connection could not be made.
-    #[error("cannot connect to {endpoint}: {source}")]
+    #[error("cannot connect to {endpoint}")]
     Connect {
         /// Where.
         endpoint: String,
@@ -350,7 +350,7 @@ pub enum AcceptError {
         addr: String,
     },
     /// Reading or writing failed during the handshake.
-    #[error("handshake with {addr} failed: {source}")]
+    #[error("handshake with {addr} failed")]
     Frame {
         /// Its address.
         addr: String,

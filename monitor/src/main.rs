@@ -343,6 +343,7 @@ pub(crate) async fn follow_job(
             ProgressStyle::with_template("{spinner} [{elapsed}] {pos}/{len} done  {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_spinner()),
         );
+        bar.set_message("waiting for the group to accept the command");
         bar.enable_steady_tick(Duration::from_millis(100));
         bar
     });

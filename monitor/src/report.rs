@@ -19,6 +19,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use comfy_table::{presets, Cell, ContentArrangement, Table};
+
+/// Below this many columns the report is not wrapped to the terminal.
+const MIN_WRAP_WIDTH: u16 = 40;
 use flotilla_client::message::Unfinished;
 use flotilla_client::outcome::ExecStatus;
 use flotilla_client::{HostState, JobReport, Outcome};
@@ -297,6 +300,12 @@ pub(crate) fn table(report: &Report) -> String {
         .load_preset(presets::UTF8_FULL_CONDENSED)
         .set_content_arrangement(ContentArrangement::Dynamic)
         .set_header(vec!["hosts", "outcome", "exit", "duration", "output"]);
+    // A terminal that reports no size (0 columns, as a pty made by `script`
+    // or a serial console may) would squeeze every column to one character:
+    // better unwrapped lines.
+    if matches!(table.width(), Some(w) if w < MIN_WRAP_WIDTH) {
+        table.set_content_arrangement(ContentArrangement::Disabled);
+    }
     for ((outcome, exit, output), hosts) in rows {
         let names = fold_hosts(hosts.iter().map(|h| h.host.as_str()));
         let durations: Vec<u64> = hosts.iter().filter_map(|h| h.duration_ms).collect();
