@@ -237,6 +237,23 @@ pub(crate) fn choose(rng: &mut fastrand::Rng, states: &[State], vlan: &Vlan) -> 
     Some(options.swap_remove(i))
 }
 
+/// What repairs everything: heal, clear loss, resume the stopped hosts and
+/// restart the dead ones.
+pub(crate) fn repairs(states: &[State], vlan: &Vlan) -> Vec<Fault> {
+    let mut repairs = vec![Fault::Heal];
+    if vlan.loss_tool().is_some() {
+        repairs.push(Fault::ClearLoss);
+    }
+    for (h, state) in states.iter().enumerate() {
+        match state {
+            State::Stopped => repairs.push(Fault::Resume(h)),
+            State::Down => repairs.push(Fault::Restart(h)),
+            State::Running => {}
+        }
+    }
+    repairs
+}
+
 /// Runs the nemesis. Errors are setup failures; what the run found is in
 /// the report.
 pub fn run(
@@ -325,18 +342,8 @@ pub fn run(
 
     // Repair everything, then the fleet must converge.
     progress("repairing: heal, clear loss, resume, restart");
-    let mut repairs = vec![Fault::Heal];
-    if fleet.vlan.loss_tool().is_some() {
-        repairs.push(Fault::ClearLoss);
-    }
-    for h in 0..opts.hosts {
-        match fleet.procs[h].state() {
-            State::Stopped => repairs.push(Fault::Resume(h)),
-            State::Down => repairs.push(Fault::Restart(h)),
-            State::Running => {}
-        }
-    }
-    for fault in repairs {
+    let states: Vec<State> = fleet.procs.iter_mut().map(|p| p.state()).collect();
+    for fault in repairs(&states, &fleet.vlan) {
         if let Err(e) = fleet.inject(fault) {
             report.findings.push(format!("could not repair: {e}"));
         }

@@ -15,7 +15,7 @@
 //! monitor failure is a finding.
 
 use crate::faults::Fault;
-use crate::nemesis::{choose, kind, NemesisOptions};
+use crate::nemesis::{choose, kind, repairs, NemesisOptions};
 use crate::scenario::mgmt::{MgmtFleet, MgmtOutcome, MonitorRun, PendingMonitor};
 use crate::scenario::ScenarioError;
 use crate::vlan::proc::State;
@@ -277,18 +277,8 @@ pub fn run(
     report.fault_phase = start.elapsed();
 
     progress("repairing: heal, clear loss, resume, restart");
-    let mut repairs = vec![Fault::Heal];
-    if fleet.vlan.loss_tool().is_some() {
-        repairs.push(Fault::ClearLoss);
-    }
-    for h in 0..opts.hosts {
-        match fleet.procs[h].state() {
-            State::Stopped => repairs.push(Fault::Resume(h)),
-            State::Down => repairs.push(Fault::Restart(h)),
-            State::Running => {}
-        }
-    }
-    for fault in repairs {
+    let states: Vec<State> = fleet.procs.iter_mut().map(|p| p.state()).collect();
+    for fault in repairs(&states, &fleet.vlan) {
         if let Err(e) = fleet.inject(fault) {
             report.findings.push(format!("could not repair: {e}"));
         }
