@@ -327,6 +327,7 @@ fn run(
     // operator (or a failed test) needs to see why updates are refused.
     let mut unsettled_since: Option<std::time::Instant> = None;
     let mut described = std::time::Instant::now();
+    let mut sent = (0, 0);
     while let Some(first) = input.blocking_recv() {
         let mut events = Vec::new();
         let mut requests = Vec::new();
@@ -358,6 +359,16 @@ fn run(
             // Clients that gave up (the connection closed, or the backstop
             // timeout) are not waited for.
             clients.retain(|_, reply| !reply.is_closed());
+            let stats = server.stats();
+            if (stats.catchup_bytes, stats.snapshot_bytes) != sent {
+                sent = (stats.catchup_bytes, stats.snapshot_bytes);
+                tracing::info!(
+                    catchup_bytes = stats.catchup_bytes,
+                    snapshot_bytes = stats.snapshot_bytes,
+                    applied = stats.applied,
+                    "maps catch-up sent (totals since start)"
+                );
+            }
             let now = std::time::Instant::now();
             if server.is_settled() {
                 unsettled_since = None;

@@ -324,10 +324,11 @@ async fn reachable(endpoint: &Endpoint, members: &[gc_core::Pid]) -> String {
             .collect(),
         _ => BTreeMap::new(),
     };
-    let shown: Vec<String> = members
+    let mut shown: Vec<String> = members
         .iter()
         .map(|p| names.get(&p.node).cloned().unwrap_or_else(|| p.to_string()))
         .collect();
+    shown.sort();
     if shown.is_empty() {
         "no other host".to_owned()
     } else {
