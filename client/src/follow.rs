@@ -170,6 +170,7 @@ pub fn message_name(message: &ServerMessage) -> &'static str {
         ServerMessage::Status(_) => "status reply",
         ServerMessage::Members(_) => "members reply",
         ServerMessage::Jobs(_) => "jobs reply",
+        ServerMessage::Map(_) => "map reply",
         ServerMessage::Error { .. } => "error",
     }
 }

@@ -14,6 +14,7 @@
 //! | [`Request::Status`] | [`ServerMessage::Status`] |
 //! | [`Request::Members`] | [`ServerMessage::Members`] |
 //! | [`Request::Jobs`] | [`ServerMessage::Jobs`] |
+//! | [`Request::Map`] | [`ServerMessage::Map`] |
 //!
 //! Any request may instead be answered by one [`ServerMessage::Error`].
 //! The M/NR bookkeeping of a command ([`crate::tracker`]) consumes exactly
@@ -96,6 +97,10 @@ pub enum Request {
         /// At most this many (at most [`MAX_JOBS`]).
         limit: u32,
     },
+    /// A replicated-map request ([`maps::api`]), answered by the maps of
+    /// the server connected to (updates are forwarded to the primary
+    /// server) with one [`ServerMessage::Map`].
+    Map(maps::api::Request),
 }
 
 /// A `simex` request.
@@ -180,6 +185,9 @@ pub enum RequestError {
     /// `jobs` asking for more than [`MAX_JOBS`].
     #[error("at most {MAX_JOBS} jobs may be listed, {0} asked")]
     TooManyJobs(u32),
+    /// A map request breaks a bound of [`maps::bounds`].
+    #[error("{0}")]
+    Map(maps::BoundError),
 }
 
 /// Whether `name` can be a host name: 1 to [`MAX_HOST_NAME`] bytes of
@@ -233,6 +241,7 @@ impl Request {
                     Err(RequestError::BadJobPrefix(id.clone()))
                 }
             }
+            Request::Map(request) => request.validate().map_err(RequestError::Map),
             Request::Jobs { limit } => {
                 if *limit > MAX_JOBS {
                     Err(RequestError::TooManyJobs(*limit))
@@ -332,6 +341,8 @@ pub enum ServerMessage {
     Members(MembersReply),
     /// The answer to [`Request::Jobs`].
     Jobs(JobsReply),
+    /// The answer to [`Request::Map`].
+    Map(maps::api::Response),
     /// The request was refused or failed.
     Error {
         /// What kind of failure.

@@ -38,6 +38,9 @@
 //! | `log_level` | no | `error`, `warn`, `info` (default), `debug` or `trace` |
 //! | `gc` | no | tuning knobs of the group-communication core: `heartbeat_interval`, `suspect_timeout`, `discovery_interval`, `startup_wait`, `join_timeout` (durations) |
 //! | `event_log` | no | a file where the core appends the views it installs and the messages it delivers, for the checker; off by default |
+//! | `maps.hosts` | no | the fleet's hosts (names or node ids) for the replicated maps; no `maps:` section, no maps |
+//! | `maps.render` | no | maps written to files: `map`, `file`, `template` each |
+//! | `testing.fault_control` | no | test-only: drop traffic to the peers listed in `DATA_DIR/faults`; off by default |
 //!
 //! Durations are written `500ms`, `30s`, `5m`, `1h` or combined (`1m 30s`).
 //! Sizes are a number of bytes, optionally with a unit: `B`, `KiB`, `MiB`,
@@ -55,6 +58,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
+pub use self::maps::{MapsConfig, RenderConfig, TestingConfig};
 use crate::exec::ExecOptions;
 
 /// The longest `exec.timeout` accepted.
@@ -134,6 +138,15 @@ log_level: info         # error | warn | info | debug | trace
 # protocol checker (`gc_core::eventlog`). It grows without bound: for tests
 # and fault drills, not for production.
 # event_log: /var/lib/flotilla/events.jsonl
+
+# The replicated maps: the fleet's hosts (names or node ids; the same list
+# on every host) and maps written to local files on every update.
+# maps:
+#   hosts: [web-1, web-2, db-1]
+#   render:
+#     - map: hosts
+#       file: /etc/flotilla/hosts
+#       template: "{value} {key}"
 "#;
 
 /// A settled configuration: every value checked, every default applied.
@@ -172,6 +185,10 @@ pub struct Config {
     /// the messages it delivers, for the checker (`gc_core::eventlog`);
     /// none by default.
     pub event_log: Option<PathBuf>,
+    /// The replicated maps (`maps:`); off when absent.
+    pub maps: MapsConfig,
+    /// Test-only settings (`testing:`).
+    pub testing: TestingConfig,
 }
 
 /// A peer to contact: a host name or IP address, and a UDP port.
@@ -622,6 +639,8 @@ struct RawConfig {
     log_level: Option<LogLevel>,
     gc: Option<BTreeMap<String, serde_yaml::Value>>,
     event_log: Option<PathText>,
+    maps: Option<maps::RawMaps>,
+    testing: Option<maps::RawTesting>,
 }
 
 #[derive(Deserialize)]
@@ -741,6 +760,8 @@ impl RawConfig {
         }
 
         let exec = settle_exec(file, self.exec)?;
+        let maps = maps::settle_maps(file, &base, self.maps)?;
+        let testing = maps::settle_testing(self.testing);
         Ok(Config {
             file: file.to_owned(),
             name,
@@ -757,6 +778,8 @@ impl RawConfig {
             log_level: self.log_level.unwrap_or_default(),
             gc: self.gc.unwrap_or_default(),
             event_log: self.event_log.map(|path| path.resolve(&base)),
+            maps,
+            testing,
         })
     }
 }
@@ -1195,6 +1218,8 @@ fn is_attribute_key(key: &str) -> bool {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
+
+mod maps;
 
 #[cfg(test)]
 mod tests;

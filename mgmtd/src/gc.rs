@@ -38,7 +38,7 @@ pub enum GcError {
     /// The runtime did not start.
     #[error("cannot start the group-communication runtime")]
     Start(#[from] StartError),
-    /// The `mgmt` group could not be joined.
+    /// The `mgmt` (or `maps`) group could not be joined.
     #[error("cannot join the mgmt group: {0}")]
     Join(String),
     /// A `gc` tuning knob is unknown or has a bad value.
@@ -254,12 +254,26 @@ pub async fn start(
     }
     let mut node = gc_core::Config::new(gc_core::Pid::new(config.node_id, 0));
     node.seeds = seeds;
-    node.primary = PrimaryState::initial(vec![config.node_id]);
+    // With maps configured, the fleet's hosts are the first primary
+    // component, as the maps' own voting record starts from them: a lone
+    // host (or any minority) that has never met the others is then not
+    // primary, and gc-core's primary chain and the maps' sessions start
+    // from the same set (otherwise a minority's chain could hold the
+    // primary and no maps session could ever form in the majority).
+    let bootstrap = if config.maps.enabled() {
+        config.maps.hosts.clone()
+    } else {
+        vec![config.node_id]
+    };
+    node.primary = PrimaryState::initial(bootstrap);
     apply_knobs(&mut node, &config.gc, &config.file.display().to_string())?;
     let seal_key = gc_core::seal::ClusterKey::from_bytes(*key.as_bytes());
     let storage = FileStorage::new(config.data_dir.join(STATE_FILE));
     let mut runtime_config = RuntimeConfig::new(node, config.listen, seal_key, storage);
     runtime_config.event_log = config.event_log.clone();
+    if config.testing.fault_control {
+        runtime_config.faults = Some(crate::faults::start(&config.data_dir));
+    }
     if let Some(multicast) = config.multicast {
         match multicast.group {
             std::net::IpAddr::V4(group) => {
@@ -278,6 +292,16 @@ pub async fn start(
         .join_group(MGMT_GROUP)
         .await
         .map_err(|e| GcError::Join(e.to_string()))?;
+    if config.maps.enabled() {
+        // Joined now, before the first view with the others forms: the maps
+        // servers take part in the state exchange of every node view, and a
+        // member that joined the group after the view was installed would
+        // miss the others' states and never settle.
+        handle
+            .join_group(crate::maps::MAPS_GROUP)
+            .await
+            .map_err(|e| GcError::Join(format!("{}: {e}", crate::maps::MAPS_GROUP)))?;
+    }
     tracing::info!(%me, addr = %handle.local_addr(), "group-communication runtime started");
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
     let routes = Routes::default();

@@ -20,15 +20,19 @@
 //!   check made before the daemon starts);
 //! - [`exec`]: the `simex` execution engine: one command in its own process
 //!   group, with a timeout, capped output and optional line streaming;
+//! - [`maps`]: the replicated maps, driven on a thread of their own;
+//! - [`faults`]: test-only fault control (a peer cut off by a file);
 //! - [`jobs`]: job ids, the bounded on-disk store of recent job outcomes and
 //!   the audit log.
 
 pub mod config;
 pub mod exec;
+pub mod faults;
 pub mod gc;
 pub mod group;
 pub mod jobs;
 pub mod listener;
+pub mod maps;
 pub mod server;
 pub mod status;
 pub mod wire;

@@ -12,6 +12,7 @@ use flotilla_client::{ClusterKey, ServerConnection};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 
+use crate::maps::MapsHandle;
 use crate::server::handler;
 use crate::server::ServerHandle;
 
@@ -44,7 +45,12 @@ pub fn bind_unix(path: &Path) -> io::Result<UnixListener> {
 
 /// Serves the Unix socket until the task is dropped. Only the uid `owner`
 /// (the daemon's) and root are served.
-pub async fn serve_unix(listener: UnixListener, owner: u32, server: ServerHandle) {
+pub async fn serve_unix(
+    listener: UnixListener,
+    owner: u32,
+    server: ServerHandle,
+    maps: MapsHandle,
+) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(permit) = limit.clone().acquire_owned().await else {
@@ -59,9 +65,10 @@ pub async fn serve_unix(listener: UnixListener, owner: u32, server: ServerHandle
             }
         };
         let server = server.clone();
+        let maps = maps.clone();
         tokio::spawn(async move {
             match ServerConnection::accept_unix(stream, owner).await {
-                Ok(connection) => handler::serve(connection, server).await,
+                Ok(connection) => handler::serve(connection, server, maps).await,
                 Err(e) => tracing::warn!("refused a client on the unix socket: {e}"),
             }
             drop(permit);
@@ -71,7 +78,12 @@ pub async fn serve_unix(listener: UnixListener, owner: u32, server: ServerHandle
 
 /// Serves TCP until the task is dropped: only clients that prove they hold
 /// `key` are served.
-pub async fn serve_tcp(listener: TcpListener, key: ClusterKey, server: ServerHandle) {
+pub async fn serve_tcp(
+    listener: TcpListener,
+    key: ClusterKey,
+    server: ServerHandle,
+    maps: MapsHandle,
+) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let key = Arc::new(key);
     loop {
@@ -88,9 +100,10 @@ pub async fn serve_tcp(listener: TcpListener, key: ClusterKey, server: ServerHan
         };
         let server = server.clone();
         let key = key.clone();
+        let maps = maps.clone();
         tokio::spawn(async move {
             match ServerConnection::accept_tcp(stream, &key).await {
-                Ok(connection) => handler::serve(connection, server).await,
+                Ok(connection) => handler::serve(connection, server, maps).await,
                 Err(e) => tracing::warn!("refused a TCP client: {e}"),
             }
             drop(permit);

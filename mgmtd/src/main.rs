@@ -152,6 +152,15 @@ async fn run(config: Config, key: ClusterKey) -> anyhow::Result<()> {
         limits: Limits::default(),
         store: JobStoreLimits::default(),
     };
+    let maps = if config.maps.enabled() {
+        Some(mgmtd::maps::start(&group, &config.data_dir, &config.maps)?)
+    } else {
+        None
+    };
+    let (maps_handle, mut maps_failed) = match maps {
+        Some(m) => (m.handle, Some(m.failed)),
+        None => (mgmtd::maps::MapsHandle::disabled(), None),
+    };
     let (server, core) = Server::start(group, events, server_config)?;
     let unix = listener::bind_unix(&config.client.socket).with_context(|| {
         format!(
@@ -160,7 +169,12 @@ async fn run(config: Config, key: ClusterKey) -> anyhow::Result<()> {
         )
     })?;
     let owner = nix::unistd::geteuid().as_raw();
-    let unix_task = tokio::spawn(listener::serve_unix(unix, owner, server.clone()));
+    let unix_task = tokio::spawn(listener::serve_unix(
+        unix,
+        owner,
+        server.clone(),
+        maps_handle.clone(),
+    ));
     let tcp_task = match config.client.tcp {
         Some(addr) => {
             let tcp = tokio::net::TcpListener::bind(addr)
@@ -171,14 +185,26 @@ async fn run(config: Config, key: ClusterKey) -> anyhow::Result<()> {
                 tcp,
                 key.clone(),
                 server.clone(),
+                maps_handle.clone(),
             )))
         }
         None => None,
     };
     tracing::info!(socket = %config.client.socket.display(), "mgmtd ready");
+    let maps_failure = async {
+        match maps_failed.as_mut() {
+            Some(failed) => failed.await.ok(),
+            None => std::future::pending().await,
+        }
+    };
+    let mut failure = None;
     tokio::select! {
         () = signals.wait() => server.shutdown().await,
         () = server.stopped() => tracing::info!("exit requested by a monitor"),
+        Some(reason) = maps_failure => {
+            failure = Some(reason);
+            server.shutdown().await;
+        }
     }
     // No new monitors while leaving.
     unix_task.abort();
@@ -195,6 +221,9 @@ async fn run(config: Config, key: ClusterKey) -> anyhow::Result<()> {
     // send their last answers (an `exit` reports before the leave).
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let _ = std::fs::remove_file(&config.client.socket);
+    if let Some(reason) = failure {
+        bail!("the replicated maps failed: {reason}");
+    }
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 //! monitor simex [--targets h1,h2 | --where key=value ...] [--timeout 30s] [--stream] -- CMD [ARGS...]
 //! monitor status | members | chdir DIR | exit (--targets h3 | --all --yes) | job ID | jobs
 //! monitor demo [--hosts 5] [--keep]
+//! monitor map create|drop|set|del|get|list|history|load ...   (see `map.rs`)
 //! ```
 //!
 //! It connects to one server: the Unix socket (`--socket`,
@@ -18,6 +19,7 @@
 //! - 2: bad usage, or the server could not be reached or refused.
 
 mod demo;
+mod map;
 mod report;
 
 use std::io::IsTerminal;
@@ -122,6 +124,11 @@ enum Command {
         /// How many.
         #[arg(long, default_value_t = 20)]
         limit: u32,
+    },
+    /// The replicated maps: create, drop, set, del, get, list, history, load.
+    Map {
+        #[command(subcommand)]
+        command: map::MapCommand,
     },
     /// Start a throwaway local fleet of real daemons and take a tour.
     Demo {
@@ -255,6 +262,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Jobs { limit } => jobs(&endpoint, limit.min(MAX_JOBS), &out).await,
         Command::Status => status(&endpoint, &out).await,
         Command::Members => members(&endpoint, &out).await,
+        Command::Map { command } => map::run(&endpoint, command, &out).await,
         Command::Demo { .. } => Ok(0),
     }
 }

@@ -124,6 +124,8 @@ pub struct FleetOptions {
     pub log_level: String,
     /// A `gc:` section for every configuration (empty: the defaults).
     pub gc: String,
+    /// More YAML appended to every configuration (`maps:`, `testing:`).
+    pub extra: String,
 }
 
 impl FleetOptions {
@@ -135,6 +137,7 @@ impl FleetOptions {
             tcp: false,
             log_level: "info".into(),
             gc: String::new(),
+            extra: String::new(),
         }
     }
 }
@@ -220,7 +223,7 @@ impl Fleet {
             .map(|p| format!("  tcp: 127.0.0.1:{p}\n"))
             .unwrap_or_default();
         let config = format!(
-            "name: {}\nlisten: 127.0.0.1:{}\nseeds:\n{}\ncluster_key: {}\ndata_dir: {}\nattributes:\n  role: {role}\nclient:\n  socket: {}\n{tcp}{}log_level: {}\n{}",
+            "name: {}\nlisten: 127.0.0.1:{}\nseeds:\n{}\ncluster_key: {}\ndata_dir: {}\nattributes:\n  role: {role}\nclient:\n  socket: {}\n{tcp}{}log_level: {}\n{}{}",
             d.name,
             d.port,
             if seeds.is_empty() { "  []".to_owned() } else { seeds.join("\n") },
@@ -230,6 +233,7 @@ impl Fleet {
             self.options.exec,
             self.options.log_level,
             self.options.gc,
+            self.options.extra,
         );
         let config_path = d.home.join("mgmtd.yaml");
         std::fs::write(&config_path, config)?;

@@ -95,6 +95,7 @@ pub(super) struct Driver {
     /// The multicast group to disseminate through, when configured.
     disseminate: Option<SocketAddr>,
     event_log: Option<EventLog>,
+    faults: Option<super::Faults>,
     /// Microseconds since the Unix epoch at `epoch`, for event log times.
     epoch_wall_us: u64,
 }
@@ -130,6 +131,7 @@ pub(super) async fn start(config: RuntimeConfig) -> Result<(Handle, Events), Sta
         leave_timeout,
         socket_buffer,
         recv_batch,
+        faults,
     } = config;
 
     let socket = bind_unicast(bind, socket_buffer, multicast.as_ref())
@@ -262,6 +264,7 @@ pub(super) async fn start(config: RuntimeConfig) -> Result<(Handle, Events), Sta
             .map(|m| SocketAddr::V4(m.group)),
         event_log,
         epoch_wall_us,
+        faults,
     };
     info!(%me, %local_addr, multicast = ?multicast.map(|m| m.group), "gc-core node started");
     tokio::spawn(driver.run());
@@ -837,6 +840,9 @@ impl Driver {
     /// One datagram: opened (authenticated, decrypted, replay-checked)
     /// before the node decodes any of it.
     fn on_datagram(&mut self, len: usize, from: SocketAddr) {
+        if super::faults::drops(self.faults.as_ref(), &from) {
+            return;
+        }
         self.io.datagrams_in += 1;
         self.io.bytes_in += len as u64;
         let now = self.now();
@@ -967,6 +973,9 @@ impl Driver {
     }
 
     async fn send(&mut self, transmit: Transmit) -> Result<(), Error> {
+        if super::faults::drops(self.faults.as_ref(), &transmit.dest) {
+            return Ok(());
+        }
         match self.sealer.seal(&transmit.payload, &mut self.seal_buf) {
             Ok(()) => {}
             Err(e @ SealError::PacketNumbersExhausted) => return Err(FatalError::Seal(e).into()),

@@ -131,10 +131,12 @@
 //! per 10 s, with the count since the last one.
 
 mod driver;
+mod faults;
 pub mod fuzzing;
 mod ratelimit;
 mod storage;
 
+pub use faults::Faults;
 pub use storage::{FileStorage, Storage, StorageError, StoredState};
 
 use crate::seal::{ClusterKey, KeyError, KeyId, SealCounters, SealError, MAX_PLAINTEXT_LEN};
@@ -184,6 +186,9 @@ pub struct RuntimeConfig {
     /// Most datagrams read in one wake-up before the driver sends what they
     /// caused and looks at its timers and commands.
     pub recv_batch: usize,
+    /// Test-only: peers whose datagrams are dropped both ways (see
+    /// [`Faults`]); `None` in production.
+    pub faults: Option<Faults>,
 }
 
 impl RuntimeConfig {
@@ -208,6 +213,7 @@ impl RuntimeConfig {
             leave_timeout: Duration::from_secs(5),
             socket_buffer: 4 << 20,
             recv_batch: 256,
+            faults: None,
         }
     }
 }

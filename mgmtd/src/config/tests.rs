@@ -221,7 +221,7 @@ fn relative_paths_are_taken_from_the_files_directory() -> TestResult {
 fn unknown_keys_are_refused_with_the_keys_expected() {
     assert_eq!(
         error(&with("exce:\n  timeout: 5s\n")),
-        "mgmtd.yaml: unknown key \"exce\" (expected one of: name, node_id, listen, seeds, multicast, cluster_key, data_dir, attributes, client, exec, log_level, gc, event_log) (line 5, column 1)"
+        "mgmtd.yaml: unknown key \"exce\" (expected one of: name, node_id, listen, seeds, multicast, cluster_key, data_dir, attributes, client, exec, log_level, gc, event_log, maps, testing) (line 5, column 1)"
     );
     assert_eq!(
         error(&with("exec:\n  timout: 5s\n")),

@@ -20,7 +20,11 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Serves one authenticated connection to its end. Errors are logged: the
 /// monitor has gone or broke the protocol, and the jobs it started go on.
-pub async fn serve(mut connection: ServerConnection, server: ServerHandle) {
+pub async fn serve(
+    mut connection: ServerConnection,
+    server: ServerHandle,
+    maps: crate::maps::MapsHandle,
+) {
     let client = connection.identity().to_string();
     let request = match connection.recv_request().await {
         Ok(Some(request)) => request,
@@ -83,6 +87,8 @@ pub async fn serve(mut connection: ServerConnection, server: ServerHandle) {
         }
         Request::Job { id } => gather_job(&mut connection, &server, id).await,
         Request::Jobs { limit } => gather_jobs(&mut connection, &server, limit).await,
+        // Straight to the maps task: maps need nothing of the mgmt group.
+        Request::Map(request) => crate::maps::serve(&mut connection, &maps, request).await,
     };
     if result.is_err() {
         tracing::debug!("the monitor went away before its answer was complete");

@@ -1,0 +1,846 @@
+//! `monitor map ...`: the replicated maps.
+//!
+//! ```text
+//! monitor map create MAP | drop MAP
+//! monitor map set MAP KEY VALUE [--if-version N | --if-absent] [--id ID]
+//! monitor map del MAP KEY [--id ID]
+//! monitor map get MAP KEY [--consistent]
+//! monitor map list [MAP] [--after KEY] [--limit N] [--consistent]
+//! monitor map history MAP [--from V] [--limit N]
+//! monitor map load MAP FILE.yaml [--replace] [--chunk N]
+//! ```
+//!
+//! Exit status: 0 when the update was applied or the read answered; 1 when
+//! it was refused (outside the primary component, rejected by the map, a
+//! key not found) or its outcome is unknown; 2 on bad usage or when the
+//! server cannot be reached.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use clap::Subcommand;
+use comfy_table::{presets, Table};
+use flotilla_client::message::{Request, ServerMessage};
+use flotilla_client::{Endpoint, JobId};
+use indicatif::{ProgressBar, ProgressStyle};
+use maps::api::{Freshness, Request as MapRequest, RequestError, Response, MAX_LIST};
+use maps::bounds::{MAX_BATCH_OPS, OP_OVERHEAD};
+use maps::{Op, Outcome, Update, UpdateId};
+use serde_json::json;
+
+use crate::{connect, println_checked, Failure, Output};
+
+/// Bytes of entries in one update: a request must fit one client frame
+/// (1 MiB), with room for the envelope.
+const MAX_LOAD_BYTES: usize = 900 * 1024;
+/// How long a request is retried while the primary component settles (no
+/// change was made while it answers so).
+const SETTLE_WAIT: Duration = Duration::from_secs(10);
+/// How many times `load` sends a batch again with the same id after an
+/// unknown outcome (a second application is impossible).
+const LOAD_RETRIES: usize = 5;
+
+/// `monitor map`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum MapCommand {
+    /// Create an empty map.
+    Create {
+        /// The map.
+        map: String,
+        #[command(flatten)]
+        id: IdArg,
+    },
+    /// Drop a map and all its entries.
+    Drop {
+        /// The map.
+        map: String,
+        #[command(flatten)]
+        id: IdArg,
+    },
+    /// Set a key.
+    Set {
+        /// The map.
+        map: String,
+        /// The key.
+        #[arg(id = "map_key", value_name = "KEY")]
+        key: String,
+        /// The value.
+        value: String,
+        /// Only if the key was last written at this map version.
+        #[arg(long, conflicts_with = "if_absent")]
+        if_version: Option<u64>,
+        /// Only if the key is absent.
+        #[arg(long)]
+        if_absent: bool,
+        #[command(flatten)]
+        id: IdArg,
+    },
+    /// Delete a key.
+    Del {
+        /// The map.
+        map: String,
+        /// The key.
+        #[arg(id = "map_key", value_name = "KEY")]
+        key: String,
+        #[command(flatten)]
+        id: IdArg,
+    },
+    /// Read a key.
+    Get {
+        /// The map.
+        map: String,
+        /// The key.
+        #[arg(id = "map_key", value_name = "KEY")]
+        key: String,
+        /// Read through the primary server (never stale; refused outside
+        /// the primary component).
+        #[arg(long)]
+        consistent: bool,
+    },
+    /// List a map's entries, or the maps when no map is named.
+    List {
+        /// The map.
+        map: Option<String>,
+        /// Start after this key.
+        #[arg(long)]
+        after: Option<String>,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+        /// Read through the primary server.
+        #[arg(long)]
+        consistent: bool,
+    },
+    /// The updates a map took, as far as the server keeps them.
+    History {
+        /// The map.
+        map: String,
+        /// From this version.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Load the `key: value` mapping of a YAML file into a map (created if
+    /// missing): one atomic update, or batches with --chunk.
+    Load {
+        /// The map.
+        map: String,
+        /// A YAML file holding one mapping of keys to scalar values.
+        file: PathBuf,
+        /// Replace the map's content (drop and create it first).
+        #[arg(long)]
+        replace: bool,
+        /// Load in batches of at most N entries, each atomic on its own
+        /// (readers may see the load in progress). Without it the whole
+        /// file is one atomic update.
+        #[arg(long, value_name = "N")]
+        chunk: Option<usize>,
+    },
+}
+
+/// `--id`: retry an update whose outcome was unknown.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct IdArg {
+    /// The update's id (32 hexadecimal digits), to retry an update whose
+    /// outcome was unknown: it is applied at most once.
+    #[arg(long, value_parser = parse_id)]
+    id: Option<UpdateId>,
+}
+
+fn parse_id(text: &str) -> Result<UpdateId, String> {
+    if text.len() != 32 {
+        return Err(format!("expected 32 hexadecimal digits, found {text:?}"));
+    }
+    u128::from_str_radix(text, 16)
+        .map(UpdateId)
+        .map_err(|_| format!("expected 32 hexadecimal digits, found {text:?}"))
+}
+
+fn new_id() -> anyhow::Result<UpdateId> {
+    let job = JobId::random().context("cannot get random bytes for an update id")?;
+    Ok(UpdateId(u128::from_be_bytes(*job.as_bytes())))
+}
+
+fn usage<T>(message: impl Into<String>) -> Result<T, Failure> {
+    Err(Failure {
+        code: 2,
+        error: anyhow!(message.into()),
+    })
+}
+
+fn refused<T>(message: impl Into<String>) -> Result<T, Failure> {
+    Err(Failure {
+        code: 1,
+        error: anyhow!(message.into()),
+    })
+}
+
+/// Runs `monitor map ...`.
+pub(crate) async fn run(
+    endpoint: &Endpoint,
+    command: MapCommand,
+    out: &Output,
+) -> Result<u8, Failure> {
+    match command {
+        MapCommand::Create { map, id } => update(endpoint, out, &map, Op::CreateMap, id).await,
+        MapCommand::Drop { map, id } => update(endpoint, out, &map, Op::DropMap, id).await,
+        MapCommand::Set {
+            map,
+            key,
+            value,
+            if_version,
+            if_absent,
+            id,
+        } => {
+            let op = if if_absent || if_version.is_some() {
+                Op::CompareAndSet {
+                    key,
+                    expected_version: if_version,
+                    value,
+                }
+            } else {
+                Op::Set { key, value }
+            };
+            update(endpoint, out, &map, op, id).await
+        }
+        MapCommand::Del { map, key, id } => update(endpoint, out, &map, Op::Del { key }, id).await,
+        MapCommand::Get {
+            map,
+            key,
+            consistent,
+        } => get(endpoint, out, map, key, consistent).await,
+        MapCommand::List {
+            map: None,
+            consistent,
+            ..
+        } => {
+            if consistent {
+                return usage("--consistent applies to a map's entries: name the map");
+            }
+            maps_list(endpoint, out).await
+        }
+        MapCommand::List {
+            map: Some(map),
+            after,
+            limit,
+            consistent,
+        } => list(endpoint, out, map, after, limit, consistent).await,
+        MapCommand::History { map, from, limit } => history(endpoint, out, map, from, limit).await,
+        MapCommand::Load {
+            map,
+            file,
+            replace,
+            chunk,
+        } => load(endpoint, out, map, file, replace, chunk).await,
+    }
+}
+
+/// Sends one map request and returns the answer; a request refused while
+/// the primary component settles is sent again for a while (it changed
+/// nothing).
+pub(crate) async fn ask(endpoint: &Endpoint, request: &MapRequest) -> Result<Response, Failure> {
+    let wrapped = Request::Map(request.clone());
+    if let Err(e) = wrapped.validate() {
+        return usage(e.to_string());
+    }
+    let started = Instant::now();
+    loop {
+        let mut connection = connect(endpoint).await?;
+        connection
+            .send(&wrapped)
+            .await
+            .context("cannot send the request")?;
+        let response = match connection.recv().await {
+            Ok(Some(ServerMessage::Map(response))) => response,
+            Ok(Some(ServerMessage::Error { message, .. })) => {
+                return refused(format!("the server at {endpoint} refused: {message}"))
+            }
+            Ok(Some(other)) => {
+                return Err(anyhow!(
+                    "the server at {endpoint} answered with a {}, not a map reply",
+                    flotilla_client::follow::message_name(&other)
+                )
+                .into())
+            }
+            Ok(None) => {
+                return match request {
+                    MapRequest::Update(u) => refused(unknown_text(
+                        endpoint,
+                        &u.map,
+                        u.id,
+                        "the server closed the connection before answering",
+                    )),
+                    _ => Err(anyhow!(
+                        "the server at {endpoint} closed the connection before answering"
+                    )
+                    .into()),
+                }
+            }
+            Err(e) => {
+                let e = anyhow::Error::from(e).context(format!("lost the server at {endpoint}"));
+                return match request {
+                    MapRequest::Update(u) => refused(format!(
+                        "{e:#}\n{}",
+                        unknown_text(
+                            endpoint,
+                            &u.map,
+                            u.id,
+                            "the connection failed before the answer"
+                        )
+                    )),
+                    _ => Err(e.into()),
+                };
+            }
+        };
+        let settling = matches!(response, Response::Error(RequestError::Settling));
+        if settling && started.elapsed() < SETTLE_WAIT {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        return Ok(response);
+    }
+}
+
+fn unknown_text(endpoint: &Endpoint, map: &str, id: UpdateId, why: &str) -> String {
+    format!(
+        "outcome unknown: {why}; update {id} may or may not have been applied.\n\
+         Check with `monitor map history {map}` (look for id {id}), or send it again with \
+         `--id {id}`: it is applied at most once (server {endpoint})."
+    )
+}
+
+/// The names of the hosts reachable from the server, for a refusal.
+async fn reachable(endpoint: &Endpoint, members: &[gc_core::Pid]) -> String {
+    let names: BTreeMap<u32, String> = match crate::single(endpoint, Request::Members).await {
+        Ok(ServerMessage::Members(reply)) => reply
+            .members
+            .into_iter()
+            .map(|m| (m.node, m.host))
+            .collect(),
+        _ => BTreeMap::new(),
+    };
+    let mut shown: Vec<String> = members
+        .iter()
+        .map(|p| names.get(&p.node).cloned().unwrap_or_else(|| p.to_string()))
+        .collect();
+    shown.sort();
+    if shown.is_empty() {
+        "no other host".to_owned()
+    } else {
+        shown.join(", ")
+    }
+}
+
+/// The text of a refusal, with host names for the reachable members.
+async fn refusal_text(endpoint: &Endpoint, error: &RequestError) -> String {
+    match error {
+        RequestError::NotPrimary { what, members } => format!(
+            "refused: the server at {endpoint} is not in the primary component, so it cannot \
+             {what}; it can reach {} — a minority of the fleet's hosts. Run the command on a \
+             host of the majority side, or wait until the partition heals.",
+            reachable(endpoint, members).await
+        ),
+        other => format!("refused: {other}"),
+    }
+}
+
+fn print_json(value: &serde_json::Value) -> Result<(), Failure> {
+    println_checked(&serde_json::to_string_pretty(value).context("cannot encode JSON")?)?;
+    Ok(())
+}
+
+fn op_text(op: &Op) -> String {
+    match op {
+        Op::CreateMap => "create".into(),
+        Op::DropMap => "drop".into(),
+        Op::Set { key, .. } => format!("set {key}"),
+        Op::Del { key } => format!("del {key}"),
+        Op::CompareAndSet { key, .. } => format!("set {key} (compare-and-set)"),
+        Op::Batch(ops) => format!("batch of {} operations", ops.len()),
+    }
+}
+
+async fn update(
+    endpoint: &Endpoint,
+    out: &Output,
+    map: &str,
+    op: Op,
+    id: IdArg,
+) -> Result<u8, Failure> {
+    let id = match id.id {
+        Some(id) => id,
+        None => new_id()?,
+    };
+    let what = op_text(&op);
+    let request = MapRequest::Update(Update {
+        id,
+        map: map.to_owned(),
+        op,
+    });
+    let response = ask(endpoint, &request).await?;
+    let code = update_code(&response);
+    if out.json {
+        print_json(&json!({ "map": map, "id": id.to_string(), "response": response }))?;
+        return Ok(code);
+    }
+    match &response {
+        Response::Outcome {
+            outcome, duplicate, ..
+        } => {
+            let again = if *duplicate {
+                " (a retry: this update had been applied before; this is its first outcome)"
+            } else {
+                ""
+            };
+            match outcome {
+                Outcome::Applied { .. } => {
+                    println_checked(&format!("{map}: {what}: {outcome}{again}"))?
+                }
+                Outcome::Rejected { .. } => {
+                    return refused(format!("{map}: {what}: {outcome}{again}"))
+                }
+            }
+        }
+        Response::Unknown { id } => {
+            return refused(unknown_text(
+                endpoint,
+                map,
+                *id,
+                "a membership change happened while the update was on its way",
+            ))
+        }
+        Response::Error(e) => return refused(refusal_text(endpoint, e).await),
+        other => return Err(anyhow!("unexpected answer to an update: {other:?}").into()),
+    }
+    Ok(code)
+}
+
+fn update_code(response: &Response) -> u8 {
+    match response {
+        Response::Outcome { outcome, .. } if outcome.is_applied() => 0,
+        _ => 1,
+    }
+}
+
+fn freshness_note(f: &Freshness) -> Option<&'static str> {
+    if !f.in_primary {
+        Some("may be stale: this server is not in the primary component")
+    } else if f.stale {
+        Some("may be stale: this server is still catching up with the primary component")
+    } else {
+        None
+    }
+}
+
+async fn get(
+    endpoint: &Endpoint,
+    out: &Output,
+    map: String,
+    key: String,
+    consistent: bool,
+) -> Result<u8, Failure> {
+    let request = MapRequest::Get {
+        map: map.clone(),
+        key: key.clone(),
+        consistent,
+    };
+    let response = ask(endpoint, &request).await?;
+    let code = match &response {
+        Response::Value { entry: Some(_), .. } => 0,
+        _ => 1,
+    };
+    if out.json {
+        print_json(&json!({ "map": map, "key": key, "response": response }))?;
+        return Ok(code);
+    }
+    match response {
+        Response::Value {
+            entry,
+            version,
+            freshness,
+            ..
+        } => {
+            let note = freshness_note(&freshness);
+            match entry {
+                Some(e) => {
+                    println_checked(&e.value)?;
+                    eprintln!(
+                        "{map}/{key}: written at map version {}; map version {version}{}",
+                        e.version,
+                        note.map(|n| format!("; {n}")).unwrap_or_default()
+                    );
+                }
+                None => {
+                    return refused(format!(
+                        "{map}: key {key:?} not found (map version {version}){}",
+                        note.map(|n| format!("; {n}")).unwrap_or_default()
+                    ))
+                }
+            }
+        }
+        Response::Error(e) => return refused(refusal_text(endpoint, &e).await),
+        other => return Err(anyhow!("unexpected answer to a get: {other:?}").into()),
+    }
+    Ok(code)
+}
+
+async fn list(
+    endpoint: &Endpoint,
+    out: &Output,
+    map: String,
+    after: Option<String>,
+    limit: u32,
+    consistent: bool,
+) -> Result<u8, Failure> {
+    let request = MapRequest::List {
+        map: map.clone(),
+        after,
+        limit: limit.min(MAX_LIST),
+        consistent,
+    };
+    let response = ask(endpoint, &request).await?;
+    if out.json {
+        let code = u8::from(!matches!(response, Response::Listing { .. }));
+        print_json(&json!({ "map": map, "response": response }))?;
+        return Ok(code);
+    }
+    match response {
+        Response::Listing {
+            version,
+            entries,
+            more,
+            freshness,
+            ..
+        } => {
+            let mut table = Table::new();
+            table.load_preset(presets::UTF8_FULL_CONDENSED);
+            table.set_header(["KEY", "VALUE", "VERSION"]);
+            let last = entries.last().map(|(k, _)| k.clone());
+            for (key, entry) in entries {
+                table.add_row([key, entry.value, entry.version.to_string()]);
+            }
+            println_checked(&table.to_string())?;
+            let mut line = format!("map {map} at version {version}");
+            if let Some(n) = freshness_note(&freshness) {
+                line.push_str(&format!("; {n}"));
+            }
+            if more {
+                if let Some(last) = last {
+                    line.push_str(&format!("; more entries follow: --after {last:?}"));
+                }
+            }
+            println_checked(&line)?;
+            Ok(0)
+        }
+        Response::Error(e) => refused(refusal_text(endpoint, &e).await),
+        other => Err(anyhow!("unexpected answer to a list: {other:?}").into()),
+    }
+}
+
+async fn maps_list(endpoint: &Endpoint, out: &Output) -> Result<u8, Failure> {
+    let response = ask(endpoint, &MapRequest::Maps).await?;
+    if out.json {
+        print_json(&json!({ "response": response }))?;
+        return Ok(0);
+    }
+    match response {
+        Response::Maps { maps, freshness } => {
+            let mut table = Table::new();
+            table.load_preset(presets::UTF8_FULL_CONDENSED);
+            table.set_header(["MAP", "VERSION", "ENTRIES", "STATE"]);
+            for m in maps {
+                table.add_row([
+                    m.name,
+                    m.version.to_string(),
+                    m.entries.to_string(),
+                    if m.live { "live" } else { "dropped" }.to_owned(),
+                ]);
+            }
+            println_checked(&table.to_string())?;
+            if let Some(n) = freshness_note(&freshness) {
+                println_checked(n)?;
+            }
+            Ok(0)
+        }
+        Response::Error(e) => refused(refusal_text(endpoint, &e).await),
+        other => Err(anyhow!("unexpected answer to a list: {other:?}").into()),
+    }
+}
+
+async fn history(
+    endpoint: &Endpoint,
+    out: &Output,
+    map: String,
+    from: u64,
+    limit: u32,
+) -> Result<u8, Failure> {
+    let request = MapRequest::History {
+        map: map.clone(),
+        from,
+        limit: limit.min(MAX_LIST),
+    };
+    let response = ask(endpoint, &request).await?;
+    if out.json {
+        let code = u8::from(!matches!(response, Response::History { .. }));
+        print_json(&json!({ "map": map, "response": response }))?;
+        return Ok(code);
+    }
+    match response {
+        Response::History {
+            first_kept,
+            entries,
+            ..
+        } => {
+            let mut table = Table::new();
+            table.load_preset(presets::UTF8_FULL_CONDENSED);
+            table.set_header(["VERSION", "ID", "OPERATION", "OUTCOME"]);
+            for e in entries {
+                let outcome = match &e.outcome {
+                    Outcome::Applied { .. } => "applied".to_owned(),
+                    Outcome::Rejected { reason, .. } => format!("rejected: {reason}"),
+                };
+                table.add_row([
+                    e.version.to_string(),
+                    e.id.to_string(),
+                    op_text(&e.op),
+                    outcome,
+                ]);
+            }
+            println_checked(&table.to_string())?;
+            if first_kept > from {
+                println_checked(&format!(
+                    "versions before {first_kept} were compacted on this server"
+                ))?;
+            }
+            Ok(0)
+        }
+        Response::Error(e) => refused(refusal_text(endpoint, &e).await),
+        other => Err(anyhow!("unexpected answer to a history: {other:?}").into()),
+    }
+}
+
+/// The `key: value` pairs of a YAML file, values as text.
+fn read_entries(file: &PathBuf) -> Result<Vec<(String, String)>, Failure> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let doc: BTreeMap<String, serde_yaml::Value> =
+        serde_yaml::from_str(&text).map_err(|e| Failure {
+            code: 2,
+            error: anyhow!(
+                "{}: expected one mapping of keys to values (`key: value` lines): {e}",
+                file.display()
+            ),
+        })?;
+    let mut entries = Vec::with_capacity(doc.len());
+    for (key, value) in doc {
+        let value = match value {
+            serde_yaml::Value::String(s) => s,
+            serde_yaml::Value::Number(n) => n.to_string(),
+            serde_yaml::Value::Bool(b) => b.to_string(),
+            _ => {
+                return usage(format!(
+                    "{}: key {key:?}: expected a text, number or boolean value",
+                    file.display()
+                ))
+            }
+        };
+        entries.push((key, value));
+    }
+    Ok(entries)
+}
+
+/// Splits the load into updates: the first creates (or replaces) the map
+/// when needed; each stays under `max_ops` and the frame's bytes.
+fn batches(first: Vec<Op>, entries: &[(String, String)], max_ops: usize) -> Vec<Vec<Op>> {
+    let mut out = Vec::new();
+    let mut bytes: usize = first.iter().map(Op::counted_bytes).sum();
+    let mut cur = first;
+    for (key, value) in entries {
+        let n = key.len() + value.len() + OP_OVERHEAD;
+        if !cur.is_empty() && (cur.len() >= max_ops || bytes + n > MAX_LOAD_BYTES) {
+            out.push(std::mem::take(&mut cur));
+            bytes = 0;
+        }
+        bytes += n;
+        cur.push(Op::Set {
+            key: key.clone(),
+            value: value.clone(),
+        });
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+async fn load(
+    endpoint: &Endpoint,
+    out: &Output,
+    map: String,
+    file: PathBuf,
+    replace: bool,
+    chunk: Option<usize>,
+) -> Result<u8, Failure> {
+    let entries = read_entries(&file)?;
+    for (key, value) in &entries {
+        if let Err(e) = (Op::Set {
+            key: key.clone(),
+            value: value.clone(),
+        })
+        .validate()
+        {
+            return usage(format!("{}: key {key:?}: {e}", file.display()));
+        }
+    }
+    let exists = match ask(endpoint, &MapRequest::Maps).await? {
+        Response::Maps { maps, .. } => maps.iter().any(|m| m.name == map && m.live),
+        Response::Error(e) => return refused(refusal_text(endpoint, &e).await),
+        other => return Err(anyhow!("unexpected answer to a list: {other:?}").into()),
+    };
+    let first = match (exists, replace) {
+        (true, true) => vec![Op::DropMap, Op::CreateMap],
+        (true, false) => Vec::new(),
+        (false, _) => vec![Op::CreateMap],
+    };
+    let max_ops = chunk.unwrap_or(MAX_BATCH_OPS).clamp(1, MAX_BATCH_OPS);
+    let batches = batches(first, &entries, max_ops);
+    if chunk.is_none() && batches.len() > 1 {
+        return usage(format!(
+            "{} holds {} entries, more than one atomic update carries (at most {MAX_BATCH_OPS} \
+             entries and about {} KiB); load it in batches with --chunk N (each batch atomic on \
+             its own)",
+            file.display(),
+            entries.len(),
+            MAX_LOAD_BYTES / 1024
+        ));
+    }
+    let bar = (std::io::stderr().is_terminal() && !out.json && batches.len() > 1).then(|| {
+        let bar = ProgressBar::new(entries.len() as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed}] {bar:30} {pos}/{len} entries  {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(100));
+        bar
+    });
+    let total = batches.len();
+    let mut last_version = 0;
+    let mut loaded = 0usize;
+    for (i, ops) in batches.into_iter().enumerate() {
+        let sets = ops.iter().filter(|op| matches!(op, Op::Set { .. })).count();
+        let id = new_id()?;
+        let request = MapRequest::Update(Update {
+            id,
+            map: map.clone(),
+            op: Op::Batch(ops),
+        });
+        let mut tries = 0;
+        let response = loop {
+            let response = ask(endpoint, &request).await?;
+            match response {
+                // Safe to send again: the id makes a second application
+                // impossible, and the answer is the first outcome.
+                Response::Unknown { .. } | Response::Error(RequestError::Interrupted)
+                    if tries < LOAD_RETRIES =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                other => break other,
+            }
+        };
+        let failed = |why: String| {
+            let done = if i == 0 {
+                "nothing was loaded".to_owned()
+            } else {
+                format!("batches 1 to {i} of {total} ({loaded} entries) were loaded")
+            };
+            format!("{map}: batch {} of {total}: {why}; {done}", i + 1)
+        };
+        match response {
+            Response::Outcome { outcome, .. } => match outcome {
+                Outcome::Applied { version } => last_version = version,
+                Outcome::Rejected { .. } => {
+                    if let Some(bar) = &bar {
+                        bar.abandon();
+                    }
+                    return refused(failed(outcome.to_string()));
+                }
+            },
+            Response::Unknown { id } => {
+                if let Some(bar) = &bar {
+                    bar.abandon();
+                }
+                return refused(failed(unknown_text(
+                    endpoint,
+                    &map,
+                    id,
+                    "membership changes kept interrupting the batch",
+                )));
+            }
+            Response::Error(e) => {
+                if let Some(bar) = &bar {
+                    bar.abandon();
+                }
+                return refused(failed(refusal_text(endpoint, &e).await));
+            }
+            other => return Err(anyhow!("unexpected answer to an update: {other:?}").into()),
+        }
+        loaded += sets;
+        if let Some(bar) = &bar {
+            bar.set_position(loaded as u64);
+        }
+    }
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    if out.json {
+        print_json(&json!({
+            "map": map,
+            "entries": loaded,
+            "batches": total,
+            "atomic": total == 1,
+            "version": last_version,
+        }))?;
+    } else {
+        println_checked(&format!(
+            "{map}: loaded {loaded} entries in {total} {} ({}), map version {last_version}",
+            if total == 1 { "update" } else { "updates" },
+            if total == 1 {
+                "atomic"
+            } else {
+                "each batch atomic"
+            },
+        ))?;
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_respect_count_and_bytes() {
+        let entries: Vec<(String, String)> =
+            (0..25).map(|i| (format!("k{i}"), "v".to_owned())).collect();
+        let b = batches(vec![Op::CreateMap], &entries, 10);
+        assert_eq!(b.len(), 3);
+        assert_eq!(b[0][0], Op::CreateMap);
+        assert_eq!(b.iter().map(Vec::len).sum::<usize>(), 26);
+        let big: Vec<(String, String)> = (0..40)
+            .map(|i| (format!("k{i}"), "x".repeat(60_000)))
+            .collect();
+        let b = batches(Vec::new(), &big, MAX_BATCH_OPS);
+        assert!(b.len() >= 3);
+        assert!(parse_id(&"0".repeat(31)).is_err());
+        assert_eq!(parse_id(&format!("{:032x}", 7)).unwrap(), UpdateId(7));
+    }
+}
