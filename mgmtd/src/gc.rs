@@ -288,20 +288,21 @@ pub async fn start(
     }
     let (handle, events) = Runtime::start(runtime_config).await?;
     let me = member(handle.pid());
-    handle
-        .join_group(MGMT_GROUP)
-        .await
-        .map_err(|e| GcError::Join(e.to_string()))?;
-    if config.maps.enabled() {
-        // Joined now, before the first view with the others forms: the maps
-        // servers take part in the state exchange of every node view, and a
-        // member that joined the group after the view was installed would
-        // miss the others' states and never settle.
-        handle
-            .join_group(crate::maps::MAPS_GROUP)
-            .await
-            .map_err(|e| GcError::Join(format!("{}: {e}", crate::maps::MAPS_GROUP)))?;
-    }
+    // The maps group is joined now, with mgmt (both commands reach the
+    // driver in the same wake-up), before the first view with the others
+    // forms: the maps servers take part in the state exchange of every node
+    // view, and a join that misses the view change is lost (see
+    // maps/gate.rs).
+    let maps_join = async {
+        if config.maps.enabled() {
+            handle.join_group(crate::maps::MAPS_GROUP).await
+        } else {
+            Ok(())
+        }
+    };
+    let (mgmt, maps) = tokio::join!(handle.join_group(MGMT_GROUP), maps_join);
+    mgmt.map_err(|e| GcError::Join(e.to_string()))?;
+    maps.map_err(|e| GcError::Join(format!("{}: {e}", crate::maps::MAPS_GROUP)))?;
     tracing::info!(%me, addr = %handle.local_addr(), "group-communication runtime started");
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
     let routes = Routes::default();

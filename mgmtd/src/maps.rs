@@ -51,6 +51,9 @@ const EVENT_QUEUE: usize = 4096;
 const INPUT_QUEUE: usize = 8192;
 /// Most events handed to the server in one batch (one fsync).
 const MAX_BATCH: usize = 4096;
+/// How long a process missing from the maps group of a view waits for a
+/// view change to repair it before it joins again.
+const REJOIN_DELAY: Duration = Duration::from_secs(1);
 /// How often the pump looks at a held view when no event comes.
 const GATE_POLL: Duration = Duration::from_millis(200);
 /// How often control messages gc-core refused are sent again.
@@ -259,41 +262,59 @@ async fn pump(mut events: mpsc::Receiver<Event>, input: mpsc::Sender<Input>, han
             }
         };
         let mut batch = Vec::new();
-        let mut rejoin = false;
+        let mut todo = Vec::new();
         match first {
             Some(event) => {
-                rejoin |= gate.on_event(event, Instant::now(), &mut batch) == gate::Todo::Rejoin;
+                todo.push(gate.on_event(event, Instant::now(), &mut batch));
                 while batch.len() < MAX_BATCH {
                     match events.try_recv() {
-                        Ok(event) => {
-                            rejoin |= gate.on_event(event, Instant::now(), &mut batch)
-                                == gate::Todo::Rejoin;
-                        }
+                        Ok(event) => todo.push(gate.on_event(event, Instant::now(), &mut batch)),
                         Err(_) => break,
                     }
                 }
             }
-            None => rejoin = gate.timeout(Instant::now()) == gate::Todo::Rejoin,
+            None => todo.push(gate.timeout(Instant::now())),
         }
-        if rejoin {
-            tracing::warn!(
-                "this daemon is not in the maps group of the new view (it joined while the \
-                 view was forming): joining again"
-            );
-            let handle = handle.clone();
-            tokio::spawn(async move {
-                let again = async {
-                    handle.leave_group(MAPS_GROUP).await?;
-                    handle.join_group(MAPS_GROUP).await
-                };
-                if let Err(e) = again.await {
-                    tracing::error!("cannot join the maps group again: {e}");
-                }
-            });
+        for t in todo {
+            if let gate::Todo::Rejoin(view) = t {
+                tokio::spawn(rejoin(handle.clone(), view));
+            }
         }
         if !batch.is_empty() && input.send(Input::Events(batch)).await.is_err() {
             return;
         }
+    }
+}
+
+/// Leaves and joins the maps group again if the view is still `view` after
+/// a moment (see [`gate`]).
+async fn rejoin(handle: Handle, view: gc_core::ViewId) {
+    tokio::time::sleep(REJOIN_DELAY).await;
+    for _ in 0..50 {
+        let now = match handle.view().await {
+            Ok(now) => now,
+            Err(_) => return,
+        };
+        if now.id != view {
+            // The next view took the intent into its group membership.
+            return;
+        }
+        if !now.changing {
+            tracing::warn!(
+                %view,
+                "this daemon is not in the maps group of the view (its join came while the view \
+                 was forming): joining again"
+            );
+            let again = async {
+                handle.leave_group(MAPS_GROUP).await?;
+                handle.join_group(MAPS_GROUP).await
+            };
+            if let Err(e) = again.await {
+                tracing::error!("cannot join the maps group again: {e}");
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -330,7 +330,7 @@ async fn reachable(endpoint: &Endpoint, members: &[gc_core::Pid]) -> String {
         .collect();
     shown.sort();
     if shown.is_empty() {
-        "no other host".to_owned()
+        "no host yet (it has not formed a view with the others)".to_owned()
     } else {
         shown.join(", ")
     }

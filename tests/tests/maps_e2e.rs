@@ -42,6 +42,15 @@ fn maps_fleet(n: usize) -> Result<Fleet, Error> {
     Ok(fleet)
 }
 
+/// Every daemon's log, for a failed test.
+fn logs(fleet: &Fleet) -> String {
+    fleet
+        .daemons
+        .iter()
+        .map(|d| format!("--- {}:\n{}", d.name, d.log()))
+        .collect()
+}
+
 /// Runs `monitor ARGS` against daemon `i` until it exits 0, at most `limit`.
 fn until_ok(fleet: &Fleet, i: usize, args: &[&str], limit: Duration) -> Result<Output, Error> {
     let deadline = Instant::now() + limit;
@@ -52,10 +61,10 @@ fn until_ok(fleet: &Fleet, i: usize, args: &[&str], limit: Duration) -> Result<O
         }
         if Instant::now() > deadline {
             return Err(format!(
-                "monitor {args:?} on {} never succeeded; last:\n{}\nlog:\n{}",
+                "monitor {args:?} on {} never succeeded; last:\n{}\nlogs:\n{}",
                 fleet.daemons[i].name,
                 text(&output),
-                fleet.daemons[i].log()
+                logs(fleet)
             )
             .into());
         }
@@ -382,15 +391,13 @@ fn load_atomic_and_chunked_and_render_to_files() -> TestResult {
         .collect();
     std::fs::write(&file, yaml)?;
     let file_arg = file.to_string_lossy().to_string();
-    let deadline = Instant::now() + SETTLE;
-    let report = loop {
-        let (code, json) = fleet.monitor_json(0, &["map", "load", "hosts", &file_arg])?;
-        if code == 0 {
-            break json;
-        }
-        assert!(Instant::now() < deadline, "load never succeeded: {json}");
-        std::thread::sleep(Duration::from_millis(300));
-    };
+    let output = until_ok(
+        &fleet,
+        0,
+        &["--json", "map", "load", "hosts", &file_arg],
+        SETTLE,
+    )?;
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout)?;
     assert_eq!(report["entries"], 300, "{report}");
     assert_eq!(report["atomic"], true, "{report}");
 

@@ -12,9 +12,13 @@
 //!
 //! - learns whether this process is in the group: gc-core emits the group
 //!   view of each group a process belongs to right after the regular view,
-//!   so the event after the view says it; if it is not, the process leaves
-//!   and joins again (agreed order: every member sees the new group view at
-//!   the same point of the view's total order);
+//!   so the event after the view says it; if it is not, and the view is
+//!   still the same a moment later (a view change takes the process's
+//!   intent into the next group membership and repairs it, while a leave
+//!   landing in the next view would do harm), the process leaves and joins
+//!   again (agreed order: every member sees the new group view at the same
+//!   point of the view's total order). A view change between that check and
+//!   the leave is a window left open;
 //! - forwards the view (and what came after it) only once a group view of
 //!   this view holds every member. Every member does the same, so the
 //!   states are multicast after the last join and reach every member.
@@ -47,8 +51,9 @@ struct Held {
 pub(super) enum Todo {
     /// Nothing.
     Nothing,
-    /// Leave and join the `maps` group again: this process is not in it.
-    Rejoin,
+    /// Leave and join the `maps` group again: this process is not in it
+    /// in this view.
+    Rejoin(ViewId),
 }
 
 pub(super) struct Gate {
@@ -96,9 +101,9 @@ impl Gate {
             }
         }
         match self.expect {
-            Some((_, at)) if now.duration_since(at) > MEMBERSHIP_WAIT => {
+            Some((view, at)) if now.duration_since(at) > MEMBERSHIP_WAIT => {
                 self.expect = None;
-                Todo::Rejoin
+                Todo::Rejoin(view)
             }
             _ => Todo::Nothing,
         }
@@ -111,7 +116,7 @@ impl Gate {
             let member = matches!(&event, Event::GroupView { group, id, members }
                 if *group == self.group && id.view == view && members.contains(&self.me));
             if !member {
-                todo = Todo::Rejoin;
+                todo = Todo::Rejoin(view);
             }
         }
         match event {
@@ -221,10 +226,9 @@ mod tests {
         let (id, v) = view(&[a, b]);
         gate.on_event(v, now, &mut out);
         // The next event is not this process's group view.
-        assert_eq!(gate.on_event(Event::Left, now, &mut out), Todo::Rejoin);
+        assert_eq!(gate.on_event(Event::Left, now, &mut out), Todo::Rejoin(id));
         let mut gate = Gate::new(b, "maps");
         gate.on_event(view(&[a, b]).1, now, &mut Vec::new());
-        assert_eq!(gate.timeout(now + MEMBERSHIP_WAIT * 2), Todo::Rejoin);
-        let _ = id;
+        assert_eq!(gate.timeout(now + MEMBERSHIP_WAIT * 2), Todo::Rejoin(id));
     }
 }

@@ -87,7 +87,7 @@ async fn update(endpoint: &Endpoint, map: &str, id: UpdateId, op: Op) -> Result<
 
 /// `total` updates with `concurrency` outstanding; the latencies.
 async fn run_updates(
-    endpoint: &Endpoint,
+    endpoints: &[Endpoint],
     map: &str,
     total: usize,
     concurrency: usize,
@@ -97,9 +97,9 @@ async fn run_updates(
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..concurrency {
+    for t in 0..concurrency {
         let next = next.clone();
-        let endpoint = endpoint.clone();
+        let endpoint = endpoints[t % endpoints.len()].clone();
         let map = map.to_owned();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
@@ -213,8 +213,15 @@ fn main() -> Result<(), Error> {
             } else {
                 updates
             };
-            let (elapsed, lat) =
-                run_updates(&endpoint, "bench", n, concurrency, 1, base + round).await?;
+            let (elapsed, lat) = run_updates(
+                std::slice::from_ref(&endpoint),
+                "bench",
+                n,
+                concurrency,
+                1,
+                base + round,
+            )
+            .await?;
             round += 1;
             println!(
                 "| {concurrency} | set | {:.0} | {} | {} |",
@@ -225,8 +232,15 @@ fn main() -> Result<(), Error> {
         }
         for concurrency in [1usize, 16] {
             let n = (updates / 100).max(20);
-            let (elapsed, lat) =
-                run_updates(&endpoint, "bench", n, concurrency, 100, base + round).await?;
+            let (elapsed, lat) = run_updates(
+                std::slice::from_ref(&endpoint),
+                "bench",
+                n,
+                concurrency,
+                100,
+                base + round,
+            )
+            .await?;
             round += 1;
             println!(
                 "| {concurrency} | batch of 100 sets | {:.0} keys/s ({:.0} updates/s) | {} | {} |",
@@ -236,6 +250,19 @@ fn main() -> Result<(), Error> {
                 ms(percentile(&lat, 99.0))
             );
         }
+
+        // The same with the clients spread over the five daemons (updates
+        // reach the primary server forwarded).
+        let all: Vec<Endpoint> = (0..5)
+            .map(|i| Endpoint::Unix(fleet.daemons[i].socket()))
+            .collect();
+        let (elapsed, lat) = run_updates(&all, "bench", updates, 256, 1, base + round).await?;
+        println!(
+            "| 256 over 5 daemons | set | {:.0} | {} | {} |",
+            updates as f64 / elapsed.as_secs_f64(),
+            ms(percentile(&lat, 50.0)),
+            ms(percentile(&lat, 99.0))
+        );
 
         println!("\n## queries (one connection per request, round trip)\n");
         println!("| query | p50 | p99 |");
@@ -294,7 +321,7 @@ fn main() -> Result<(), Error> {
         fleet.wait_members(0, 4, Duration::from_secs(30))?;
         let before = catchup_bytes(&fleet);
         let (elapsed, _) =
-            run_updates(&endpoint, "bench", missed, 256, 1, base + 1000).await?;
+            run_updates(std::slice::from_ref(&endpoint), "bench", missed, 256, 1, base + 1000).await?;
         let target = version(&endpoint, "bench").await;
         let payload_bytes: usize = (0..missed)
             .map(|i| format!("k{i}").len() + format!("value-{i}").len())
