@@ -6,8 +6,8 @@ use crate::trace::{GroupViewId, TraceEvent, TraceRecord};
 use crate::types::{digest, ConfId, Level, MsgId, NodeId, Pid, Time, ViewId};
 use crate::wire::{
     self, AckFrame, DataFrame, DataKind, DatagramBuilder, DecodeError, Frame, HelloFrame,
-    InstallFrame, JoinFrame, JoinState, NackFrame, OldView, MAX_GROUPS_PER_NODE, MAX_MEMBERS,
-    MAX_NACK_SPAN,
+    InstallFrame, JoinFrame, JoinState, NackFrame, OldView, SummaryFrame, MAX_GROUPS_PER_NODE,
+    MAX_MEMBERS, MAX_NACK_SPAN,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -67,8 +67,17 @@ pub struct Config {
     /// runtime's throughput benchmark (BENCHMARKS.md). Left at zero until
     /// the simulator's liveness runs are checked with it.
     pub nack_grace: Duration,
-    /// How long an acknowledgement may wait for other traffic to ride on.
+    /// How long an urgent acknowledgement may wait for other traffic to
+    /// ride on.
     pub ack_delay: Duration,
+    /// In views of at least this many members, urgent acknowledgements go
+    /// to the view's hub (its smallest member) alone, which relays them to
+    /// everyone in one summary: 2 (N - 1) datagrams instead of N (N - 1),
+    /// for one more hop. `usize::MAX` turns the hub off.
+    pub ack_hub_from: usize,
+    /// At the hub: how long news that leaves messages undeliverable may
+    /// wait for more acks before it is relayed.
+    pub summary_delay: Duration,
     /// Record a [`TraceRecord`] stream for the checker.
     pub trace: bool,
     /// Seed of the process's random choices (retransmission sources).
@@ -113,6 +122,8 @@ impl Config {
             nack_interval: Duration::from_millis(10),
             nack_grace: Duration::ZERO,
             ack_delay: Duration::ZERO,
+            ack_hub_from: 5,
+            summary_delay: Duration::from_millis(1),
             trace: false,
             rng_seed: 0,
             bug: None,
@@ -368,7 +379,15 @@ pub struct Node {
     refusals: BTreeMap<SocketAddr, Time>,
     leaving: bool,
     ack_pending: bool,
+    /// The pending ack is owed because someone may be waiting for it.
+    ack_urgent: bool,
     ack_due: Time,
+    /// The clock the other members know this process to have passed in the
+    /// current view (from its acks and its own messages' timestamps): a
+    /// frame at or below it needs no acknowledgement for their agreed order.
+    announced_clock: u64,
+    /// Frames received in the current view since the last ack.
+    unacked_frames: u64,
     next_heartbeat: Time,
     next_discovery: Time,
     out: Vec<(Dest, Arc<Vec<u8>>)>,
@@ -442,7 +461,10 @@ impl Node {
             refusals: BTreeMap::new(),
             leaving: false,
             ack_pending: false,
+            ack_urgent: false,
             ack_due: Time::NEVER,
+            announced_clock: 0,
+            unacked_frames: 0,
             next_heartbeat: now,
             next_discovery: now,
             out: Vec::new(),
@@ -546,7 +568,7 @@ impl Node {
         self.advance(now);
         if self.transmits.is_empty() {
             if self.ack_pending && self.ack_due <= now {
-                self.send_ack();
+                self.send_ack(false);
             }
             self.assemble();
         }
@@ -902,6 +924,7 @@ impl Node {
         match frame {
             Frame::Data(d) => d.view == self.cur.id,
             Frame::Ack(a) => a.view == self.cur.id,
+            Frame::Summary(m) => m.view == self.cur.id,
             Frame::Hello(h) => h.view == self.cur.id,
             Frame::Nack(_) | Frame::Leave { .. } => false,
             Frame::Join(_)
@@ -944,6 +967,7 @@ impl Node {
         match frame {
             Frame::Data(d) => self.on_data(from, d),
             Frame::Ack(a) => self.on_ack(from, a),
+            Frame::Summary(m) => self.on_summary(from, m),
             Frame::Nack(n) => self.on_nack(from, n),
             Frame::Hello(h) => self.on_hello(from, h),
             Frame::Join(j) => self.on_join(from, Arc::from(j)),
@@ -981,14 +1005,30 @@ impl Node {
             return;
         }
         let ts = d.ts;
+        let level = d.level;
         let is_current = d.view == self.cur.id;
         match streams.insert(s, Arc::new(d), self.now) {
             Received::New => {
                 if is_current {
                     self.clock = self.clock.max(ts);
-                    self.ack_pending = true;
-                    if self.ack_due == Time::NEVER || self.ack_due < self.now {
-                        self.ack_due = self.now.plus(self.cfg.ack_delay);
+                    self.unacked_frames += 1;
+                    // Acknowledging every frame to every member made one hop
+                    // cost N x (N - 1) datagrams. An ack is urgent only when
+                    // someone may be waiting for it: a safe message needs
+                    // every member's `contig`, an agreed one every member's
+                    // promise past its timestamp (one already announced does
+                    // not need repeating), and the sender's flow-control
+                    // window needs stability before it fills. The rest waits
+                    // for the heartbeat or rides on the next data datagram.
+                    let urgent = match level {
+                        Level::Safe => true,
+                        Level::Agreed => ts > self.announced_clock,
+                        Level::Fifo | Level::Causal => false,
+                    } || self.unacked_frames >= (self.cfg.window / 4).max(1);
+                    if urgent && self.hub() == Some(self.me) {
+                        self.hub_summarize();
+                    } else {
+                        self.want_ack(urgent);
                     }
                 }
             }
@@ -1004,8 +1044,57 @@ impl Node {
             return;
         }
         if let Some(q) = self.cur.streams.index_of(from) {
-            self.clock = self.clock.max(a.clock);
+            // The clock is not raised to the ack's: causality only needs it
+            // above the messages received, and raising it spread the
+            // timestamps of concurrent messages (answers to one question),
+            // so each of them needed an ack round of its own.
             self.cur.streams.on_ack(q, &a, self.now);
+            if self.hub() == Some(self.me) && self.cur.streams.hub_news(self.cfg.window) {
+                self.hub_summarize();
+            }
+        }
+    }
+
+    fn on_summary(&mut self, from: Pid, m: SummaryFrame) {
+        self.max_counter = self.max_counter.max(m.view.counter);
+        if m.view != self.cur.id {
+            self.foreign_traffic(from, m.view);
+            return;
+        }
+        // Any member's summary is made of acks it received; the hub's is
+        // the one that comes.
+        if self.cur.streams.index_of(from).is_some() {
+            self.cur.streams.on_summary(&m, self.now);
+        }
+    }
+
+    /// At the hub, news the others may be waiting for (a promise, its own
+    /// or relayed): at once when every agreed or safe message received so
+    /// far is past every floor (a lone message waits for nothing). While promises are
+    /// still coming in for a burst of concurrent messages, a summary per
+    /// ack would cost more than the others gain: they are gathered for up
+    /// to `summary_delay`, and the last promise of the burst sends them.
+    fn hub_summarize(&mut self) {
+        let streams = &self.cur.streams;
+        if streams.others_floor() >= streams.max_total_ts {
+            self.want_ack(true);
+        } else {
+            self.ack_pending = true;
+            self.ack_urgent = true;
+            let due = self.now.plus(self.cfg.summary_delay);
+            if due < self.ack_due {
+                self.ack_due = due;
+            }
+        }
+    }
+
+    /// The member that relays urgent acks in this view, if the view is
+    /// large enough to have one.
+    fn hub(&self) -> Option<Pid> {
+        if self.cur.members.len() >= self.cfg.ack_hub_from.max(3) {
+            self.cur.members.first().copied()
+        } else {
+            None
         }
     }
 
@@ -1735,6 +1824,8 @@ impl Node {
         self.queued_bytes = self.send_queue.iter().map(|o| o.payload.len()).sum();
         self.ack_pending = true;
         self.ack_due = now;
+        self.announced_clock = 0;
+        self.unacked_frames = 0;
         self.next_heartbeat = now;
         if !self.pending_merge.is_empty() {
             let merge: Vec<Pid> = std::mem::take(&mut self.pending_merge)
@@ -1753,6 +1844,16 @@ impl Node {
         if !matches!(self.phase, Phase::Operational) {
             return;
         }
+        let sent_any = self.pump_frames();
+        if sent_any && self.ack_pending {
+            // The ack rides in the data's datagrams instead of its own.
+            self.send_ack(true);
+        }
+    }
+
+    /// True when at least one frame went out.
+    fn pump_frames(&mut self) -> bool {
+        let mut sent_any = false;
         let frag_payload = self.cfg.max_datagram.saturating_sub(160).max(64);
         loop {
             let me_idx = self.cur.streams.me;
@@ -1763,10 +1864,10 @@ impl Node {
                 .get(me_idx)
                 .map_or(1, |s| s.contig + 1);
             if next_seq.saturating_sub(self.cur.streams.stable(me_idx)) > self.cfg.window {
-                return;
+                return sent_any;
             }
             let Some(head) = self.send_queue.front_mut() else {
-                return;
+                return sent_any;
             };
             let count = head.payload.len().div_ceil(frag_payload).max(1) as u32;
             let (ts, first) = match head.started {
@@ -1812,7 +1913,11 @@ impl Node {
             let members = self.cur.members.clone();
             self.queue_to_members(&members, &wire_frame);
             self.cur.streams.insert(me_idx, Arc::new(frame), self.now);
-            self.ack_pending = true;
+            sent_any = true;
+            // Its receivers take the frame as this process's floor: the
+            // message's timestamp once its last fragment is out.
+            let floor = if done { ts } else { ts.saturating_sub(1) };
+            self.announced_clock = self.announced_clock.max(floor);
             if done {
                 if let Some(o) = self.send_queue.pop_front() {
                     self.queued_bytes = self.queued_bytes.saturating_sub(o.payload.len());
@@ -1903,23 +2008,60 @@ impl Node {
         }
     }
 
-    fn send_ack(&mut self) {
+    /// An ack is owed: soon when `urgent`, else with the next heartbeat
+    /// (or the next data datagram, whichever comes first).
+    fn want_ack(&mut self, urgent: bool) {
+        self.ack_pending = true;
+        self.ack_urgent |= urgent;
+        let due = if urgent {
+            self.now.plus(self.cfg.ack_delay)
+        } else {
+            self.next_heartbeat
+        };
+        if due < self.ack_due {
+            self.ack_due = due;
+        }
+    }
+
+    /// Sends the ack: to every member, or only to the hub when it is urgent
+    /// and no heartbeat is due (`to_all` false). The hub adds its summary.
+    fn send_ack(&mut self, to_all: bool) {
+        let hub = self.hub();
+        let only_hub = !to_all
+            && self.ack_urgent
+            && self.now < self.next_heartbeat
+            && hub.is_some_and(|h| h != self.me);
         self.ack_pending = false;
+        self.ack_urgent = false;
         self.ack_due = Time::NEVER;
-        self.next_heartbeat = self.now.plus(self.cfg.heartbeat_interval);
+        self.unacked_frames = 0;
+        if !only_hub {
+            self.next_heartbeat = self.now.plus(self.cfg.heartbeat_interval);
+        }
         if !matches!(self.phase, Phase::Operational) || self.cur.members.len() < 2 {
             return;
         }
         let me_idx = self.cur.streams.me;
         let sent = self.cur.streams.senders.get(me_idx).map_or(0, |s| s.contig);
+        let clock = self.my_floor();
+        self.announced_clock = self.announced_clock.max(clock);
         let frame = Frame::Ack(AckFrame {
             view: self.cur.id,
-            clock: self.my_floor(),
+            clock,
             sent,
             contig: self.cur.streams.contig_vector(),
         });
-        let members = self.cur.members.clone();
-        self.queue_to_members(&members, &frame);
+        match hub {
+            Some(h) if only_hub => self.queue_frame(Dest::Pid(h), &frame),
+            _ => {
+                let members = self.cur.members.clone();
+                self.queue_to_members(&members, &frame);
+                if hub == Some(self.me) {
+                    let summary = Frame::Summary(self.cur.streams.summary(sent, clock));
+                    self.queue_to_members(&members, &summary);
+                }
+            }
+        }
     }
 
     fn send_hellos(&mut self) {
@@ -1968,7 +2110,7 @@ impl Node {
             return;
         }
         if now >= self.next_heartbeat {
-            self.send_ack();
+            self.send_ack(true);
         }
     }
 
