@@ -95,7 +95,7 @@ fn percentile(v: &mut [u64], p: f64) -> u64 {
 /// Datagrams per delivered message and agreed latency with no faults.
 fn figures() {
     println!("fault-free costs (one-way delay 100 us, 100-byte messages at all four levels, every 5 ms):");
-    for n in [3usize, 5, 9] {
+    for n in [3usize, 5, 9, 16] {
         let cfg = SimConfig::quiet(7, n);
         let delay = cfg.delay_min.as_micros() as f64;
         let out = run(cfg);
@@ -151,13 +151,14 @@ fn main() -> ExitCode {
                 }
                 if args.verbose {
                     println!(
-                        "seed {seed}: nodes {nodes}, views {}, multicasts {}, deliveries {}, datagrams {}, converged after {:?}, faults {:?}, violations {}",
+                        "seed {seed}: nodes {nodes}, views {}, multicasts {}, deliveries {}, datagrams {}, converged after {:?}, faults {:?}, stuck timers {}, violations {}",
                         out.stats.views,
                         out.stats.multicasts,
                         out.stats.deliveries,
                         out.stats.datagrams,
                         out.stats.converged_after,
                         out.stats.faults,
+                        out.stats.stuck_timers,
                         violations.len()
                     );
                 }

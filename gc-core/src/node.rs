@@ -378,6 +378,8 @@ pub struct Node {
     install_replies: BTreeMap<Pid, Time>,
     refusals: BTreeMap<SocketAddr, Time>,
     leaving: bool,
+    /// When the last join went out (see [`Node::next_join_allowed`]).
+    last_join_sent: Time,
     ack_pending: bool,
     /// The pending ack is owed because someone may be waiting for it.
     ack_urgent: bool,
@@ -460,6 +462,7 @@ impl Node {
             install_replies: BTreeMap::new(),
             refusals: BTreeMap::new(),
             leaving: false,
+            last_join_sent: Time::ZERO,
             ack_pending: false,
             ack_urgent: false,
             ack_due: Time::NEVER,
@@ -596,27 +599,30 @@ impl Node {
                 for m in &self.cur.members {
                     if *m != self.me {
                         let heard = self.last_heard.get(m).copied().unwrap_or(self.now);
-                        at(heard.plus(self.cfg.suspect_timeout));
+                        at(heard.plus(self.hb_timer(self.cfg.suspect_timeout)));
                     }
                 }
             }
             Phase::Gather(g) => {
-                at(g.next_send);
-                at(g.last_change.plus(self.cfg.consensus_timeout));
+                at(g.next_send.max(self.next_join_allowed()));
+                at(g.last_change
+                    .plus(self.vc_timer(self.cfg.consensus_timeout)));
+                let join_timeout = self.vc_timer(self.cfg.join_timeout);
                 for (p, added) in &g.added {
                     if *p != self.me && !g.fail_set.contains(p) {
                         let heard = g.heard.get(p).copied().unwrap_or(*added);
-                        at(heard.plus(self.cfg.join_timeout));
+                        at(heard.plus(join_timeout));
                     }
                 }
-                let startup = self.started.plus(self.cfg.startup_wait);
-                if self.cur.id.counter == 0 && self.now < startup {
-                    at(startup);
+                if let Some(startup) = self.startup_deadline(g) {
+                    if self.now < startup {
+                        at(startup);
+                    }
                 }
             }
             Phase::Installing(i) => {
                 at(i.next_send);
-                at(i.started.plus(self.cfg.install_timeout));
+                at(i.started.plus(self.vc_timer(self.cfg.install_timeout)));
             }
         }
         for st in &self.cur.streams.senders {
@@ -1147,7 +1153,7 @@ impl Node {
         // Only for a while: a forged or corrupted attempt number must not
         // silence a process for good.
         if let Some((seen, at)) = self.join_attempts.get(&from) {
-            if *seen > j.attempt && self.now.since(*at) < self.cfg.join_timeout {
+            if *seen > j.attempt && self.now.since(*at) < self.vc_timer(self.cfg.join_timeout) {
                 self.counters.drop_stale_join += 1;
                 return;
             }
@@ -1239,8 +1245,8 @@ impl Node {
         if self.install_replies.get(&to).is_some_and(|t| *t > now) {
             return;
         }
-        self.install_replies
-            .insert(to, now.plus(self.cfg.join_interval));
+        let interval = self.vc_timer(self.cfg.join_interval);
+        self.install_replies.insert(to, now.plus(interval));
         self.queue_frame(Dest::Pid(to), &Frame::Install(Box::new((*inst).clone())));
         if inst.view == self.cur.id && inst.primary_attempt.is_some() && self.cur.primary.is_some()
         {
@@ -1402,6 +1408,73 @@ impl Node {
         self.queue_to_members(&proc_set, &frame);
     }
 
+    /// How many times the configured view-change timers to use. A round of
+    /// a view change costs each process O(n) datagrams and the group
+    /// O(n²); on a few shared cores a round of 32 processes outlasted the
+    /// fixed timers, so processes failed each other and views churned
+    /// through singletons. Up to 15 processes the timers are as
+    /// configured, then they grow with n / 8. n counts the failed
+    /// candidates too, so that it never shrinks during a gather (a
+    /// deadline computed with a smaller factor would lie in the past).
+    fn vc_scale(&self) -> u32 {
+        let n = match &self.phase {
+            Phase::Gather(g) => g.proc_set.len(),
+            Phase::Installing(i) => i.install.members.len(),
+            Phase::Operational | Phase::Left => 0,
+        }
+        .max(self.cur.members.len());
+        u32::try_from(n / 8).unwrap_or(u32::MAX).max(1)
+    }
+
+    /// Heartbeats go from every member to every other: at 50 members and
+    /// the default 50 ms that is 49,000 datagrams a second, more than a few
+    /// shared cores can seal and send, and members fell silent for lack of
+    /// CPU. Up to 31 members the heartbeat and suspicion timers are as
+    /// configured, then they grow with n / 16.
+    fn hb_timer(&self, d: Duration) -> Duration {
+        let n = u32::try_from(self.cur.members.len() / 16).unwrap_or(u32::MAX);
+        d.saturating_mul(n.max(1))
+    }
+
+    fn vc_timer(&self, d: Duration) -> Duration {
+        d.saturating_mul(self.vc_scale())
+    }
+
+    /// A change of the sets sends a join at once, but in a large gather
+    /// changes come in bursts (every newcomer, every failure): sending
+    /// each one to everyone at once cost O(n³) datagrams. They are
+    /// coalesced to one join per half a (scaled) join interval.
+    fn next_join_allowed(&self) -> Time {
+        let gap = self
+            .cfg
+            .join_interval
+            .saturating_mul(self.vc_scale().saturating_sub(1))
+            / 2;
+        self.last_join_sent.plus(gap)
+    }
+
+    /// A process that has not formed its first view waits for the peers
+    /// starting with it: until no new candidate appeared for
+    /// `startup_wait`, and at most ten times that from its start.
+    /// Processes started one after another over a few hundred
+    /// milliseconds formed several first views (then merged) when the
+    /// wait counted from each process's own start only.
+    fn startup_deadline(&self, g: &Gather) -> Option<Time> {
+        if self.cur.id.counter != 0 {
+            return None;
+        }
+        let last_added = g
+            .added
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(self.started)
+            .max(self.started);
+        let quiet = last_added.plus(self.cfg.startup_wait);
+        let cap = self.started.plus(self.cfg.startup_wait.saturating_mul(10));
+        Some(quiet.min(cap))
+    }
+
     fn check_consensus(&mut self) {
         let Phase::Gather(g) = &self.phase else {
             return;
@@ -1410,10 +1483,7 @@ impl Node {
         if memb.first() != Some(&self.me) {
             return;
         }
-        if memb.len() == 1
-            && self.cur.id.counter == 0
-            && self.now < self.started.plus(self.cfg.startup_wait)
-        {
+        if self.startup_deadline(g).is_some_and(|d| self.now < d) {
             return;
         }
         let proc_set: Vec<Pid> = g.proc_set.iter().copied().collect();
@@ -1539,13 +1609,17 @@ impl Node {
             .map(|o| o.targets.clone())
             .unwrap_or_default();
         self.cur.streams.set_caps(caps, self.now);
+        // The representative has just sent the install: re-sending is for
+        // later (an install formed while handling a timeout, at the end of
+        // the startup wait, must not leave a deadline at the present).
+        let next_send = self.now.plus(self.vc_timer(self.cfg.join_interval));
         self.phase = Phase::Installing(Installing {
             install: inst,
             gather,
             started: self.now,
             recovered: false,
             acks: BTreeSet::new(),
-            next_send: self.now,
+            next_send,
         });
         self.check_recovered();
     }
@@ -1575,9 +1649,11 @@ impl Node {
         if !complete {
             return;
         }
+        let next_send = self.now.plus(self.vc_timer(self.cfg.join_interval));
         if let Phase::Installing(i) = &mut self.phase {
             i.recovered = true;
-            i.next_send = self.now;
+            // The acknowledgement goes out just below; re-sent later.
+            i.next_send = next_send;
         }
         match &inst.primary_attempt {
             None => self.finish_install(None),
@@ -1952,9 +2028,10 @@ impl Node {
             self.check_consensus();
         }
         if let Phase::Gather(g) = &self.phase {
-            if g.next_send <= self.now {
+            if g.next_send <= self.now && self.next_join_allowed() <= self.now {
                 self.send_join();
-                let interval = self.cfg.join_interval;
+                self.last_join_sent = self.now;
+                let interval = self.vc_timer(self.cfg.join_interval);
                 if let Phase::Gather(g) = &mut self.phase {
                     g.next_send = self.now.plus(interval);
                 }
@@ -2036,7 +2113,7 @@ impl Node {
         self.ack_due = Time::NEVER;
         self.unacked_frames = 0;
         if !only_hub {
-            self.next_heartbeat = self.now.plus(self.cfg.heartbeat_interval);
+            self.next_heartbeat = self.now.plus(self.hb_timer(self.cfg.heartbeat_interval));
         }
         if !matches!(self.phase, Phase::Operational) || self.cur.members.len() < 2 {
             return;
@@ -2093,6 +2170,7 @@ impl Node {
 
     fn operational_timeouts(&mut self) {
         let now = self.now;
+        let suspect_timeout = self.hb_timer(self.cfg.suspect_timeout);
         let suspects: Vec<Pid> = self
             .cur
             .members
@@ -2100,8 +2178,7 @@ impl Node {
             .copied()
             .filter(|m| {
                 *m != self.me
-                    && now.since(self.last_heard.get(m).copied().unwrap_or(now))
-                        >= self.cfg.suspect_timeout
+                    && now.since(self.last_heard.get(m).copied().unwrap_or(now)) >= suspect_timeout
             })
             .collect();
         if !suspects.is_empty() {
@@ -2117,8 +2194,8 @@ impl Node {
     fn gather_timeouts(&mut self) {
         let now = self.now;
         let me = self.me;
-        let cfg_join_timeout = self.cfg.join_timeout;
-        let consensus_timeout = self.cfg.consensus_timeout;
+        let cfg_join_timeout = self.vc_timer(self.cfg.join_timeout);
+        let consensus_timeout = self.vc_timer(self.cfg.consensus_timeout);
         let merge_cooldown = self.cfg.merge_cooldown;
         let Phase::Gather(g) = &mut self.phase else {
             return;
@@ -2165,10 +2242,12 @@ impl Node {
 
     fn installing_timeouts(&mut self) {
         let now = self.now;
+        let install_timeout = self.vc_timer(self.cfg.install_timeout);
+        let resend = self.vc_timer(self.cfg.join_interval);
         let Phase::Installing(i) = &mut self.phase else {
             return;
         };
-        if now.since(i.started) >= self.cfg.install_timeout {
+        if now.since(i.started) >= install_timeout {
             // Drop whoever held the install up, so the next round can
             // succeed without them.
             let inst = i.install.clone();
@@ -2196,7 +2275,7 @@ impl Node {
         if i.next_send > now {
             return;
         }
-        i.next_send = now.plus(self.cfg.join_interval);
+        i.next_send = now.plus(resend);
         let inst = i.install.clone();
         let rep = inst.view.coordinator;
         if rep == self.me {
