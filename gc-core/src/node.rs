@@ -78,6 +78,9 @@ pub struct Config {
     /// At the hub: how long news that leaves messages undeliverable may
     /// wait for more acks before it is relayed.
     pub summary_delay: Duration,
+    /// How long an ack owed when messages were just handed to the
+    /// application waits for the application's answer to ride on.
+    pub reply_grace: Duration,
     /// Record a [`TraceRecord`] stream for the checker.
     pub trace: bool,
     /// Seed of the process's random choices (retransmission sources).
@@ -124,6 +127,7 @@ impl Config {
             ack_delay: Duration::ZERO,
             ack_hub_from: 5,
             summary_delay: Duration::from_millis(1),
+            reply_grace: Duration::from_micros(100),
             trace: false,
             rng_seed: 0,
             bug: None,
@@ -360,6 +364,12 @@ pub struct Node {
     cur: Current,
     retained: VecDeque<Streams>,
     clock: u64,
+    /// The largest timestamp of a data frame received in the current view.
+    /// The clock passes it only when this process promises it in an ack or
+    /// delivers past it: raising the clock on receipt made every answer to
+    /// a question that arrived after another answer carry a larger
+    /// timestamp, and each of those needed an ack round of its own.
+    seen: u64,
     attempt: u64,
     max_counter: u64,
     send_queue: VecDeque<Outgoing>,
@@ -381,6 +391,8 @@ pub struct Node {
     /// When the last join went out (see [`Node::next_join_allowed`]).
     last_join_sent: Time,
     ack_pending: bool,
+    /// The pending ack already waited for an answer (`reply_grace`).
+    ack_postponed: bool,
     /// The pending ack is owed because someone may be waiting for it.
     ack_urgent: bool,
     ack_due: Time,
@@ -448,6 +460,7 @@ impl Node {
             },
             retained: VecDeque::new(),
             clock: 0,
+            seen: 0,
             attempt: 1,
             max_counter: 0,
             send_queue: VecDeque::new(),
@@ -464,6 +477,7 @@ impl Node {
             leaving: false,
             last_join_sent: Time::ZERO,
             ack_pending: false,
+            ack_postponed: false,
             ack_urgent: false,
             ack_due: Time::NEVER,
             announced_clock: 0,
@@ -1016,7 +1030,7 @@ impl Node {
         match streams.insert(s, Arc::new(d), self.now) {
             Received::New => {
                 if is_current {
-                    self.clock = self.clock.max(ts);
+                    self.seen = self.seen.max(ts);
                     self.unacked_frames += 1;
                     // Acknowledging every frame to every member made one hop
                     // cost N x (N - 1) datagrams. An ack is urgent only when
@@ -1710,6 +1724,7 @@ impl Node {
     fn emit_deliveries(&mut self, delivered: Vec<Delivered>, conf: ConfId) {
         let regular = matches!(conf, ConfId::Regular(_));
         for d in delivered {
+            self.clock = self.clock.max(d.ts);
             self.counters.delivered += 1;
             self.record(TraceEvent::Deliver {
                 msg: d.msg,
@@ -1797,7 +1812,7 @@ impl Node {
         let inst = inst_state.install;
         let old_id = self.cur.id;
         let mut out = Vec::new();
-        let floor = self.my_floor();
+        let floor = self.delivery_floor();
         self.cur.streams.deliver(floor, &mut out);
         self.emit_deliveries(out, ConfId::Regular(old_id));
         if old_id.counter != 0 {
@@ -2040,10 +2055,23 @@ impl Node {
         if matches!(self.phase, Phase::Operational) {
             self.pump_sends();
             let mut out = Vec::new();
-            let floor = self.my_floor();
+            let floor = self.delivery_floor();
             self.cur.streams.deliver(floor, &mut out);
             let conf = ConfId::Regular(self.cur.id);
+            let handed = self.events.len();
             self.emit_deliveries(out, conf);
+            if self.events.len() > handed && self.ack_pending && !self.ack_postponed {
+                // The application may answer what it was just handed (a
+                // query, a command): its answer's datagrams would carry
+                // the ack, and taking the answer's timestamp before the
+                // ack's promise keeps concurrent answers on one timestamp
+                // (else each needs an ack round of its own). Once per ack.
+                self.ack_postponed = true;
+                let due = self.now.plus(self.cfg.reply_grace);
+                if self.ack_due < due {
+                    self.ack_due = due;
+                }
+            }
             self.cur.streams.collect_garbage();
             self.pump_sends();
             self.maybe_depart();
@@ -2085,6 +2113,18 @@ impl Node {
         }
     }
 
+    /// This process's own floor when it delivers: any timestamp it has
+    /// seen, since delivering a message raises the clock past it
+    /// ([`Node::emit_deliveries`]), so nothing it sends afterwards can be
+    /// ordered before what it delivered. A message whose fragments are
+    /// still going out keeps its timestamp and holds the floor below it.
+    fn delivery_floor(&self) -> u64 {
+        match self.send_queue.front().and_then(|o| o.started) {
+            Some((ts, _)) => ts.saturating_sub(1),
+            None => self.clock.max(self.seen),
+        }
+    }
+
     /// An ack is owed: soon when `urgent`, else with the next heartbeat
     /// (or the next data datagram, whichever comes first).
     fn want_ack(&mut self, urgent: bool) {
@@ -2109,6 +2149,7 @@ impl Node {
             && self.now < self.next_heartbeat
             && hub.is_some_and(|h| h != self.me);
         self.ack_pending = false;
+        self.ack_postponed = false;
         self.ack_urgent = false;
         self.ack_due = Time::NEVER;
         self.unacked_frames = 0;
@@ -2120,6 +2161,9 @@ impl Node {
         }
         let me_idx = self.cur.streams.me;
         let sent = self.cur.streams.senders.get(me_idx).map_or(0, |s| s.contig);
+        // A promise covers every timestamp seen: the clock passes them
+        // now, so that nothing sent later contradicts it.
+        self.clock = self.clock.max(self.seen);
         let clock = self.my_floor();
         self.announced_clock = self.announced_clock.max(clock);
         let frame = Frame::Ack(AckFrame {

@@ -76,6 +76,8 @@ impl SenderStream {
 #[derive(Clone, Debug)]
 pub(crate) struct Delivered {
     pub(crate) msg: MsgId,
+    /// Its timestamp: the deliverer's clock must pass it.
+    pub(crate) ts: u64,
     pub(crate) level: Level,
     pub(crate) kind: DataKind,
     pub(crate) payload: Vec<u8>,
@@ -429,6 +431,7 @@ impl Streams {
                 view: self.view,
                 seq: first,
             },
+            ts: head.ts,
             level: head.level,
             kind: head.kind.clone()?,
             payload,
