@@ -2060,12 +2060,17 @@ impl Node {
             let conf = ConfId::Regular(self.cur.id);
             let handed = self.events.len();
             self.emit_deliveries(out, conf);
-            if self.events.len() > handed && self.ack_pending && !self.ack_postponed {
+            if self.events.len() > handed
+                && self.ack_pending
+                && !self.ack_postponed
+                && self.hub() != Some(self.me)
+            {
                 // The application may answer what it was just handed (a
                 // query, a command): its answer's datagrams would carry
                 // the ack, and taking the answer's timestamp before the
                 // ack's promise keeps concurrent answers on one timestamp
-                // (else each needs an ack round of its own). Once per ack.
+                // (else each needs an ack round of its own). Once per ack;
+                // never at the hub, whose summary others are waiting for.
                 self.ack_postponed = true;
                 let due = self.now.plus(self.cfg.reply_grace);
                 if self.ack_due < due {
