@@ -69,12 +69,14 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         return Err(format!("the {n} nodes did not form one view with group q within 30 s").into());
     }
     let querier = &mut refs[0];
+    let before = counters(querier)?;
     let from = querier.seen.len();
     querier.command(&format!("query {level} {samples} {} q a", n - 1))?;
     let timeout = Duration::from_secs(30 + u64::from(samples) / 10);
     let report = querier
         .wait_line(from, timeout, |v| v["type"] == "query_report")
         .ok_or("no query report in time (lost answers?)")?;
+    let after = counters(querier)?;
     let p50 = report["p50_us"].as_u64().unwrap_or(0);
     let p95 = report["p95_us"].as_u64().unwrap_or(0);
     let p99 = report["p99_us"].as_u64().unwrap_or(0);
@@ -90,6 +92,29 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         machine()
     );
     println!("# p99_us: {p99}, max_us: {}", report["max_us"]);
+    // Warm-up rounds (as node.rs counts them) included.
+    let rounds = (got + (u64::from(samples) / 10).clamp(5, 100)).max(1) as f64;
+    println!(
+        "# node 1 datagrams per round (heartbeats included): in {:.1}, out {:.1}",
+        (after.0 - before.0) as f64 / rounds,
+        (after.1 - before.1) as f64 / rounds
+    );
     println!("nodes: {n}, samples: {got}, p50_us: {p50}, p95_us: {p95}");
     Ok(())
+}
+
+/// Node 1's datagrams in and out so far.
+fn counters(node: &mut NodeProc) -> Result<(u64, u64), Box<dyn std::error::Error>> {
+    let from = node.seen.len();
+    node.command("counters")?;
+    let c = node
+        .wait_line(from, Duration::from_secs(10), |v| v["type"] == "counters")
+        .ok_or("no counters from node 1")?;
+    if std::env::var_os("BENCH_QUERY_COUNTERS").is_some() {
+        eprintln!("{c}");
+    }
+    Ok((
+        c["datagrams_in"].as_u64().unwrap_or(0),
+        c["datagrams_out"].as_u64().unwrap_or(0),
+    ))
 }

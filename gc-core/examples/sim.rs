@@ -14,8 +14,9 @@
 //! `seeds: N, violations: V`.
 
 use gc_core::check::{check, Property, Violation};
-use gc_core::sim::{run, SimConfig, SimStats};
+use gc_core::sim::{run, Sim, SimConfig, SimStats};
 use gc_core::Bug;
+use gc_core::{Event, Level};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -95,7 +96,7 @@ fn percentile(v: &mut [u64], p: f64) -> u64 {
 /// Datagrams per delivered message and agreed latency with no faults.
 fn figures() {
     println!("fault-free costs (one-way delay 100 us, 100-byte messages at all four levels, every 5 ms):");
-    for n in [3usize, 5, 9] {
+    for n in [3usize, 5, 9, 16] {
         let cfg = SimConfig::quiet(7, n);
         let delay = cfg.delay_min.as_micros() as f64;
         let out = run(cfg);
@@ -112,6 +113,71 @@ fn figures() {
             max
         );
     }
+    println!("query round (bench-query's pattern; answers sent on delivery, one round at a time):");
+    for n in [3usize, 5, 10, 16] {
+        match query_round(n, 100) {
+            Some((per_round, p50)) => println!(
+                "  nodes: {n}, datagrams per round: {per_round:.1}, round p50: {p50:.1} hops"
+            ),
+            None => println!("  nodes: {n}: the rounds did not complete"),
+        }
+    }
+}
+
+/// The query round of `bench-query`, fault-free, in the simulator: node 1
+/// multicasts an agreed question, every other node answers it (agreed) as
+/// soon as it delivers it, and the round ends when node 1 has delivered
+/// every answer. Returns datagrams per round (all nodes, heartbeats
+/// included) and the p50 round in network hops.
+fn query_round(n: usize, rounds: usize) -> Option<(f64, f64)> {
+    let cfg = SimConfig::quiet(7, n);
+    let hop = cfg.delay_min;
+    let mut sim = Sim::new(cfg);
+    sim.keep_events();
+    sim.boot();
+    sim.advance(Duration::from_secs(2));
+    let sent = |sim: &Sim| -> u64 {
+        (0..n)
+            .filter_map(|i| sim.node(i))
+            .map(|x| x.counters().datagrams_out)
+            .sum()
+    };
+    let delivered = |sim: &Sim, i: usize, text: &[u8]| {
+        sim.app_events(i)
+            .iter()
+            .filter(|e| matches!(e, Event::Deliver(d) if d.payload == text))
+            .count()
+    };
+    let before = sent(&sim);
+    let mut lat = Vec::with_capacity(rounds);
+    for r in 0..rounds {
+        let q = format!("Q{r}").into_bytes();
+        let a = format!("A{r}").into_bytes();
+        sim.multicast(0, "mgmt", Level::Agreed, q.clone()).ok()?;
+        let t0 = sim.now();
+        let mut answered = vec![false; n];
+        answered[0] = true;
+        loop {
+            sim.advance(Duration::from_micros(10));
+            for (i, done) in answered.iter_mut().enumerate() {
+                if !*done && delivered(&sim, i, &q) > 0 {
+                    *done = true;
+                    sim.multicast(i, "mgmt", Level::Agreed, a.clone()).ok()?;
+                }
+            }
+            if delivered(&sim, 0, &a) == n - 1 {
+                break;
+            }
+            if sim.now().since(t0) > Duration::from_secs(1) {
+                return None;
+            }
+        }
+        lat.push(sim.now().since(t0).as_micros() as u64);
+        sim.advance(Duration::from_millis(1));
+    }
+    let per_round = (sent(&sim) - before) as f64 / rounds as f64;
+    let p50 = percentile(&mut lat, 0.5) as f64 / hop.as_micros() as f64;
+    Some((per_round, p50))
 }
 
 fn main() -> ExitCode {
@@ -151,13 +217,14 @@ fn main() -> ExitCode {
                 }
                 if args.verbose {
                     println!(
-                        "seed {seed}: nodes {nodes}, views {}, multicasts {}, deliveries {}, datagrams {}, converged after {:?}, faults {:?}, violations {}",
+                        "seed {seed}: nodes {nodes}, views {}, multicasts {}, deliveries {}, datagrams {}, converged after {:?}, faults {:?}, stuck timers {}, violations {}",
                         out.stats.views,
                         out.stats.multicasts,
                         out.stats.deliveries,
                         out.stats.datagrams,
                         out.stats.converged_after,
                         out.stats.faults,
+                        out.stats.stuck_timers,
                         violations.len()
                     );
                 }

@@ -6,8 +6,8 @@ use crate::trace::{GroupViewId, TraceEvent, TraceRecord};
 use crate::types::{digest, ConfId, Level, MsgId, NodeId, Pid, Time, ViewId};
 use crate::wire::{
     self, AckFrame, DataFrame, DataKind, DatagramBuilder, DecodeError, Frame, HelloFrame,
-    InstallFrame, JoinFrame, JoinState, NackFrame, OldView, MAX_GROUPS_PER_NODE, MAX_MEMBERS,
-    MAX_NACK_SPAN,
+    InstallFrame, JoinFrame, JoinState, NackFrame, OldView, SummaryFrame, MAX_GROUPS_PER_NODE,
+    MAX_MEMBERS, MAX_NACK_SPAN,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -67,8 +67,20 @@ pub struct Config {
     /// runtime's throughput benchmark (BENCHMARKS.md). Left at zero until
     /// the simulator's liveness runs are checked with it.
     pub nack_grace: Duration,
-    /// How long an acknowledgement may wait for other traffic to ride on.
+    /// How long an urgent acknowledgement may wait for other traffic to
+    /// ride on.
     pub ack_delay: Duration,
+    /// In views of at least this many members, urgent acknowledgements go
+    /// to the view's hub (its smallest member) alone, which relays them to
+    /// everyone in one summary: 2 (N - 1) datagrams instead of N (N - 1),
+    /// for one more hop. `usize::MAX` turns the hub off.
+    pub ack_hub_from: usize,
+    /// At the hub: how long news that leaves messages undeliverable may
+    /// wait for more acks before it is relayed.
+    pub summary_delay: Duration,
+    /// How long an ack owed when messages were just handed to the
+    /// application waits for the application's answer to ride on.
+    pub reply_grace: Duration,
     /// Record a [`TraceRecord`] stream for the checker.
     pub trace: bool,
     /// Seed of the process's random choices (retransmission sources).
@@ -113,6 +125,9 @@ impl Config {
             nack_interval: Duration::from_millis(10),
             nack_grace: Duration::ZERO,
             ack_delay: Duration::ZERO,
+            ack_hub_from: 5,
+            summary_delay: Duration::from_millis(1),
+            reply_grace: Duration::from_micros(100),
             trace: false,
             rng_seed: 0,
             bug: None,
@@ -349,6 +364,12 @@ pub struct Node {
     cur: Current,
     retained: VecDeque<Streams>,
     clock: u64,
+    /// The largest timestamp of a data frame received in the current view.
+    /// The clock passes it only when this process promises it in an ack or
+    /// delivers past it: raising the clock on receipt made every answer to
+    /// a question that arrived after another answer carry a larger
+    /// timestamp, and each of those needed an ack round of its own.
+    seen: u64,
     attempt: u64,
     max_counter: u64,
     send_queue: VecDeque<Outgoing>,
@@ -367,8 +388,20 @@ pub struct Node {
     install_replies: BTreeMap<Pid, Time>,
     refusals: BTreeMap<SocketAddr, Time>,
     leaving: bool,
+    /// When the last join went out (see [`Node::next_join_allowed`]).
+    last_join_sent: Time,
     ack_pending: bool,
+    /// The pending ack already waited for an answer (`reply_grace`).
+    ack_postponed: bool,
+    /// The pending ack is owed because someone may be waiting for it.
+    ack_urgent: bool,
     ack_due: Time,
+    /// The clock the other members know this process to have passed in the
+    /// current view (from its acks and its own messages' timestamps): a
+    /// frame at or below it needs no acknowledgement for their agreed order.
+    announced_clock: u64,
+    /// Frames received in the current view since the last ack.
+    unacked_frames: u64,
     next_heartbeat: Time,
     next_discovery: Time,
     out: Vec<(Dest, Arc<Vec<u8>>)>,
@@ -427,6 +460,7 @@ impl Node {
             },
             retained: VecDeque::new(),
             clock: 0,
+            seen: 0,
             attempt: 1,
             max_counter: 0,
             send_queue: VecDeque::new(),
@@ -441,8 +475,13 @@ impl Node {
             install_replies: BTreeMap::new(),
             refusals: BTreeMap::new(),
             leaving: false,
+            last_join_sent: Time::ZERO,
             ack_pending: false,
+            ack_postponed: false,
+            ack_urgent: false,
             ack_due: Time::NEVER,
+            announced_clock: 0,
+            unacked_frames: 0,
             next_heartbeat: now,
             next_discovery: now,
             out: Vec::new(),
@@ -546,7 +585,7 @@ impl Node {
         self.advance(now);
         if self.transmits.is_empty() {
             if self.ack_pending && self.ack_due <= now {
-                self.send_ack();
+                self.send_ack(false);
             }
             self.assemble();
         }
@@ -574,27 +613,30 @@ impl Node {
                 for m in &self.cur.members {
                     if *m != self.me {
                         let heard = self.last_heard.get(m).copied().unwrap_or(self.now);
-                        at(heard.plus(self.cfg.suspect_timeout));
+                        at(heard.plus(self.hb_timer(self.cfg.suspect_timeout)));
                     }
                 }
             }
             Phase::Gather(g) => {
-                at(g.next_send);
-                at(g.last_change.plus(self.cfg.consensus_timeout));
+                at(g.next_send.max(self.next_join_allowed()));
+                at(g.last_change
+                    .plus(self.vc_timer(self.cfg.consensus_timeout)));
+                let join_timeout = self.vc_timer(self.cfg.join_timeout);
                 for (p, added) in &g.added {
                     if *p != self.me && !g.fail_set.contains(p) {
                         let heard = g.heard.get(p).copied().unwrap_or(*added);
-                        at(heard.plus(self.cfg.join_timeout));
+                        at(heard.plus(join_timeout));
                     }
                 }
-                let startup = self.started.plus(self.cfg.startup_wait);
-                if self.cur.id.counter == 0 && self.now < startup {
-                    at(startup);
+                if let Some(startup) = self.startup_deadline(g) {
+                    if self.now < startup {
+                        at(startup);
+                    }
                 }
             }
             Phase::Installing(i) => {
                 at(i.next_send);
-                at(i.started.plus(self.cfg.install_timeout));
+                at(i.started.plus(self.vc_timer(self.cfg.install_timeout)));
             }
         }
         for st in &self.cur.streams.senders {
@@ -902,6 +944,7 @@ impl Node {
         match frame {
             Frame::Data(d) => d.view == self.cur.id,
             Frame::Ack(a) => a.view == self.cur.id,
+            Frame::Summary(m) => m.view == self.cur.id,
             Frame::Hello(h) => h.view == self.cur.id,
             Frame::Nack(_) | Frame::Leave { .. } => false,
             Frame::Join(_)
@@ -944,6 +987,7 @@ impl Node {
         match frame {
             Frame::Data(d) => self.on_data(from, d),
             Frame::Ack(a) => self.on_ack(from, a),
+            Frame::Summary(m) => self.on_summary(from, m),
             Frame::Nack(n) => self.on_nack(from, n),
             Frame::Hello(h) => self.on_hello(from, h),
             Frame::Join(j) => self.on_join(from, Arc::from(j)),
@@ -981,14 +1025,30 @@ impl Node {
             return;
         }
         let ts = d.ts;
+        let level = d.level;
         let is_current = d.view == self.cur.id;
         match streams.insert(s, Arc::new(d), self.now) {
             Received::New => {
                 if is_current {
-                    self.clock = self.clock.max(ts);
-                    self.ack_pending = true;
-                    if self.ack_due == Time::NEVER || self.ack_due < self.now {
-                        self.ack_due = self.now.plus(self.cfg.ack_delay);
+                    self.seen = self.seen.max(ts);
+                    self.unacked_frames += 1;
+                    // Acknowledging every frame to every member made one hop
+                    // cost N x (N - 1) datagrams. An ack is urgent only when
+                    // someone may be waiting for it: a safe message needs
+                    // every member's `contig`, an agreed one every member's
+                    // promise past its timestamp (one already announced does
+                    // not need repeating), and the sender's flow-control
+                    // window needs stability before it fills. The rest waits
+                    // for the heartbeat or rides on the next data datagram.
+                    let urgent = match level {
+                        Level::Safe => true,
+                        Level::Agreed => ts > self.announced_clock,
+                        Level::Fifo | Level::Causal => false,
+                    } || self.unacked_frames >= (self.cfg.window / 4).max(1);
+                    if urgent && self.hub() == Some(self.me) {
+                        self.hub_summarize();
+                    } else {
+                        self.want_ack(urgent);
                     }
                 }
             }
@@ -1004,8 +1064,57 @@ impl Node {
             return;
         }
         if let Some(q) = self.cur.streams.index_of(from) {
-            self.clock = self.clock.max(a.clock);
+            // The clock is not raised to the ack's: causality only needs it
+            // above the messages received, and raising it spread the
+            // timestamps of concurrent messages (answers to one question),
+            // so each of them needed an ack round of its own.
             self.cur.streams.on_ack(q, &a, self.now);
+            if self.hub() == Some(self.me) && self.cur.streams.hub_news(self.cfg.window) {
+                self.hub_summarize();
+            }
+        }
+    }
+
+    fn on_summary(&mut self, from: Pid, m: SummaryFrame) {
+        self.max_counter = self.max_counter.max(m.view.counter);
+        if m.view != self.cur.id {
+            self.foreign_traffic(from, m.view);
+            return;
+        }
+        // Any member's summary is made of acks it received; the hub's is
+        // the one that comes.
+        if self.cur.streams.index_of(from).is_some() {
+            self.cur.streams.on_summary(&m, self.now);
+        }
+    }
+
+    /// At the hub, news the others may be waiting for (a promise, its own
+    /// or relayed): at once when every agreed or safe message received so
+    /// far is past every floor (a lone message waits for nothing). While promises are
+    /// still coming in for a burst of concurrent messages, a summary per
+    /// ack would cost more than the others gain: they are gathered for up
+    /// to `summary_delay`, and the last promise of the burst sends them.
+    fn hub_summarize(&mut self) {
+        let streams = &self.cur.streams;
+        if streams.others_floor() >= streams.max_total_ts {
+            self.want_ack(true);
+        } else {
+            self.ack_pending = true;
+            self.ack_urgent = true;
+            let due = self.now.plus(self.cfg.summary_delay);
+            if due < self.ack_due {
+                self.ack_due = due;
+            }
+        }
+    }
+
+    /// The member that relays urgent acks in this view, if the view is
+    /// large enough to have one.
+    fn hub(&self) -> Option<Pid> {
+        if self.cur.members.len() >= self.cfg.ack_hub_from.max(3) {
+            self.cur.members.first().copied()
+        } else {
+            None
         }
     }
 
@@ -1058,7 +1167,7 @@ impl Node {
         // Only for a while: a forged or corrupted attempt number must not
         // silence a process for good.
         if let Some((seen, at)) = self.join_attempts.get(&from) {
-            if *seen > j.attempt && self.now.since(*at) < self.cfg.join_timeout {
+            if *seen > j.attempt && self.now.since(*at) < self.vc_timer(self.cfg.join_timeout) {
                 self.counters.drop_stale_join += 1;
                 return;
             }
@@ -1150,8 +1259,8 @@ impl Node {
         if self.install_replies.get(&to).is_some_and(|t| *t > now) {
             return;
         }
-        self.install_replies
-            .insert(to, now.plus(self.cfg.join_interval));
+        let interval = self.vc_timer(self.cfg.join_interval);
+        self.install_replies.insert(to, now.plus(interval));
         self.queue_frame(Dest::Pid(to), &Frame::Install(Box::new((*inst).clone())));
         if inst.view == self.cur.id && inst.primary_attempt.is_some() && self.cur.primary.is_some()
         {
@@ -1313,6 +1422,73 @@ impl Node {
         self.queue_to_members(&proc_set, &frame);
     }
 
+    /// How many times the configured view-change timers to use. A round of
+    /// a view change costs each process O(n) datagrams and the group
+    /// O(n²); on a few shared cores a round of 32 processes outlasted the
+    /// fixed timers, so processes failed each other and views churned
+    /// through singletons. Up to 15 processes the timers are as
+    /// configured, then they grow with n / 8. n counts the failed
+    /// candidates too, so that it never shrinks during a gather (a
+    /// deadline computed with a smaller factor would lie in the past).
+    fn vc_scale(&self) -> u32 {
+        let n = match &self.phase {
+            Phase::Gather(g) => g.proc_set.len(),
+            Phase::Installing(i) => i.install.members.len(),
+            Phase::Operational | Phase::Left => 0,
+        }
+        .max(self.cur.members.len());
+        u32::try_from(n / 8).unwrap_or(u32::MAX).max(1)
+    }
+
+    /// Heartbeats go from every member to every other: at 50 members and
+    /// the default 50 ms that is 49,000 datagrams a second, more than a few
+    /// shared cores can seal and send, and members fell silent for lack of
+    /// CPU. Up to 31 members the heartbeat and suspicion timers are as
+    /// configured, then they grow with n / 16.
+    fn hb_timer(&self, d: Duration) -> Duration {
+        let n = u32::try_from(self.cur.members.len() / 16).unwrap_or(u32::MAX);
+        d.saturating_mul(n.max(1))
+    }
+
+    fn vc_timer(&self, d: Duration) -> Duration {
+        d.saturating_mul(self.vc_scale())
+    }
+
+    /// A change of the sets sends a join at once, but in a large gather
+    /// changes come in bursts (every newcomer, every failure): sending
+    /// each one to everyone at once cost O(n³) datagrams. They are
+    /// coalesced to one join per half a (scaled) join interval.
+    fn next_join_allowed(&self) -> Time {
+        let gap = self
+            .cfg
+            .join_interval
+            .saturating_mul(self.vc_scale().saturating_sub(1))
+            / 2;
+        self.last_join_sent.plus(gap)
+    }
+
+    /// A process that has not formed its first view waits for the peers
+    /// starting with it: until no new candidate appeared for
+    /// `startup_wait`, and at most ten times that from its start.
+    /// Processes started one after another over a few hundred
+    /// milliseconds formed several first views (then merged) when the
+    /// wait counted from each process's own start only.
+    fn startup_deadline(&self, g: &Gather) -> Option<Time> {
+        if self.cur.id.counter != 0 {
+            return None;
+        }
+        let last_added = g
+            .added
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(self.started)
+            .max(self.started);
+        let quiet = last_added.plus(self.cfg.startup_wait);
+        let cap = self.started.plus(self.cfg.startup_wait.saturating_mul(10));
+        Some(quiet.min(cap))
+    }
+
     fn check_consensus(&mut self) {
         let Phase::Gather(g) = &self.phase else {
             return;
@@ -1321,10 +1497,7 @@ impl Node {
         if memb.first() != Some(&self.me) {
             return;
         }
-        if memb.len() == 1
-            && self.cur.id.counter == 0
-            && self.now < self.started.plus(self.cfg.startup_wait)
-        {
+        if self.startup_deadline(g).is_some_and(|d| self.now < d) {
             return;
         }
         let proc_set: Vec<Pid> = g.proc_set.iter().copied().collect();
@@ -1450,13 +1623,17 @@ impl Node {
             .map(|o| o.targets.clone())
             .unwrap_or_default();
         self.cur.streams.set_caps(caps, self.now);
+        // The representative has just sent the install: re-sending is for
+        // later (an install formed while handling a timeout, at the end of
+        // the startup wait, must not leave a deadline at the present).
+        let next_send = self.now.plus(self.vc_timer(self.cfg.join_interval));
         self.phase = Phase::Installing(Installing {
             install: inst,
             gather,
             started: self.now,
             recovered: false,
             acks: BTreeSet::new(),
-            next_send: self.now,
+            next_send,
         });
         self.check_recovered();
     }
@@ -1486,9 +1663,11 @@ impl Node {
         if !complete {
             return;
         }
+        let next_send = self.now.plus(self.vc_timer(self.cfg.join_interval));
         if let Phase::Installing(i) = &mut self.phase {
             i.recovered = true;
-            i.next_send = self.now;
+            // The acknowledgement goes out just below; re-sent later.
+            i.next_send = next_send;
         }
         match &inst.primary_attempt {
             None => self.finish_install(None),
@@ -1545,6 +1724,7 @@ impl Node {
     fn emit_deliveries(&mut self, delivered: Vec<Delivered>, conf: ConfId) {
         let regular = matches!(conf, ConfId::Regular(_));
         for d in delivered {
+            self.clock = self.clock.max(d.ts);
             self.counters.delivered += 1;
             self.record(TraceEvent::Deliver {
                 msg: d.msg,
@@ -1632,7 +1812,7 @@ impl Node {
         let inst = inst_state.install;
         let old_id = self.cur.id;
         let mut out = Vec::new();
-        let floor = self.my_floor();
+        let floor = self.delivery_floor();
         self.cur.streams.deliver(floor, &mut out);
         self.emit_deliveries(out, ConfId::Regular(old_id));
         if old_id.counter != 0 {
@@ -1735,6 +1915,8 @@ impl Node {
         self.queued_bytes = self.send_queue.iter().map(|o| o.payload.len()).sum();
         self.ack_pending = true;
         self.ack_due = now;
+        self.announced_clock = 0;
+        self.unacked_frames = 0;
         self.next_heartbeat = now;
         if !self.pending_merge.is_empty() {
             let merge: Vec<Pid> = std::mem::take(&mut self.pending_merge)
@@ -1753,6 +1935,16 @@ impl Node {
         if !matches!(self.phase, Phase::Operational) {
             return;
         }
+        let sent_any = self.pump_frames();
+        if sent_any && self.ack_pending {
+            // The ack rides in the data's datagrams instead of its own.
+            self.send_ack(true);
+        }
+    }
+
+    /// True when at least one frame went out.
+    fn pump_frames(&mut self) -> bool {
+        let mut sent_any = false;
         let frag_payload = self.cfg.max_datagram.saturating_sub(160).max(64);
         loop {
             let me_idx = self.cur.streams.me;
@@ -1763,10 +1955,10 @@ impl Node {
                 .get(me_idx)
                 .map_or(1, |s| s.contig + 1);
             if next_seq.saturating_sub(self.cur.streams.stable(me_idx)) > self.cfg.window {
-                return;
+                return sent_any;
             }
             let Some(head) = self.send_queue.front_mut() else {
-                return;
+                return sent_any;
             };
             let count = head.payload.len().div_ceil(frag_payload).max(1) as u32;
             let (ts, first) = match head.started {
@@ -1812,7 +2004,11 @@ impl Node {
             let members = self.cur.members.clone();
             self.queue_to_members(&members, &wire_frame);
             self.cur.streams.insert(me_idx, Arc::new(frame), self.now);
-            self.ack_pending = true;
+            sent_any = true;
+            // Its receivers take the frame as this process's floor: the
+            // message's timestamp once its last fragment is out.
+            let floor = if done { ts } else { ts.saturating_sub(1) };
+            self.announced_clock = self.announced_clock.max(floor);
             if done {
                 if let Some(o) = self.send_queue.pop_front() {
                     self.queued_bytes = self.queued_bytes.saturating_sub(o.payload.len());
@@ -1847,9 +2043,10 @@ impl Node {
             self.check_consensus();
         }
         if let Phase::Gather(g) = &self.phase {
-            if g.next_send <= self.now {
+            if g.next_send <= self.now && self.next_join_allowed() <= self.now {
                 self.send_join();
-                let interval = self.cfg.join_interval;
+                self.last_join_sent = self.now;
+                let interval = self.vc_timer(self.cfg.join_interval);
                 if let Phase::Gather(g) = &mut self.phase {
                     g.next_send = self.now.plus(interval);
                 }
@@ -1858,10 +2055,28 @@ impl Node {
         if matches!(self.phase, Phase::Operational) {
             self.pump_sends();
             let mut out = Vec::new();
-            let floor = self.my_floor();
+            let floor = self.delivery_floor();
             self.cur.streams.deliver(floor, &mut out);
             let conf = ConfId::Regular(self.cur.id);
+            let handed = self.events.len();
             self.emit_deliveries(out, conf);
+            if self.events.len() > handed
+                && self.ack_pending
+                && !self.ack_postponed
+                && self.hub() != Some(self.me)
+            {
+                // The application may answer what it was just handed (a
+                // query, a command): its answer's datagrams would carry
+                // the ack, and taking the answer's timestamp before the
+                // ack's promise keeps concurrent answers on one timestamp
+                // (else each needs an ack round of its own). Once per ack;
+                // never at the hub, whose summary others are waiting for.
+                self.ack_postponed = true;
+                let due = self.now.plus(self.cfg.reply_grace);
+                if self.ack_due < due {
+                    self.ack_due = due;
+                }
+            }
             self.cur.streams.collect_garbage();
             self.pump_sends();
             self.maybe_depart();
@@ -1903,23 +2118,76 @@ impl Node {
         }
     }
 
-    fn send_ack(&mut self) {
+    /// This process's own floor when it delivers: any timestamp it has
+    /// seen, since delivering a message raises the clock past it
+    /// ([`Node::emit_deliveries`]), so nothing it sends afterwards can be
+    /// ordered before what it delivered. A message whose fragments are
+    /// still going out keeps its timestamp and holds the floor below it.
+    fn delivery_floor(&self) -> u64 {
+        match self.send_queue.front().and_then(|o| o.started) {
+            Some((ts, _)) => ts.saturating_sub(1),
+            None => self.clock.max(self.seen),
+        }
+    }
+
+    /// An ack is owed: soon when `urgent`, else with the next heartbeat
+    /// (or the next data datagram, whichever comes first).
+    fn want_ack(&mut self, urgent: bool) {
+        self.ack_pending = true;
+        self.ack_urgent |= urgent;
+        let due = if urgent {
+            self.now.plus(self.cfg.ack_delay)
+        } else {
+            self.next_heartbeat
+        };
+        if due < self.ack_due {
+            self.ack_due = due;
+        }
+    }
+
+    /// Sends the ack: to every member, or only to the hub when it is urgent
+    /// and no heartbeat is due (`to_all` false). The hub adds its summary.
+    fn send_ack(&mut self, to_all: bool) {
+        let hub = self.hub();
+        let only_hub = !to_all
+            && self.ack_urgent
+            && self.now < self.next_heartbeat
+            && hub.is_some_and(|h| h != self.me);
         self.ack_pending = false;
+        self.ack_postponed = false;
+        self.ack_urgent = false;
         self.ack_due = Time::NEVER;
-        self.next_heartbeat = self.now.plus(self.cfg.heartbeat_interval);
+        self.unacked_frames = 0;
+        if !only_hub {
+            self.next_heartbeat = self.now.plus(self.hb_timer(self.cfg.heartbeat_interval));
+        }
         if !matches!(self.phase, Phase::Operational) || self.cur.members.len() < 2 {
             return;
         }
         let me_idx = self.cur.streams.me;
         let sent = self.cur.streams.senders.get(me_idx).map_or(0, |s| s.contig);
+        // A promise covers every timestamp seen: the clock passes them
+        // now, so that nothing sent later contradicts it.
+        self.clock = self.clock.max(self.seen);
+        let clock = self.my_floor();
+        self.announced_clock = self.announced_clock.max(clock);
         let frame = Frame::Ack(AckFrame {
             view: self.cur.id,
-            clock: self.my_floor(),
+            clock,
             sent,
             contig: self.cur.streams.contig_vector(),
         });
-        let members = self.cur.members.clone();
-        self.queue_to_members(&members, &frame);
+        match hub {
+            Some(h) if only_hub => self.queue_frame(Dest::Pid(h), &frame),
+            _ => {
+                let members = self.cur.members.clone();
+                self.queue_to_members(&members, &frame);
+                if hub == Some(self.me) {
+                    let summary = Frame::Summary(self.cur.streams.summary(sent, clock));
+                    self.queue_to_members(&members, &summary);
+                }
+            }
+        }
     }
 
     fn send_hellos(&mut self) {
@@ -1951,6 +2219,7 @@ impl Node {
 
     fn operational_timeouts(&mut self) {
         let now = self.now;
+        let suspect_timeout = self.hb_timer(self.cfg.suspect_timeout);
         let suspects: Vec<Pid> = self
             .cur
             .members
@@ -1958,8 +2227,7 @@ impl Node {
             .copied()
             .filter(|m| {
                 *m != self.me
-                    && now.since(self.last_heard.get(m).copied().unwrap_or(now))
-                        >= self.cfg.suspect_timeout
+                    && now.since(self.last_heard.get(m).copied().unwrap_or(now)) >= suspect_timeout
             })
             .collect();
         if !suspects.is_empty() {
@@ -1968,15 +2236,15 @@ impl Node {
             return;
         }
         if now >= self.next_heartbeat {
-            self.send_ack();
+            self.send_ack(true);
         }
     }
 
     fn gather_timeouts(&mut self) {
         let now = self.now;
         let me = self.me;
-        let cfg_join_timeout = self.cfg.join_timeout;
-        let consensus_timeout = self.cfg.consensus_timeout;
+        let cfg_join_timeout = self.vc_timer(self.cfg.join_timeout);
+        let consensus_timeout = self.vc_timer(self.cfg.consensus_timeout);
         let merge_cooldown = self.cfg.merge_cooldown;
         let Phase::Gather(g) = &mut self.phase else {
             return;
@@ -2023,10 +2291,12 @@ impl Node {
 
     fn installing_timeouts(&mut self) {
         let now = self.now;
+        let install_timeout = self.vc_timer(self.cfg.install_timeout);
+        let resend = self.vc_timer(self.cfg.join_interval);
         let Phase::Installing(i) = &mut self.phase else {
             return;
         };
-        if now.since(i.started) >= self.cfg.install_timeout {
+        if now.since(i.started) >= install_timeout {
             // Drop whoever held the install up, so the next round can
             // succeed without them.
             let inst = i.install.clone();
@@ -2054,7 +2324,7 @@ impl Node {
         if i.next_send > now {
             return;
         }
-        i.next_send = now.plus(self.cfg.join_interval);
+        i.next_send = now.plus(resend);
         let inst = i.install.clone();
         let rep = inst.view.coordinator;
         if rep == self.me {

@@ -69,7 +69,7 @@ impl SimRng {
 pub struct SimConfig {
     /// The seed.
     pub seed: u64,
-    /// Number of nodes (2 to 9).
+    /// Number of nodes (2 to 32).
     pub nodes: usize,
     /// Length of the faulty phase.
     pub fault_phase: Duration,
@@ -112,7 +112,7 @@ impl SimConfig {
             2 => 0.1,
             _ => 0.3 * r.unit(),
         };
-        SimConfig {
+        let mut cfg = SimConfig {
             seed,
             nodes,
             fault_phase: Duration::from_millis(1500 + r.below(2500)),
@@ -129,7 +129,15 @@ impl SimConfig {
             liveness_bound: Duration::from_secs(12),
             bug: None,
             max_datagram: if r.chance(0.5) { 1400 } else { 8192 },
+        };
+        // One seed in 25 runs a larger group (10 to 16 nodes), where the
+        // acknowledgement hub and the size-scaled view-change timers work
+        // differently. Drawn last, so every other seed keeps the run it
+        // always had (and a regression seed the schedule that once failed).
+        if r.chance(0.04) {
+            cfg.nodes = 10 + r.below(7) as usize;
         }
+        cfg
     }
 
     /// A fault-free run, for measuring costs.
@@ -260,7 +268,7 @@ const GROUP_NAMES: [&str; 3] = ["mgmt", "table", "install"];
 impl Sim {
     /// Sets up a run.
     pub fn new(cfg: SimConfig) -> Self {
-        let n = cfg.nodes.clamp(2, 9);
+        let n = cfg.nodes.clamp(2, 32);
         let bootstrap: Vec<NodeId> = (1..=n as NodeId).collect();
         let slots = (0..n)
             .map(|i| Slot {

@@ -20,7 +20,7 @@
 //! same next view delivers exactly the same messages of this one.
 
 use crate::types::{Level, MsgId, Pid, Time, ViewId};
-use crate::wire::{AckFrame, DataFrame, DataKind};
+use crate::wire::{AckFrame, DataFrame, DataKind, SummaryFrame};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -76,6 +76,8 @@ impl SenderStream {
 #[derive(Clone, Debug)]
 pub(crate) struct Delivered {
     pub(crate) msg: MsgId,
+    /// Its timestamp: the deliverer's clock must pass it.
+    pub(crate) ts: u64,
     pub(crate) level: Level,
     pub(crate) kind: DataKind,
     pub(crate) payload: Vec<u8>,
@@ -101,6 +103,12 @@ pub(crate) struct Streams {
     pub(crate) senders: Vec<SenderStream>,
     /// `acks[q][s]`: member q has every frame of s up to this one.
     pub(crate) acks: Vec<Vec<u64>>,
+    /// At the hub: the lowest floor of the other members, and the stable
+    /// points, as of its last summary.
+    summarized_floor: u64,
+    summarized_stable: Vec<u64>,
+    /// The largest timestamp of an agreed or safe frame received or sent.
+    pub(crate) max_total_ts: u64,
     pending_causal: BTreeSet<Key>,
     pending_total: BTreeSet<Key>,
     /// During a view change: deliver nothing past these frames.
@@ -130,6 +138,9 @@ impl Streams {
                 })
                 .collect(),
             acks: vec![vec![0; n]; n],
+            summarized_floor: 0,
+            summarized_stable: vec![0; n],
+            max_total_ts: 0,
             pending_causal: BTreeSet::new(),
             pending_total: BTreeSet::new(),
             caps: None,
@@ -161,6 +172,9 @@ impl Streams {
         if seq > st.contig + self.recv_window {
             st.known_max = st.known_max.max(seq);
             return Received::TooFarAhead;
+        }
+        if matches!(frame.level, Level::Agreed | Level::Safe) {
+            self.max_total_ts = self.max_total_ts.max(frame.ts);
         }
         self.held_bytes += frame.payload.len();
         self.held_frames += 1;
@@ -223,18 +237,106 @@ impl Streams {
                 }
             }
         }
-        if let Some(st) = self.senders.get_mut(q) {
-            if (ack.sent, ack.clock) > (st.promise_sent, st.promise_clock) {
-                st.promise_sent = ack.sent;
-                st.promise_clock = ack.clock;
-            }
-            st.known_max = st.known_max.max(ack.sent);
+        self.take_promise(q, ack.sent, ack.clock);
+        self.schedule_nacks(now);
+    }
+
+    /// A promise of member `q`.
+    fn take_promise(&mut self, q: usize, sent: u64, clock: u64) {
+        let Some(st) = self.senders.get_mut(q) else {
+            return;
+        };
+        st.known_max = st.known_max.max(sent);
+        // Both grow at the member, so the larger pair is the newer one
+        // (acks and summaries arrive out of order).
+        if (sent, clock) > (st.promise_sent, st.promise_clock) {
+            st.promise_sent = sent;
+            st.promise_clock = clock;
         }
+    }
+
+    fn schedule_nacks(&mut self, now: Time) {
         let first_nack = now.plus(self.nack_grace);
         for st in &mut self.senders {
             if st.known_max > st.contig && st.next_nack == Time::NEVER {
                 st.next_nack = first_nack;
             }
+        }
+    }
+
+    /// Takes in the hub's summary: the members' promises it holds, and
+    /// what every member holds.
+    pub(crate) fn on_summary(&mut self, m: &SummaryFrame, now: Time) {
+        let n = self.members.len();
+        if m.promises.len() != n || m.stable.len() != n {
+            return;
+        }
+        for (q, &(sent, clock)) in m.promises.iter().enumerate() {
+            if q != self.me {
+                self.take_promise(q, sent, clock);
+            }
+        }
+        for row in &mut self.acks {
+            for (mine, theirs) in row.iter_mut().zip(&m.stable) {
+                *mine = (*mine).max(*theirs);
+            }
+        }
+        self.schedule_nacks(now);
+    }
+
+    /// At the hub: whether a summary now would let others deliver or
+    /// free something: every other member's floor passed the one last
+    /// summarized (an agreed message became deliverable), or a sender's
+    /// stable point passed a safe message or a quarter of the window.
+    /// Relaying each ack on its own would cost more than it saves.
+    pub(crate) fn hub_news(&self, window: u64) -> bool {
+        let n = self.members.len();
+        if self.others_floor() > self.summarized_floor {
+            return true;
+        }
+        (0..n).any(|s| {
+            let old = self.summarized_stable.get(s).copied().unwrap_or(0);
+            let new = self.stable(s);
+            new > old
+                && (new - old >= (window / 4).max(1)
+                    || self.senders.get(s).is_some_and(|st| {
+                        st.frames
+                            .range(old + 1..=new)
+                            .any(|(_, f)| f.frame.level == Level::Safe)
+                    }))
+        })
+    }
+
+    /// The lowest floor of the other members.
+    pub(crate) fn others_floor(&self) -> u64 {
+        (0..self.members.len())
+            .filter(|q| *q != self.me)
+            .map(|q| self.floor(q, 0))
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// The hub's summary of what it holds.
+    pub(crate) fn summary(&mut self, my_sent: u64, my_clock: u64) -> SummaryFrame {
+        let n = self.members.len();
+        self.summarized_floor = self.others_floor();
+        self.summarized_stable = (0..n).map(|s| self.stable(s)).collect();
+        let promises = self
+            .senders
+            .iter()
+            .enumerate()
+            .map(|(q, st)| {
+                if q == self.me {
+                    (my_sent, my_clock)
+                } else {
+                    (st.promise_sent, st.promise_clock)
+                }
+            })
+            .collect();
+        SummaryFrame {
+            view: self.view,
+            promises,
+            stable: self.summarized_stable.clone(),
         }
     }
 
@@ -329,6 +431,7 @@ impl Streams {
                 view: self.view,
                 seq: first,
             },
+            ts: head.ts,
             level: head.level,
             kind: head.kind.clone()?,
             payload,

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
 /// The wire version this build speaks. Every datagram starts with it.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 /// Most members a view may have.
 pub const MAX_MEMBERS: usize = 256;
 /// Longest group name, in bytes.
@@ -120,6 +120,19 @@ pub(crate) struct AckFrame {
     pub(crate) sent: u64,
     /// Per member in view order: all frames up to this one are received.
     pub(crate) contig: Vec<u64>,
+}
+
+/// The hub's digest of the members' acknowledgements (see PROTOCOL.md,
+/// "Acknowledgement hub"): in large views a member sends its urgent acks to
+/// the hub only, and the hub relays what they promise to everyone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SummaryFrame {
+    pub(crate) view: ViewId,
+    /// Per member in view order: its latest `(sent, clock)` promise the hub
+    /// holds.
+    pub(crate) promises: Vec<(u64, u64)>,
+    /// Per member in view order: every member has its frames up to this one.
+    pub(crate) stable: Vec<u64>,
 }
 
 /// A request to retransmit frames `from..=to` of `sender`'s stream in `view`.
@@ -228,6 +241,7 @@ pub(crate) enum Frame {
     Leave {
         view: ViewId,
     },
+    Summary(SummaryFrame),
 }
 
 fn check_pids(v: &[Pid], what: &'static str) -> Result<(), DecodeError> {
@@ -293,6 +307,12 @@ impl Frame {
             Frame::Ack(a) => {
                 if a.contig.len() > MAX_MEMBERS {
                     return Err(DecodeError::Limit("ack vector"));
+                }
+                Ok(())
+            }
+            Frame::Summary(m) => {
+                if m.promises.len() > MAX_MEMBERS || m.stable.len() > MAX_MEMBERS {
+                    return Err(DecodeError::Limit("summary vectors"));
                 }
                 Ok(())
             }
@@ -487,6 +507,11 @@ mod tests {
                 to: 3,
             }),
             Frame::Commit { view: v },
+            Frame::Summary(SummaryFrame {
+                view: v,
+                promises: vec![(4, 10), (0, 0), (7, 12)],
+                stable: vec![1, 2, 3],
+            }),
         ]
     }
 

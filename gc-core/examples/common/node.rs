@@ -40,7 +40,8 @@ options:
                          'A...' at the same level to group A (query benchmark)
   --no-stdin             ignore stdin (by default its end makes the node leave)
   --set KNOB=VALUE       protocol and runtime settings (repeatable): max_datagram,
-                         ack_delay_us, heartbeat_ms, suspect_ms, join_interval_ms,
+                         ack_delay_us, ack_hub_from, summary_delay_us, reply_grace_us,
+                         heartbeat_ms, suspect_ms, join_interval_ms,
                          join_timeout_ms, consensus_ms, install_ms, discovery_ms,
                          merge_cooldown_ms, startup_wait_ms, nack_ms, nack_grace_us, window,
                          send_queue_bytes, event_capacity, socket_buffer, recv_batch
@@ -189,6 +190,9 @@ fn apply_sets(rc: &mut RuntimeConfig, sets: &[(String, String)]) -> Result<(), S
         match k.as_str() {
             "max_datagram" => c.max_datagram = n as usize,
             "ack_delay_us" => c.ack_delay = Duration::from_micros(n),
+            "ack_hub_from" => c.ack_hub_from = n as usize,
+            "summary_delay_us" => c.summary_delay = Duration::from_micros(n),
+            "reply_grace_us" => c.reply_grace = Duration::from_micros(n),
             "heartbeat_ms" => c.heartbeat_interval = ms,
             "suspect_ms" => c.suspect_timeout = ms,
             "join_interval_ms" => c.join_interval = ms,
