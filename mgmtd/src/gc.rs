@@ -21,7 +21,7 @@ use gc_core::{Event, Level, PrimaryState, ViewInfo};
 use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::group::{Group, GroupError, GroupEvent, MemberId, Order};
+use crate::group::{Group, GroupError, GroupEvent, MemberId, Order, SubgroupEvent};
 use crate::key::ClusterKey;
 
 /// The group every server joins.
@@ -196,6 +196,74 @@ impl Group for GcGroup {
             .leave()
             .await
             .map_err(|e| GroupError::Refused(e.to_string()))
+    }
+
+    fn subscribe(&self, group: &str, capacity: usize) -> Option<mpsc::Receiver<SubgroupEvent>> {
+        let mut events = GcGroup::subscribe(self, group, capacity);
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let name = group.to_owned();
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                let forward = match event {
+                    Event::GroupView { group, members, .. } if group == name => {
+                        SubgroupEvent::View {
+                            members: members.into_iter().map(member).collect(),
+                        }
+                    }
+                    Event::Deliver(delivery) if delivery.group == name => SubgroupEvent::Deliver {
+                        from: member(delivery.msg.sender),
+                        payload: delivery.payload,
+                    },
+                    Event::Left => SubgroupEvent::Left,
+                    // Node views: the group's own views say what matters.
+                    _ => continue,
+                };
+                let left = forward == SubgroupEvent::Left;
+                if tx.send(forward).await.is_err() || left {
+                    break;
+                }
+            }
+        });
+        Some(rx)
+    }
+
+    async fn wire_bytes_sent(&self) -> Option<u64> {
+        self.handle.counters().await.ok().map(|c| c.io.bytes_out)
+    }
+
+    async fn join_group(&self, group: &str) -> Result<(), GroupError> {
+        self.handle.join_group(group).await.map_err(group_error)
+    }
+
+    async fn leave_group(&self, group: &str) -> Result<(), GroupError> {
+        self.handle.leave_group(group).await.map_err(group_error)
+    }
+
+    async fn multicast_to(
+        &self,
+        group: &str,
+        order: Order,
+        payload: Vec<u8>,
+    ) -> Result<(), GroupError> {
+        let level = match order {
+            Order::Agreed => Level::Agreed,
+            Order::Fifo => Level::Fifo,
+        };
+        self.handle
+            .multicast(group, level, payload)
+            .await
+            .map(drop)
+            .map_err(group_error)
+    }
+}
+
+fn group_error(e: gc_core::runtime::Error) -> GroupError {
+    if e.is_backpressure() {
+        GroupError::Backpressure(e.to_string())
+    } else if matches!(e, gc_core::runtime::Error::Stopped) {
+        GroupError::Stopped
+    } else {
+        GroupError::Refused(e.to_string())
     }
 }
 

@@ -20,6 +20,8 @@
 //!   check made before the daemon starts);
 //! - [`exec`]: the `simex` execution engine: one command in its own process
 //!   group, with a timeout, capped output and optional line streaming;
+//! - [`siminst`]: installing a package on many hosts at once: the origin's
+//!   dissemination in an installation group, each target's staged install;
 //! - [`jobs`]: job ids, the bounded on-disk store of recent job outcomes and
 //!   the audit log.
 
@@ -30,6 +32,7 @@ pub mod group;
 pub mod jobs;
 pub mod listener;
 pub mod server;
+pub mod siminst;
 pub mod status;
 pub mod wire;
 /// The cluster key file, shared with the monitor: see [`flotilla_client::key`].
