@@ -279,6 +279,17 @@ fn apply_knobs(
             key: key.clone(),
             message,
         };
+        if key == "max_datagram" {
+            // Datagram size is the one knob in bytes: on loopback or a
+            // jumbo-frame LAN, large datagrams cut the per-datagram cost of
+            // bulk transfers (siminst) many times.
+            let bytes = value
+                .as_u64()
+                .filter(|b| (512..=60_000).contains(b))
+                .ok_or_else(|| bad("expected a number of bytes in 512..=60000".into()))?;
+            node.max_datagram = usize::try_from(bytes).unwrap_or(1400);
+            continue;
+        }
         let text = value
             .as_str()
             .ok_or_else(|| bad("expected a duration like \"100ms\"".into()))?;
@@ -298,7 +309,7 @@ fn apply_knobs(
             "join_timeout" => node.join_timeout = duration,
             _ => {
                 return Err(bad(
-                    "unknown knob (expected one of: heartbeat_interval, suspect_timeout, discovery_interval, startup_wait, join_timeout)".into(),
+                    "unknown knob (expected one of: heartbeat_interval, suspect_timeout, discovery_interval, startup_wait, join_timeout, max_datagram)".into(),
                 ))
             }
         }
