@@ -74,6 +74,8 @@ const GP_VERSION: u8 = 1;
 /// Gp message kinds.
 const KIND_CHUNK: u8 = b'C';
 const KIND_END: u8 = b'E';
+/// How progress lines start (the monitor recognizes them).
+pub const PROGRESS_PREFIX: &str = "siminst: ";
 /// The longest version string carried.
 const MAX_VERSION: usize = 128;
 
@@ -459,6 +461,7 @@ impl Siminst {
             };
             let outcome = match status {
                 Ok(()) => {
+                    progress(&group, job, &host, "verifying and installing".into());
                     context
                         .install(job, &ad, manifest, &work, &file, started)
                         .await
@@ -866,6 +869,7 @@ async fn receive<G: Group>(
     let n = ad.chunks();
     let mut have = vec![false; n as usize];
     let mut held: u32 = 0;
+    let mut reported_tenth: u64 = 0;
     let Some(mut events) = group.subscribe(&ad.group, SUBSCRIPTION) else {
         return Err("this server cannot join installation groups".into());
     };
@@ -907,6 +911,11 @@ async fn receive<G: Group>(
                     }
                     *slot = true;
                     held += 1;
+                    let tenth = u64::from(held) * 10 / u64::from(n.max(1));
+                    if tenth > reported_tenth {
+                        reported_tenth = tenth;
+                        progress(group, job, host, format!("receiving {}%", tenth * 10));
+                    }
                 }
                 Some(GpMessage::End) => send_have(group, job, host, &have),
                 None => tracing::warn!(%job, "an undecodable message in the installation group"),
@@ -921,6 +930,25 @@ async fn receive<G: Group>(
         tracing::debug!(%job, "leaving the installation group: {e}");
     }
     result
+}
+
+/// Tells the monitors following the job how far this host is, as an output
+/// line of the job (`siminst: receiving 40%`), from a task of its own (see
+/// [`send_have`]). Lost lines only leave the progress display behind.
+fn progress<G: Group>(group: &Arc<G>, job: JobId, host: &str, state: String) {
+    let message = GroupMessage::Output {
+        job,
+        host: host.to_owned(),
+        stream: flotilla_client::Stream::Stdout,
+        line: format!("{PROGRESS_PREFIX}{state}"),
+    };
+    let Ok(payload) = wire::encode(&message) else {
+        return;
+    };
+    let group = group.clone();
+    tokio::spawn(async move {
+        let _ = group.multicast(Order::Fifo, payload).await;
+    });
 }
 
 /// Says which chunks are missing, from a task of its own: the receiver must

@@ -5,6 +5,7 @@
 //! server spools it), and follows the job like any command: the same M/NR
 //! report, `--json`, and exit statuses.
 
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -14,7 +15,10 @@ use flotilla_client::message::{Request, Siminst, MAX_PACKAGE_DATA};
 use flotilla_client::{follow, Endpoint, FollowEvent, JobId, Outcome, PackageStatus, Targets};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::{bail_usage, connect, print_report, report, Failure, Output};
+use crate::{bail_usage, connect, print_report, Failure, Output};
+
+/// How a host's progress lines start (mgmtd's `siminst::PROGRESS_PREFIX`).
+const PROGRESS_PREFIX: &str = "siminst: ";
 
 /// What `monitor siminst FILE` was asked.
 pub(crate) struct InstallArgs<'a> {
@@ -154,18 +158,34 @@ pub(crate) async fn install(
                 .unwrap_or_else(|_| ProgressStyle::default_spinner()),
         );
     }
+    // Per host: what its last progress line said (receiving 40%,
+    // verifying and installing).
+    let mut states: BTreeMap<String, String> = BTreeMap::new();
     let report = follow(&mut connection, |event, tracker| {
+        if let FollowEvent::Output { host, line, .. } = event {
+            if let Some(state) = line.strip_prefix(PROGRESS_PREFIX) {
+                states.insert(host.to_owned(), state.to_owned());
+            }
+        }
         observe(&bar, out, event);
         if let Some(bar) = &bar {
             let progress = tracker.progress();
             bar.set_length(progress.total as u64);
             bar.set_position(progress.done as u64);
-            let waiting: Vec<&str> = tracker.pending().take(8).collect();
-            bar.set_message(if waiting.is_empty() {
-                String::new()
-            } else {
-                format!("receiving and installing: {}", report::fold_hosts(waiting))
-            });
+            let waiting: Vec<String> = tracker
+                .pending()
+                .take(6)
+                .map(|h| match states.get(h) {
+                    Some(state) => format!("{h} {state}"),
+                    None => format!("{h} eligible"),
+                })
+                .collect();
+            let more = tracker.pending().count().saturating_sub(waiting.len());
+            let mut msg = waiting.join(", ");
+            if more > 0 {
+                msg.push_str(&format!(" and {more} more"));
+            }
+            bar.set_message(msg);
         }
     })
     .await;

@@ -457,3 +457,25 @@ fn a_host_cut_off_mid_transfer_resumes_after_the_merge() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn a_remote_monitor_installs_over_tcp() -> TestResult {
+    let mut options = options(3);
+    options.tcp = true;
+    let fleet = Fleet::start(options)?;
+    let (file, _) = package(&fleet, "remote", "0.1.0", "", "echo ok\n", 2 << 20)?;
+    let port = fleet.daemons[1].tcp.ok_or("no tcp port")?;
+    let mut command = Command::new(&fleet.bin.monitor);
+    command
+        .env_remove("FLOTILLA_SOCKET")
+        .env_remove("FLOTILLA_CONNECT")
+        .args(["--json", "--connect", &format!("127.0.0.1:{port}"), "--key"])
+        .arg(&fleet.key)
+        .args(["siminst", &path(&file)]);
+    let output = flotilla_tests::run_bounded(command, Duration::from_secs(60))?;
+    let report: Value = serde_json::from_slice(&output.stdout)
+        .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&output.stderr)))?;
+    assert_eq!(output.status.code(), Some(0), "{report}");
+    assert_eq!(hosts_with(&report, "ok"), ["h1", "h2", "h3"], "{report}");
+    Ok(())
+}
