@@ -53,7 +53,9 @@ pub use message::{
     Accepted, ErrorKind, HostStatus, Member, Request, RequestError, ServerMessage, Simex, Targets,
     Unfinished, MAX_FRAME,
 };
-pub use outcome::{Captured, ChdirOutcome, ExecOutcome, ExecStatus, Outcome, Stream};
+pub use outcome::{
+    Captured, ChdirOutcome, ExecOutcome, ExecStatus, Outcome, PackageOutcome, PackageStatus, Stream,
+};
 pub use tracker::{resolve_targets, HostState, Tracker};
 pub use transport::{
     AcceptError, ClientError, ClientIdentity, Connection, Endpoint, ServerConnection,

@@ -101,6 +101,54 @@ pub enum Request {
     /// the server connected to (updates are forwarded to the primary
     /// server) with one [`ServerMessage::Map`].
     Map(maps::api::Request),
+    /// Install a package on the targets that meet its requirements. The
+    /// package file follows as [`Request::PackageData`] frames, exactly
+    /// [`Siminst::size`] bytes in all; then the server answers as for a
+    /// command.
+    Siminst(Siminst),
+    /// A piece of the package file of a [`Request::Siminst`], at most
+    /// [`MAX_PACKAGE_DATA`] bytes.
+    PackageData(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Run a package's uninstall script on the targets and forget it.
+    Remove {
+        /// The job's id, chosen by the monitor.
+        job: JobId,
+        /// Which servers.
+        targets: Targets,
+        /// The package's name.
+        name: String,
+    },
+}
+
+/// The largest package file `siminst` carries: 2 GiB.
+pub const MAX_PACKAGE_SIZE: u64 = 2 << 30;
+/// The most bytes of package data in one [`Request::PackageData`].
+pub const MAX_PACKAGE_DATA: usize = 256 * 1024;
+/// The longest manifest carried in a [`Siminst`].
+pub const MAX_MANIFEST: usize = 64 * 1024;
+/// The longest package name.
+pub const MAX_PACKAGE_NAME: usize = 64;
+
+/// A `siminst` request: the advertisement of a package.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Siminst {
+    /// The job's id, chosen by the monitor.
+    pub job: JobId,
+    /// Which servers may install it (each still checks the requirements).
+    pub targets: Targets,
+    /// The package's manifest (`flotilla.yaml`) as the package holds it:
+    /// name, version and requirements Rp. Each host checks that the
+    /// unpacked package holds the same name and version.
+    pub manifest: String,
+    /// The package file's size in bytes.
+    pub size: u64,
+    /// The SHA-256 digest every host verifies, 64 hexadecimal digits.
+    pub sha256: String,
+    /// Install even when the same version is installed already.
+    pub force: bool,
+    /// How long the transfer and install may take; the servers' default
+    /// when `None`.
+    pub timeout: Option<Duration>,
 }
 
 /// A `simex` request.
@@ -188,6 +236,9 @@ pub enum RequestError {
     /// A map request breaks a bound of [`maps::bounds`].
     #[error("{0}")]
     Map(maps::BoundError),
+    /// A `siminst` request outside its bounds (the text says which).
+    #[error("bad package request: {0}")]
+    BadPackage(String),
 }
 
 /// Whether `name` can be a host name: 1 to [`MAX_HOST_NAME`] bytes of
@@ -249,6 +300,25 @@ impl Request {
                     Ok(())
                 }
             }
+            Request::Siminst(siminst) => siminst.validate(),
+            Request::PackageData(data) => {
+                if data.len() > MAX_PACKAGE_DATA {
+                    Err(RequestError::BadPackage(format!(
+                        "{} bytes of data in one frame, more than {MAX_PACKAGE_DATA}",
+                        data.len()
+                    )))
+                } else {
+                    Ok(())
+                }
+            }
+            Request::Remove { targets, name, .. } => {
+                if !is_valid_package_name(name) {
+                    return Err(RequestError::BadPackage(format!(
+                        "{name:?} is not a package name"
+                    )));
+                }
+                targets.validate()
+            }
         }
     }
 
@@ -257,8 +327,55 @@ impl Request {
         match self {
             Request::Simex(simex) => Some(simex.job),
             Request::Chdir { job, .. } | Request::Exit { job, .. } => Some(*job),
+            Request::Siminst(siminst) => Some(siminst.job),
+            Request::Remove { job, .. } => Some(*job),
             _ => None,
         }
+    }
+}
+
+/// Whether `name` can be a package name: 1 to [`MAX_PACKAGE_NAME`]
+/// lowercase letters, digits, `.`, `_`, `+` and `-`, starting with a letter
+/// or digit (the manifest's rule).
+pub fn is_valid_package_name(name: &str) -> bool {
+    (1..=MAX_PACKAGE_NAME).contains(&name.len())
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._+-".contains(&b))
+}
+
+impl Siminst {
+    /// Checks the advertisement against the protocol's bounds.
+    pub fn validate(&self) -> Result<(), RequestError> {
+        let bad = |text: String| Err(RequestError::BadPackage(text));
+        if self.manifest.is_empty() || self.manifest.len() > MAX_MANIFEST {
+            return bad(format!(
+                "a manifest of {} bytes (1 to {MAX_MANIFEST})",
+                self.manifest.len()
+            ));
+        }
+        if self.size == 0 || self.size > MAX_PACKAGE_SIZE {
+            return bad(format!(
+                "a package of {} bytes (1 to {MAX_PACKAGE_SIZE})",
+                self.size
+            ));
+        }
+        if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return bad(format!(
+                "{:?} is not a SHA-256 digest (64 hexadecimal digits)",
+                self.sha256
+            ));
+        }
+        if let Some(timeout) = self.timeout {
+            if timeout.is_zero() || timeout > MAX_TIMEOUT {
+                return Err(RequestError::BadTimeout(timeout));
+            }
+        }
+        self.targets.validate()
     }
 }
 

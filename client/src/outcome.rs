@@ -120,6 +120,55 @@ pub enum Outcome {
     /// restarted); what became of the job is unknown. A job is never run
     /// again after this.
     Interrupted,
+    /// `siminst` or `siminst --remove`.
+    Package(PackageOutcome),
+}
+
+/// The outcome of a `siminst` (or `siminst --remove`) on one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageOutcome {
+    /// The package, as `name version` (or the name alone for a removal).
+    pub package: String,
+    /// How it ended.
+    pub status: PackageStatus,
+    /// From the command's delivery to its end on this host.
+    pub duration: Duration,
+    /// The install or uninstall script's standard output, if it ran.
+    pub stdout: Captured,
+    /// Its standard error.
+    pub stderr: Captured,
+}
+
+/// How a `siminst` ended on one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PackageStatus {
+    /// Received, verified, unpacked, installed and recorded; `previous` is
+    /// the version it replaced, if any.
+    Installed {
+        /// The version installed before.
+        previous: Option<String>,
+    },
+    /// The same version (and digest) was installed already; nothing was
+    /// done (`--force` installs again).
+    AlreadyInstalled,
+    /// The host does not meet the requirements; the text says which
+    /// (`arch=aarch64, wanted x86_64`).
+    NotEligible(String),
+    /// `--remove`: the uninstall script ran and the record is gone.
+    Removed,
+    /// `--remove`: the package was not installed here.
+    NotInstalled,
+    /// It failed; the text says where (digest, archive, script, disk).
+    /// Nothing of it is left installed and its staging is removed.
+    Failed(String),
+}
+
+impl PackageOutcome {
+    /// Whether the host holds what was asked (or, for a host that is not
+    /// eligible, correctly declined).
+    pub fn succeeded(&self) -> bool {
+        !matches!(self.status, PackageStatus::Failed(_))
+    }
 }
 
 impl Outcome {
@@ -131,15 +180,23 @@ impl Outcome {
             Outcome::Chdir(outcome) => outcome.error.is_none(),
             Outcome::Exit => true,
             Outcome::Interrupted => false,
+            Outcome::Package(outcome) => outcome.succeeded(),
         }
     }
 
     /// Keeps at most `max` bytes of each output stream (see
     /// [`Captured::trim`]).
     pub fn trim(&mut self, max: usize) {
-        if let Outcome::Exec(outcome) = self {
-            outcome.stdout.trim(max);
-            outcome.stderr.trim(max);
+        match self {
+            Outcome::Exec(outcome) => {
+                outcome.stdout.trim(max);
+                outcome.stderr.trim(max);
+            }
+            Outcome::Package(outcome) => {
+                outcome.stdout.trim(max);
+                outcome.stderr.trim(max);
+            }
+            _ => {}
         }
     }
 }

@@ -21,7 +21,7 @@ use gc_core::{Event, Level, PrimaryState, ViewInfo};
 use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::group::{Group, GroupError, GroupEvent, MemberId, Order};
+use crate::group::{Group, GroupError, GroupEvent, MemberId, Order, SubgroupEvent};
 use crate::key::ClusterKey;
 
 /// The group every server joins.
@@ -197,6 +197,74 @@ impl Group for GcGroup {
             .await
             .map_err(|e| GroupError::Refused(e.to_string()))
     }
+
+    fn subscribe(&self, group: &str, capacity: usize) -> Option<mpsc::Receiver<SubgroupEvent>> {
+        let mut events = GcGroup::subscribe(self, group, capacity);
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let name = group.to_owned();
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                let forward = match event {
+                    Event::GroupView { group, members, .. } if group == name => {
+                        SubgroupEvent::View {
+                            members: members.into_iter().map(member).collect(),
+                        }
+                    }
+                    Event::Deliver(delivery) if delivery.group == name => SubgroupEvent::Deliver {
+                        from: member(delivery.msg.sender),
+                        payload: delivery.payload,
+                    },
+                    Event::Left => SubgroupEvent::Left,
+                    // Node views: the group's own views say what matters.
+                    _ => continue,
+                };
+                let left = forward == SubgroupEvent::Left;
+                if tx.send(forward).await.is_err() || left {
+                    break;
+                }
+            }
+        });
+        Some(rx)
+    }
+
+    async fn wire_bytes_sent(&self) -> Option<u64> {
+        self.handle.counters().await.ok().map(|c| c.io.bytes_out)
+    }
+
+    async fn join_group(&self, group: &str) -> Result<(), GroupError> {
+        self.handle.join_group(group).await.map_err(group_error)
+    }
+
+    async fn leave_group(&self, group: &str) -> Result<(), GroupError> {
+        self.handle.leave_group(group).await.map_err(group_error)
+    }
+
+    async fn multicast_to(
+        &self,
+        group: &str,
+        order: Order,
+        payload: Vec<u8>,
+    ) -> Result<(), GroupError> {
+        let level = match order {
+            Order::Agreed => Level::Agreed,
+            Order::Fifo => Level::Fifo,
+        };
+        self.handle
+            .multicast(group, level, payload)
+            .await
+            .map(drop)
+            .map_err(group_error)
+    }
+}
+
+fn group_error(e: gc_core::runtime::Error) -> GroupError {
+    if e.is_backpressure() {
+        GroupError::Backpressure(e.to_string())
+    } else if matches!(e, gc_core::runtime::Error::Stopped) {
+        GroupError::Stopped
+    } else {
+        GroupError::Refused(e.to_string())
+    }
 }
 
 /// The `gc` knobs the configuration may set, as durations.
@@ -211,6 +279,17 @@ fn apply_knobs(
             key: key.clone(),
             message,
         };
+        if key == "max_datagram" {
+            // Datagram size is the one knob in bytes: on loopback or a
+            // jumbo-frame LAN, large datagrams cut the per-datagram cost of
+            // bulk transfers (siminst) many times.
+            let bytes = value
+                .as_u64()
+                .filter(|b| (512..=60_000).contains(b))
+                .ok_or_else(|| bad("expected a number of bytes in 512..=60000".into()))?;
+            node.max_datagram = usize::try_from(bytes).unwrap_or(1400);
+            continue;
+        }
         let text = value
             .as_str()
             .ok_or_else(|| bad("expected a duration like \"100ms\"".into()))?;
@@ -230,7 +309,7 @@ fn apply_knobs(
             "join_timeout" => node.join_timeout = duration,
             _ => {
                 return Err(bad(
-                    "unknown knob (expected one of: heartbeat_interval, suspect_timeout, discovery_interval, startup_wait, join_timeout)".into(),
+                    "unknown knob (expected one of: heartbeat_interval, suspect_timeout, discovery_interval, startup_wait, join_timeout, max_datagram)".into(),
                 ))
             }
         }

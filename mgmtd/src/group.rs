@@ -79,6 +79,33 @@ pub enum GroupError {
     /// The core has stopped.
     #[error("the group-communication core has stopped")]
     Stopped,
+    /// The core's send queue is full: the group is not absorbing messages
+    /// this fast. Back off and send again.
+    #[error("the group is not keeping up: {0}")]
+    Backpressure(String),
+    /// This group implementation has no groups besides `mgmt`.
+    #[error("other groups than mgmt are not supported here")]
+    Unsupported,
+}
+
+/// What a group other than `mgmt` (a siminst installation group) tells its
+/// subscriber, in delivery order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubgroupEvent {
+    /// A new view of the group (this server is a member).
+    View {
+        /// Its members, sorted.
+        members: Vec<MemberId>,
+    },
+    /// A message multicast to the group.
+    Deliver {
+        /// Its sender.
+        from: MemberId,
+        /// Its bytes.
+        payload: Vec<u8>,
+    },
+    /// The core has stopped; nothing follows.
+    Left,
 }
 
 /// The `mgmt` group as the server uses it.
@@ -100,6 +127,41 @@ pub trait Group: Send + Sync + 'static {
     /// Leaves the group cleanly, once what this server sent is delivered:
     /// the others install a view without it.
     fn leave(&self) -> impl Future<Output = Result<(), GroupError>> + Send;
+
+    /// Routes the events of another group (`group`, e.g. a siminst
+    /// installation group) to the returned queue. Subscribe before joining.
+    /// `None` when only `mgmt` is supported.
+    fn subscribe(&self, _group: &str, _capacity: usize) -> Option<mpsc::Receiver<SubgroupEvent>> {
+        None
+    }
+
+    /// Joins another group (in agreed order with its messages).
+    fn join_group(&self, _group: &str) -> impl Future<Output = Result<(), GroupError>> + Send {
+        std::future::ready(Err(GroupError::Unsupported))
+    }
+
+    /// Leaves another group.
+    fn leave_group(&self, _group: &str) -> impl Future<Output = Result<(), GroupError>> + Send {
+        std::future::ready(Err(GroupError::Unsupported))
+    }
+
+    /// Bytes this server's core has put on the wire since it started (all
+    /// groups, sealed), when the core counts them: siminst reports what a
+    /// transfer cost.
+    fn wire_bytes_sent(&self) -> impl Future<Output = Option<u64>> + Send {
+        std::future::ready(None)
+    }
+
+    /// Multicasts to another group; its members deliver it. A full send
+    /// queue is [`GroupError::Backpressure`].
+    fn multicast_to(
+        &self,
+        _group: &str,
+        _order: Order,
+        _payload: Vec<u8>,
+    ) -> impl Future<Output = Result<(), GroupError>> + Send {
+        std::future::ready(Err(GroupError::Unsupported))
+    }
 }
 
 /// An in-memory group for tests: one total order for everyone, views on

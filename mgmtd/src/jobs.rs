@@ -616,6 +616,16 @@ impl From<&Outcome> for OutcomeSummary {
             },
             Outcome::Exit => bare("exit"),
             Outcome::Interrupted => bare("interrupted"),
+            Outcome::Package(package) => match &package.status {
+                flotilla_client::PackageStatus::Failed(reason) => {
+                    OutcomeSummary::error(reason.clone())
+                }
+                flotilla_client::PackageStatus::NotEligible(_) => bare("not_eligible"),
+                flotilla_client::PackageStatus::AlreadyInstalled => bare("already_installed"),
+                flotilla_client::PackageStatus::NotInstalled => bare("not_installed"),
+                flotilla_client::PackageStatus::Removed => bare("removed"),
+                flotilla_client::PackageStatus::Installed { .. } => bare("installed"),
+            },
         }
     }
 }

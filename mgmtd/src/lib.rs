@@ -22,6 +22,8 @@
 //!   group, with a timeout, capped output and optional line streaming;
 //! - [`maps`]: the replicated maps, driven on a thread of their own;
 //! - [`faults`]: test-only fault control (a peer cut off by a file);
+//! - [`siminst`]: installing a package on many hosts at once: the origin's
+//!   dissemination in an installation group, each target's staged install;
 //! - [`jobs`]: job ids, the bounded on-disk store of recent job outcomes and
 //!   the audit log.
 
@@ -34,6 +36,7 @@ pub mod jobs;
 pub mod listener;
 pub mod maps;
 pub mod server;
+pub mod siminst;
 pub mod status;
 pub mod wire;
 /// The cluster key file, shared with the monitor: see [`flotilla_client::key`].

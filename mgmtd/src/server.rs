@@ -67,6 +67,9 @@ const DEADLINE_MARGIN: Duration = Duration::from_secs(5);
 const QUICK_DEADLINE: Duration = Duration::from_secs(10);
 /// How long a clean leave may take before the server stops anyway.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(6);
+/// How long a `siminst --remove` may take to be reported (its uninstall
+/// script has the package's install timeout, at most this).
+const REMOVE_DEADLINE: Duration = Duration::from_secs(600);
 
 /// The server's bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +119,9 @@ pub enum ServerError {
     /// The job store could not be opened or updated.
     #[error(transparent)]
     Jobs(#[from] JobsError),
+    /// siminst's database or directories could not be opened.
+    #[error(transparent)]
+    Siminst(#[from] crate::siminst::SiminstError),
     /// The saved working directory could not be read.
     #[error("cannot read the saved working directory {}: {cause}", path.display())]
     Cwd {
@@ -206,6 +212,18 @@ pub enum RequestedOp {
     },
     /// `exit`.
     Exit,
+    /// `siminst`: the advertisement, and the package spooled at the origin.
+    Siminst {
+        /// What is advertised.
+        ad: Box<crate::siminst::Advertisement>,
+        /// The spooled package file.
+        spool: PathBuf,
+    },
+    /// `siminst --remove`.
+    Remove {
+        /// The package.
+        name: String,
+    },
 }
 
 enum Call {
@@ -224,6 +242,10 @@ enum Internal {
         job: JobId,
         outcome: exec::ExecOutcome,
     },
+    Package {
+        job: JobId,
+        outcome: flotilla_client::PackageOutcome,
+    },
 }
 
 enum Outgoing {
@@ -236,9 +258,15 @@ enum Outgoing {
 pub struct ServerHandle {
     calls: mpsc::Sender<Call>,
     stopped: watch::Receiver<bool>,
+    data_dir: PathBuf,
 }
 
 impl ServerHandle {
+    /// The server's data directory (where siminst spools uploads).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
     async fn call<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, Refusal>>) -> Call,
@@ -313,6 +341,7 @@ pub struct Server<G: Group> {
     internal_tx: mpsc::Sender<Internal>,
     leaving: Option<Instant>,
     shed: u64,
+    siminst: crate::siminst::Siminst,
 }
 
 impl<G: Group> Server<G> {
@@ -340,6 +369,23 @@ impl<G: Group> Server<G> {
         let (calls_tx, calls_rx) = mpsc::channel(config.limits.calls);
         let (internal_tx, internal_rx) = mpsc::channel(config.limits.calls);
         let (stopped_tx, stopped_rx) = watch::channel(false);
+        let (package_tx, mut package_rx) = mpsc::channel(config.limits.calls);
+        let siminst = crate::siminst::Siminst::open(&config.data_dir, package_tx)?;
+        {
+            let internal = internal_tx.clone();
+            tokio::spawn(async move {
+                while let Some((job, outcome)) = package_rx.recv().await {
+                    if internal
+                        .send(Internal::Package { job, outcome })
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+        }
+        let data_dir = config.data_dir.clone();
         tokio::spawn(sender(group.clone(), outbox_rx));
         let server = Server {
             me: group.me(),
@@ -366,6 +412,7 @@ impl<G: Group> Server<G> {
             internal_tx,
             leaving: None,
             shed: 0,
+            siminst,
         };
         let core = tokio::spawn(async move {
             server.run(events, calls_rx, internal_rx).await;
@@ -375,6 +422,7 @@ impl<G: Group> Server<G> {
             ServerHandle {
                 calls: calls_tx,
                 stopped: stopped_rx,
+                data_dir,
             },
             core,
         ))
@@ -468,6 +516,7 @@ impl<G: Group> Server<G> {
             return;
         }
         self.m = m;
+        self.siminst.on_members(&self.m);
         let m = self.m.clone();
         self.followers.retain(|_, followers| {
             followers.retain(|f| match f.control.try_send(Update::View(m.clone())) {
@@ -506,7 +555,11 @@ impl<G: Group> Server<G> {
             }
             GroupMessage::Command(command) => self.on_command(command),
             GroupMessage::Result { job, host, outcome } => {
+                self.siminst.on_result(job, &host);
                 self.notify_followers(job, Update::Result(host, outcome), false)
+            }
+            GroupMessage::PackageHave { job, host, missing } => {
+                self.siminst.on_have(job, host, missing)
             }
             GroupMessage::Output {
                 job,
@@ -594,6 +647,7 @@ impl<G: Group> Server<G> {
             return;
         }
         tracing::info!(%job, client = %command.client, command = %command.op.describe(), "command accepted");
+        let from_spool = command.origin == self.me;
         match command.op {
             Op::Simex {
                 command: line,
@@ -608,6 +662,20 @@ impl<G: Group> Server<G> {
                 self.finish(job, Outcome::Exit);
                 self.begin_leave();
             }
+            Op::Siminst(ad) => {
+                let immediate = self.siminst.on_command(
+                    self.group.clone(),
+                    job,
+                    *ad,
+                    from_spool,
+                    &self.config.name,
+                    &self.config.attributes,
+                );
+                if let Some(outcome) = immediate {
+                    self.finish(job, Outcome::Package(outcome));
+                }
+            }
+            Op::Remove { name } => self.siminst.remove(job, name),
         }
     }
 
@@ -764,15 +832,19 @@ impl<G: Group> Server<G> {
 
     fn on_query(&mut self, id: u64, origin: MemberId, query: Query) {
         let reply = match query {
-            Query::Status => Reply::Status(Box::new(status::host_status(&status::StatusInput {
-                name: &self.config.name,
-                me: self.me,
-                started: self.started,
-                data_dir: &self.config.data_dir,
-                view_id: self.view_id.as_deref().unwrap_or(""),
-                members: &self.m,
-                cwd: &self.cwd,
-            }))),
+            Query::Status => {
+                let mut status = status::host_status(&status::StatusInput {
+                    name: &self.config.name,
+                    me: self.me,
+                    started: self.started,
+                    data_dir: &self.config.data_dir,
+                    view_id: self.view_id.as_deref().unwrap_or(""),
+                    members: &self.m,
+                    cwd: &self.cwd,
+                });
+                status.packages = self.siminst.installed();
+                Reply::Status(Box::new(status))
+            }
             Query::Job { prefix } => Reply::Job(
                 self.store
                     .recent()
@@ -854,13 +926,21 @@ impl<G: Group> Server<G> {
     }
 
     fn start_job(&mut self, request: StartRequest) -> Result<Started, Refusal> {
-        self.ready()?;
-        self.prune();
-        if self.followers.len() + self.queries.len() >= self.config.limits.max_followed {
-            return Err(refusal(
-                ErrorKind::Busy,
-                "too many jobs followed at once; try again later",
-            ));
+        let checked = self.ready().and_then(|()| {
+            self.prune();
+            if self.followers.len() + self.queries.len() >= self.config.limits.max_followed {
+                return Err(refusal(
+                    ErrorKind::Busy,
+                    "too many jobs followed at once; try again later",
+                ));
+            }
+            Ok(())
+        });
+        if let Err(refused) = checked {
+            if let RequestedOp::Siminst { spool, .. } = &request.op {
+                let _ = std::fs::remove_file(spool);
+            }
+            return Err(refused);
         }
         let attributes: Vec<(&str, &BTreeMap<String, String>)> = self
             .view
@@ -873,6 +953,7 @@ impl<G: Group> Server<G> {
             (_, targets) => targets.clone(),
         };
         let resolution = resolve_targets(&targets, attributes);
+        let mut origin = None;
         let (op, deadline) = match request.op {
             RequestedOp::Simex {
                 command,
@@ -894,6 +975,14 @@ impl<G: Group> Server<G> {
             }
             RequestedOp::Chdir { dir } => (Op::Chdir { dir }, QUICK_DEADLINE),
             RequestedOp::Exit => (Op::Exit, QUICK_DEADLINE),
+            RequestedOp::Siminst { ad, spool } => {
+                let deadline = ad.deadline();
+                origin = Some(((*ad).clone(), spool));
+                (Op::Siminst(ad), deadline)
+            }
+            RequestedOp::Remove { name } => {
+                (Op::Remove { name }, DEADLINE_MARGIN + REMOVE_DEADLINE)
+            }
         };
         let accepted = Accepted {
             job: request.job,
@@ -917,10 +1006,25 @@ impl<G: Group> Server<G> {
                 job: request.job,
                 origin: self.me,
                 client: request.client,
-                targets: resolution.targets,
+                targets: resolution.targets.clone(),
                 op,
             });
             self.send(&command);
+            if let Some((ad, spool)) = origin.take() {
+                self.siminst.start_origin(
+                    self.group.clone(),
+                    request.job,
+                    ad,
+                    spool,
+                    resolution.targets,
+                    self.m.clone(),
+                    self.config.name.clone(),
+                );
+            }
+        }
+        if let Some((_, spool)) = origin {
+            // Nobody to send it to.
+            let _ = std::fs::remove_file(spool);
         }
         Ok(Started {
             accepted,
@@ -1002,6 +1106,9 @@ impl<G: Group> Server<G> {
                 self.streamed.remove(&job);
                 tracing::info!(%job, status = ?outcome.status, duration = ?outcome.duration, "command ended");
                 self.finish(job, Outcome::Exec(outcome));
+            }
+            Internal::Package { job, outcome } => {
+                self.finish(job, Outcome::Package(outcome));
             }
         }
     }

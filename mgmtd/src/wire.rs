@@ -76,6 +76,18 @@ pub enum GroupMessage {
         /// The answer.
         reply: Box<Reply>,
     },
+    /// A siminst target in the job's installation group says which chunks
+    /// it still misses (inclusive ranges, at most
+    /// [`crate::siminst::MAX_RANGES`]): when it joins, after a merge, and
+    /// after the end marker. The origin re-sends them.
+    PackageHave {
+        /// The job.
+        job: JobId,
+        /// The target.
+        host: String,
+        /// The missing chunks.
+        missing: Vec<(u32, u32)>,
+    },
 }
 
 /// Who a server is.
@@ -125,6 +137,13 @@ pub enum Op {
     },
     /// Leave the group and stop.
     Exit,
+    /// Install a package (siminst): the advertisement.
+    Siminst(Box<crate::siminst::Advertisement>),
+    /// Uninstall a package.
+    Remove {
+        /// The package's name.
+        name: String,
+    },
 }
 
 impl Op {
@@ -134,6 +153,8 @@ impl Op {
             Op::Simex { command, .. } => command.clone(),
             Op::Chdir { dir } => format!("chdir {dir}"),
             Op::Exit => "exit".to_owned(),
+            Op::Siminst(ad) => ad.describe(),
+            Op::Remove { name } => format!("siminst --remove {name}"),
         }
     }
 }
@@ -252,6 +273,11 @@ fn check(message: &GroupMessage) -> Result<(), WireError> {
                     bound(!dir.is_empty() && dir.len() <= MAX_COMMAND, "directory")
                 }
                 Op::Exit => Ok(()),
+                Op::Siminst(ad) => ad.check().map_err(WireError::Bounds),
+                Op::Remove { name } => bound(
+                    flotilla_client::message::is_valid_package_name(name),
+                    "package name",
+                ),
             }
         }
         GroupMessage::Result { host, .. } => check_host(host),
@@ -274,6 +300,14 @@ fn check(message: &GroupMessage) -> Result<(), WireError> {
                 Reply::Job(records) => bound(records.len() <= MAX_JOB_MATCHES, "job records"),
                 Reply::Jobs(jobs) => bound(jobs.len() <= MAX_JOBS as usize, "jobs"),
             }
+        }
+        GroupMessage::PackageHave { host, missing, .. } => {
+            check_host(host)?;
+            bound(
+                missing.len() <= crate::siminst::MAX_RANGES
+                    && missing.iter().all(|(from, to)| from <= to),
+                "missing chunks",
+            )
         }
     }
 }

@@ -5,6 +5,9 @@
 //! monitor status | members | chdir DIR | exit (--targets h3 | --all --yes) | job ID | jobs
 //! monitor demo [--hosts 5] [--keep]
 //! monitor map create|drop|set|del|get|list|history|load ...   (see `map.rs`)
+//! monitor package build DIR -o FILE | package inspect FILE
+//! monitor siminst FILE [--targets ... | --where ...] [--force] [--sha256 HEX] [--timeout 10m]
+//! monitor siminst --remove NAME [--targets ... | --where ...]
 //! ```
 //!
 //! It connects to one server: the Unix socket (`--socket`,
@@ -20,7 +23,9 @@
 
 mod demo;
 mod map;
+mod package;
 mod report;
+mod siminst;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -130,6 +135,31 @@ enum Command {
         #[command(subcommand)]
         command: map::MapCommand,
     },
+    /// Build or inspect a package file (locally).
+    #[command(subcommand)]
+    Package(PackageCommand),
+    /// Install a package on the targets that meet its requirements, or
+    /// remove one (--remove NAME).
+    Siminst {
+        /// The package file (from `monitor package build`).
+        #[arg(required_unless_present = "remove", conflicts_with = "remove")]
+        file: Option<PathBuf>,
+        /// Run the package's uninstall script and forget it.
+        #[arg(long, value_name = "NAME")]
+        remove: Option<String>,
+        #[command(flatten)]
+        targets: TargetArgs,
+        /// Install even where the same version is installed already.
+        #[arg(long)]
+        force: bool,
+        /// The digest the hosts must find (the file's own by default).
+        #[arg(long, value_name = "HEX")]
+        sha256: Option<String>,
+        /// How long the transfer may take (e.g. 10m); the servers' default
+        /// otherwise.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+    },
     /// Start a throwaway local fleet of real daemons and take a tour.
     Demo {
         /// How many daemons.
@@ -138,6 +168,24 @@ enum Command {
         /// Leave the fleet running and print how to use and stop it.
         #[arg(long)]
         keep: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PackageCommand {
+    /// Build a package from a directory holding flotilla.yaml; prints its
+    /// sha256.
+    Build {
+        /// The package directory.
+        dir: PathBuf,
+        /// The package file to write.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Show a package's manifest, files and digest.
+    Inspect {
+        /// The package file.
+        file: PathBuf,
     },
 }
 
@@ -216,6 +264,13 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     if let Command::Demo { hosts, keep } = cli.command {
         return demo::run(hosts, keep).await.map_err(Failure::from);
     }
+    if let Command::Package(command) = &cli.command {
+        let out = Output { json: cli.json };
+        return match command {
+            PackageCommand::Build { dir, output } => package::build(dir, output, &out),
+            PackageCommand::Inspect { file } => package::inspect(file, &out),
+        };
+    }
     let endpoint = endpoint(&cli.conn)?;
     let out = Output { json: cli.json };
     match cli.command {
@@ -262,8 +317,31 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Jobs { limit } => jobs(&endpoint, limit.min(MAX_JOBS), &out).await,
         Command::Status => status(&endpoint, &out).await,
         Command::Members => members(&endpoint, &out).await,
+        Command::Siminst {
+            file,
+            remove,
+            targets,
+            force,
+            sha256,
+            timeout,
+        } => match (file, remove) {
+            (_, Some(name)) => {
+                siminst::remove(&endpoint, name, targets.targets(), new_job()?, &out).await
+            }
+            (Some(file), None) => {
+                let args = siminst::InstallArgs {
+                    file: &file,
+                    targets: targets.targets(),
+                    force,
+                    sha256,
+                    timeout,
+                };
+                siminst::install(&endpoint, args, new_job()?, &out).await
+            }
+            (None, None) => bail_usage("name a package file, or --remove NAME"),
+        },
         Command::Map { command } => map::run(&endpoint, command, &out).await,
-        Command::Demo { .. } => Ok(0),
+        Command::Demo { .. } | Command::Package(_) => Ok(0),
     }
 }
 
@@ -317,7 +395,15 @@ pub(crate) async fn run_job(
     out: &Output,
 ) -> Result<u8, Failure> {
     let report = follow_job(endpoint, request, out).await?;
-    let printable = report::Report::from(&report);
+    print_report(&report, out)
+}
+
+/// Prints a job's report; 0 if every target succeeded, 1 otherwise.
+pub(crate) fn print_report(
+    report: &flotilla_client::JobReport,
+    out: &Output,
+) -> Result<u8, Failure> {
+    let printable = report::Report::from(report);
     if out.json {
         println_checked(
             &serde_json::to_string_pretty(&printable).context("cannot encode the report")?,
@@ -473,6 +559,7 @@ pub(crate) async fn status(endpoint: &Endpoint, out: &Output) -> Result<u8, Fail
                 "disk free",
                 "view",
                 "cwd",
+                "packages",
             ]);
         for h in &reply.hosts {
             table.add_row(vec![
@@ -492,6 +579,11 @@ pub(crate) async fn status(endpoint: &Endpoint, out: &Output) -> Result<u8, Fail
                     .unwrap_or_else(|| "-".into()),
                 format!("{} ({} members)", h.view.id, h.view.members.len()),
                 h.cwd.clone(),
+                h.packages
+                    .iter()
+                    .map(|p| format!("{} {}", p.name, p.version))
+                    .collect::<Vec<_>>()
+                    .join(", "),
             ]);
         }
         for (host, _) in &reply.unanswered {

@@ -13,7 +13,10 @@
 //!
 //! `outcome` is one of `ok`, `failed`, `timed out`, `signaled`,
 //! `disconnected`, `unknown host`, `not targeted`, `no record`, `running`,
-//! `interrupted`, `not started`.
+//! `interrupted`, `not started`, `not eligible` (siminst: the host does not
+//! meet the package's requirements; `error` says why). A siminst host that
+//! is `ok` says what it did in `stdout` (`installed webapp 1.4.0`, `already
+//! installed`, `removed`); the script's own output follows it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -23,7 +26,7 @@ use comfy_table::{presets, Cell, ContentArrangement, Table};
 /// Below this many columns the report is not wrapped to the terminal.
 const MIN_WRAP_WIDTH: u16 = 40;
 use flotilla_client::message::Unfinished;
-use flotilla_client::outcome::ExecStatus;
+use flotilla_client::outcome::{ExecStatus, PackageStatus};
 use flotilla_client::{HostState, JobReport, Outcome};
 use serde::Serialize;
 
@@ -75,6 +78,8 @@ pub(crate) struct Summary {
     pub(crate) not_targeted: usize,
     /// Running, no record, interrupted.
     pub(crate) other: usize,
+    /// siminst: the host does not meet the package's requirements.
+    pub(crate) not_eligible: usize,
 }
 
 /// The report in its printable form.
@@ -95,7 +100,7 @@ impl Report {
     pub(crate) fn all_ok(&self) -> bool {
         self.hosts
             .iter()
-            .all(|h| h.ok || h.outcome == "not targeted")
+            .all(|h| h.ok || h.outcome == "not targeted" || h.outcome == "not eligible")
     }
 }
 
@@ -166,6 +171,40 @@ fn line(host: String, state: &HostState<Outcome>) -> HostLine {
             l.stdout = "leaving the group\n".into();
         }
         HostState::Reported(Outcome::Interrupted) => l.outcome = "interrupted",
+        HostState::Reported(Outcome::Package(p)) => {
+            l.duration_ms = millis(p.duration);
+            let script_out = p.stdout.text();
+            l.stderr = p.stderr.text().into_owned();
+            l.stdout_truncated = p.stdout.truncated;
+            l.stderr_truncated = p.stderr.truncated;
+            let said = match &p.status {
+                PackageStatus::Installed { previous: None } => {
+                    Some(format!("installed {}", p.package))
+                }
+                PackageStatus::Installed {
+                    previous: Some(old),
+                } => Some(format!("installed {} (was {old})", p.package)),
+                PackageStatus::AlreadyInstalled => Some(format!("{} already installed", p.package)),
+                PackageStatus::Removed => Some(format!("removed {}", p.package)),
+                PackageStatus::NotInstalled => Some(format!("{} was not installed", p.package)),
+                PackageStatus::NotEligible(why) => {
+                    l.outcome = "not eligible";
+                    l.error = Some(why.clone());
+                    None
+                }
+                PackageStatus::Failed(why) => {
+                    l.outcome = "failed";
+                    l.error = Some(why.clone());
+                    l.stdout = script_out.clone().into_owned();
+                    None
+                }
+            };
+            if let Some(said) = said {
+                l.outcome = "ok";
+                l.ok = true;
+                l.stdout = format!("{said}\n{script_out}");
+            }
+        }
         HostState::Pending | HostState::Unfinished(Unfinished::TimedOut) => l.outcome = "timed out",
         HostState::Unfinished(Unfinished::Disconnected) => l.outcome = "disconnected",
         HostState::Unfinished(Unfinished::Running) => l.outcome = "running",
@@ -192,6 +231,7 @@ impl From<&JobReport> for Report {
                 "disconnected" => summary.disconnected += 1,
                 "unknown host" => summary.unknown_host += 1,
                 "not targeted" => summary.not_targeted += 1,
+                "not eligible" => summary.not_eligible += 1,
                 _ => summary.other += 1,
             }
         }
@@ -331,6 +371,7 @@ pub(crate) fn summary_line(report: &Report) -> String {
     let mut parts = vec![format!("{} ok", s.ok)];
     for (n, what) in [
         (s.failed, "failed"),
+        (s.not_eligible, "not eligible"),
         (s.timed_out, "timed out"),
         (s.disconnected, "disconnected"),
         (s.unknown_host, "unknown host"),

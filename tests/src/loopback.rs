@@ -31,19 +31,36 @@ pub struct Binaries {
 pub fn binaries() -> Result<Binaries, Error> {
     static BUILT: OnceLock<Result<Binaries, String>> = OnceLock::new();
     BUILT
-        .get_or_init(|| build().map_err(|e| e.to_string()))
+        .get_or_init(|| build(false).map_err(|e| e.to_string()))
         .clone()
         .map_err(Into::into)
 }
 
-fn build() -> Result<Binaries, Error> {
+/// Builds (once per process) and finds release `mgmtd` and `monitor`,
+/// whatever the test's own profile: for tests that move megabytes between
+/// daemons, which debug builds of the group core cannot do on a small
+/// machine without their heartbeats starving.
+pub fn release_binaries() -> Result<Binaries, Error> {
+    static BUILT: OnceLock<Result<Binaries, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build(true).map_err(|e| e.to_string()))
+        .clone()
+        .map_err(Into::into)
+}
+
+fn build(force_release: bool) -> Result<Binaries, Error> {
     // tests: target/PROFILE/deps/NAME-HASH; binaries: target/PROFILE/NAME.
     let exe = std::env::current_exe()?;
     let mut dir = exe.parent().ok_or("no directory")?.to_owned();
     if dir.ends_with("deps") {
         dir.pop();
     }
-    let release = dir.file_name().is_some_and(|n| n == "release");
+    let mut release = dir.file_name().is_some_and(|n| n == "release");
+    if force_release && !release {
+        dir.pop();
+        dir.push("release");
+        release = true;
+    }
     if let Some(cargo) = std::env::var_os("CARGO") {
         let mut build = Command::new(cargo);
         build.args(["build", "--quiet", "-p", "mgmtd", "-p", "monitor"]);
@@ -126,6 +143,11 @@ pub struct FleetOptions {
     pub gc: String,
     /// More YAML appended to every configuration (`maps:`, `testing:`).
     pub extra: String,
+    /// Extra host attributes of daemon `i` (`key: value` lines), by index.
+    pub attributes: Vec<Vec<(String, String)>>,
+    /// Run release builds of the daemons and the monitor even from a debug
+    /// test ([`release_binaries`]).
+    pub release: bool,
 }
 
 impl FleetOptions {
@@ -138,6 +160,8 @@ impl FleetOptions {
             log_level: "info".into(),
             gc: String::new(),
             extra: String::new(),
+            attributes: Vec::new(),
+            release: false,
         }
     }
 }
@@ -171,7 +195,11 @@ impl Fleet {
     /// Starts the fleet and waits until the first daemon sees all of them
     /// in M.
     pub fn start(options: FleetOptions) -> Result<Fleet, Error> {
-        let bin = binaries()?;
+        let bin = if options.release {
+            release_binaries()?
+        } else {
+            binaries()?
+        };
         let dir = tempfile::Builder::new().prefix("flotilla-e2e-").tempdir()?;
         let key = dir.path().join("cluster.key");
         ClusterKey::generate()?.write_new(&key)?;
@@ -222,8 +250,16 @@ impl Fleet {
             .tcp
             .map(|p| format!("  tcp: 127.0.0.1:{p}\n"))
             .unwrap_or_default();
+        let attribute_lines: String = self
+            .options
+            .attributes
+            .get(i)
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!("  {k}: {v}\n"))
+            .collect();
         let config = format!(
-            "name: {}\nlisten: 127.0.0.1:{}\nseeds:\n{}\ncluster_key: {}\ndata_dir: {}\nattributes:\n  role: {role}\nclient:\n  socket: {}\n{tcp}{}log_level: {}\n{}{}",
+            "name: {}\nlisten: 127.0.0.1:{}\nseeds:\n{}\ncluster_key: {}\ndata_dir: {}\nattributes:\n  role: {role}\n{attribute_lines}client:\n  socket: {}\n{tcp}{}log_level: {}\n{}{}",
             d.name,
             d.port,
             if seeds.is_empty() { "  []".to_owned() } else { seeds.join("\n") },
@@ -319,6 +355,24 @@ impl Fleet {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Freezes daemon `i` with SIGSTOP: to the others it falls silent, as
+    /// if cut off by a partition, until [`Fleet::resume`].
+    pub fn pause(&self, i: usize) -> Result<(), Error> {
+        self.signal(i, nix::sys::signal::Signal::SIGSTOP)
+    }
+
+    /// Lets a paused daemon run again (SIGCONT): the partition heals.
+    pub fn resume(&self, i: usize) -> Result<(), Error> {
+        self.signal(i, nix::sys::signal::Signal::SIGCONT)
+    }
+
+    fn signal(&self, i: usize, signal: nix::sys::signal::Signal) -> Result<(), Error> {
+        let child = self.daemons[i].child.as_ref().ok_or("not running")?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+        nix::sys::signal::kill(pid, signal)?;
+        Ok(())
     }
 
     /// Stops daemon `i` with SIGTERM and waits for it (bounded); returns its

@@ -85,6 +85,28 @@ pub async fn serve(
             };
             follow(&mut connection, &server, request).await
         }
+        Request::Siminst(siminst) => {
+            crate::siminst::handle_request(&mut connection, &server, siminst, client).await
+        }
+        Request::PackageData(_) => {
+            send(
+                &mut connection,
+                ServerMessage::Error {
+                    kind: ErrorKind::BadRequest,
+                    message: "package data without a siminst request".into(),
+                },
+            )
+            .await
+        }
+        Request::Remove { job, targets, name } => {
+            let request = StartRequest {
+                job,
+                targets,
+                op: RequestedOp::Remove { name },
+                client,
+            };
+            follow(&mut connection, &server, request).await
+        }
         Request::Job { id } => gather_job(&mut connection, &server, id).await,
         Request::Jobs { limit } => gather_jobs(&mut connection, &server, limit).await,
         // Straight to the maps task: maps need nothing of the mgmt group.
@@ -95,7 +117,7 @@ pub async fn serve(
     }
 }
 
-type Sent = Result<(), ()>;
+pub(crate) type Sent = Result<(), ()>;
 
 async fn send(connection: &mut ServerConnection, message: ServerMessage) -> Sent {
     connection.send(&message).await.map_err(drop)
@@ -107,7 +129,7 @@ async fn refuse(connection: &mut ServerConnection, Refusal { kind, message }: Re
 
 /// Follows a command to its end: M/NR with a [`Tracker`], relaying views,
 /// output and each target's first result, then `Done`.
-async fn follow(
+pub(crate) async fn follow(
     connection: &mut ServerConnection,
     server: &ServerHandle,
     request: StartRequest,

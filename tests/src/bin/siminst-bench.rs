@@ -1,0 +1,191 @@
+//! The siminst benchmark of issue 7; prints the figures it measured.
+//!
+//! ```text
+//! cargo run --release -p flotilla-tests --bin siminst-bench -- [--hosts 1,5,20] [--mib 100] [--max-datagram 60000] [--suspect 5s]
+//! ```
+//!
+//! `--max-datagram` sets the daemons' `gc.max_datagram` (default 1400
+//! bytes: an Ethernet frame); `--suspect 5s` their `gc.suspect_timeout`
+//! (default here 2s).
+//!
+//! For each fleet size it starts that many real `mgmtd` daemons on loopback,
+//! builds a package of `--mib` MiB of incompressible data with `monitor
+//! package build`, and measures:
+//! - **siminst**: wall time from starting `monitor siminst FILE` to its
+//!   exit (every host verified, unpacked, ran the install script and
+//!   recorded the package), and the bytes the origin daemon's group core put
+//!   on the wire meanwhile (from its log line `siminst: the origin is done
+//!   serving`);
+//! - **copy one at a time**: the same file copied over plain TCP on
+//!   loopback to one receiver per host, one connection after the other (no
+//!   ssh, no encryption: a lower bound for scp/pdcp loops), wall time and
+//!   bytes sent.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flotilla_tests::{Error, Fleet, FleetOptions};
+
+/// gc timers for many daemons on one small, shared machine (as in the
+/// mgmtd benchmark).
+const GC: &str = "gc:\n  join_timeout: 1s\n  suspect_timeout: 2s\n  startup_wait: 1s\n";
+
+fn noise(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// Copies `file` to `hosts` receivers over TCP, one connection at a time;
+/// returns the wall time and the bytes sent.
+fn copy_loop(
+    file: &std::path::Path,
+    hosts: usize,
+    dir: &std::path::Path,
+) -> Result<(Duration, u64), Error> {
+    let data = std::fs::read(file)?;
+    let mut receivers = Vec::new();
+    for i in 0..hosts {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let out = dir.join(format!("copy-{i}.fpkg"));
+        let handle = std::thread::spawn(move || -> std::io::Result<u64> {
+            let (mut stream, _) = listener.accept()?;
+            let mut file = std::fs::File::create(out)?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut total = 0;
+            loop {
+                let n = stream.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                file.write_all(&buf[..n])?;
+                total += n as u64;
+            }
+            file.sync_all()?;
+            Ok(total)
+        });
+        receivers.push((addr, handle));
+    }
+    let start = Instant::now();
+    let mut sent = 0;
+    for (addr, handle) in receivers {
+        let mut stream = TcpStream::connect(addr)?;
+        stream.write_all(&data)?;
+        drop(stream);
+        sent += handle.join().map_err(|_| "receiver panicked")??;
+    }
+    Ok((start.elapsed(), sent))
+}
+
+fn main() -> Result<(), Error> {
+    let sizes: Vec<usize> = arg("--hosts")
+        .unwrap_or_else(|| "1,5,20".into())
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let size_mib: usize = arg("--mib").unwrap_or_else(|| "100".into()).parse()?;
+    println!("| hosts | siminst wall (s) | aggregate MiB/s | origin wire MiB | copy loop wall (s) | copy loop MiB sent | ok |");
+    println!("|---|---|---|---|---|---|---|");
+    for hosts in sizes {
+        let mut options = FleetOptions::new(hosts);
+        options.gc = match arg("--suspect") {
+            // Twenty daemons verifying and unpacking 100 MiB each share two
+            // cores here: a longer suspicion keeps busy ones in the view.
+            Some(suspect) => GC.replace(
+                "suspect_timeout: 2s",
+                &format!("suspect_timeout: {suspect}"),
+            ),
+            None => GC.into(),
+        };
+        if let Some(bytes) = arg("--max-datagram") {
+            options.gc.push_str(&format!("  max_datagram: {bytes}\n"));
+        }
+        options.log_level = "info".into();
+        let fleet = Fleet::start(options)?;
+        let src = fleet.dir.path().join("src");
+        std::fs::create_dir_all(&src)?;
+        std::fs::write(
+            src.join("flotilla.yaml"),
+            "name: bench\nversion: 1.0.0\ninstall: install.sh\ninstall_timeout: 5m\n",
+        )?;
+        std::fs::write(src.join("install.sh"), "test -f data.bin\n")?;
+        std::fs::write(src.join("data.bin"), noise(size_mib << 20))?;
+        let file = fleet.dir.path().join("bench.fpkg");
+        let built = fleet.monitor(
+            0,
+            &[
+                "package",
+                "build",
+                &src.display().to_string(),
+                "-o",
+                &file.display().to_string(),
+            ],
+        )?;
+        if !built.status.success() {
+            return Err(format!("package build failed: {built:?}").into());
+        }
+        let size = std::fs::metadata(&file)?.len();
+        let start = Instant::now();
+        let output = Command::new(&fleet.bin.monitor)
+            .env("FLOTILLA_SOCKET", fleet.daemons[0].socket())
+            .args(["--json", "siminst", &file.display().to_string()])
+            .stdin(Stdio::null())
+            .output()?;
+        let wall = start.elapsed();
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+        let ok = report["summary"]["ok"].as_u64().unwrap_or(0);
+        // The origin logs its counters once every target has reported.
+        let mut wire: u64 = 0;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let log = fleet.daemons[0].log();
+            if let Some(line) = log
+                .lines()
+                .rev()
+                .find(|l| l.contains("the origin is done serving"))
+            {
+                wire = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("wire_bytes="))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let (copy_wall, copy_bytes) = copy_loop(&file, hosts, fleet.dir.path())?;
+        println!(
+            "| {hosts} | {:.2} | {:.0} | {:.1} | {:.2} | {:.1} | {ok}/{hosts} |",
+            wall.as_secs_f64(),
+            mib(size * hosts as u64) / wall.as_secs_f64(),
+            mib(wire),
+            copy_wall.as_secs_f64(),
+            mib(copy_bytes),
+        );
+        if ok != hosts as u64 {
+            eprintln!("not every host installed: {report}");
+        }
+    }
+    Ok(())
+}
