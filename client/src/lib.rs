@@ -42,6 +42,7 @@ pub mod job;
 pub mod key;
 pub mod message;
 pub mod outcome;
+pub mod report_error;
 pub mod tracker;
 pub mod transport;
 
@@ -56,6 +57,7 @@ pub use message::{
 pub use outcome::{
     Captured, ChdirOutcome, ExecOutcome, ExecStatus, Outcome, PackageOutcome, PackageStatus, Stream,
 };
+pub use report_error::error_chain;
 pub use tracker::{resolve_targets, HostState, Tracker};
 pub use transport::{
     AcceptError, ClientError, ClientIdentity, Connection, Endpoint, ServerConnection,

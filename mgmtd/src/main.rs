@@ -82,7 +82,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("mgmtd: error: {e:#}");
+            eprintln!("mgmtd: error: {}", flotilla_client::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -254,7 +254,10 @@ fn main() -> ExitCode {
             {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("monitor: error: {error:#}");
+            eprintln!(
+                "monitor: error: {}",
+                flotilla_client::error_chain(error.as_ref())
+            );
             ExitCode::from(code)
         }
     }

@@ -285,7 +285,8 @@ pub(crate) async fn ask(endpoint: &Endpoint, request: &MapRequest) -> Result<Res
                 let e = anyhow::Error::from(e).context(format!("lost the server at {endpoint}"));
                 return match request {
                     MapRequest::Update(u) => refused(format!(
-                        "{e:#}\n{}",
+                        "{}\n{}",
+                        flotilla_client::error_chain(e.as_ref()),
                         unknown_text(
                             endpoint,
                             &u.map,
