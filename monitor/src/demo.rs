@@ -1,5 +1,6 @@
 //! `monitor demo`: a throwaway fleet of real `mgmtd` processes on loopback,
-//! a short tour, and a clean stop (also on Ctrl-C and on error).
+//! a short tour (simex, chdir, the replicated maps, siminst, a killed host),
+//! and a clean stop (also on Ctrl-C and on error).
 //!
 //! The fleet lives in a temporary directory: a fresh cluster key, and per
 //! host a configuration, a data directory, a socket and a log file. The
@@ -115,6 +116,10 @@ impl Fleet {
         } else {
             ""
         };
+        let map_hosts = (1..=hosts)
+            .map(|i| format!("demo-{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         for (i, port) in ports.iter().enumerate() {
             let name = format!("demo-{}", i + 1);
             let home = root.join(&name);
@@ -126,7 +131,7 @@ impl Fleet {
                 .collect();
             let role = if i == 0 { "db" } else { "web" };
             let config = format!(
-                "name: {name}\nlisten: 127.0.0.1:{port}\nseeds:\n{}\ncluster_key: {}\ndata_dir: {}\nattributes:\n  role: {role}\nclient:\n  socket: {}\nexec:\n  timeout: 30s\nlog_level: info\n{gc}",
+                "name: {name}\nlisten: 127.0.0.1:{port}\nseeds:\n{}\ncluster_key: {}\ndata_dir: {}\nattributes:\n  role: {role}\nclient:\n  socket: {}\nexec:\n  timeout: 30s\nlog_level: info\nmaps:\n  hosts: [{map_hosts}]\n{gc}",
                 if seeds.is_empty() { "  []".to_owned() } else { seeds.join("\n") },
                 key_path.display(),
                 home.join("data").display(),
@@ -267,6 +272,8 @@ async fn tour(fleet: &mut Fleet) -> anyhow::Result<()> {
     .await)?;
     run(run_job(&endpoint, simex("pwd", Targets::All, None)?, &out).await)?;
 
+    maps_and_siminst(fleet).await?;
+
     heading("monitor simex --where role=web -- 'ls /nonexistent'   (fails everywhere)");
     let web = Targets::Where(vec![("role".into(), "web".into())]);
     run(run_job(&endpoint, simex("ls /nonexistent", web, None)?, &out).await)?;
@@ -302,6 +309,60 @@ async fn tour(fleet: &mut Fleet) -> anyhow::Result<()> {
             let _ = child.wait().await;
         }
     }
+    Ok(())
+}
+
+/// The replicated maps and siminst, each step run as the `monitor` command
+/// line it shows, against the first daemon.
+async fn maps_and_siminst(fleet: &Fleet) -> anyhow::Result<()> {
+    let socket = fleet.daemons[0].socket.display().to_string();
+    let root = format!("{}/", fleet.root.display());
+    let step = |args: Vec<String>| {
+        let socket = socket.clone();
+        // The package's paths are shown relative to the fleet's directory.
+        let shown = args.join(" ").replace(&root, "");
+        async move {
+            heading(&format!("monitor {shown}"));
+            let argv = ["monitor", "--socket", &socket]
+                .into_iter()
+                .map(str::to_owned)
+                .chain(args);
+            let cli = <crate::Cli as clap::Parser>::try_parse_from(argv)
+                .context("a demo step is not a valid monitor command line")?;
+            // Boxed: `run` is what called the demo.
+            match Box::pin(crate::run(cli)).await {
+                Ok(0) => Ok(()),
+                Ok(code) => bail!("the step exited with status {code}"),
+                Err(failure) => Err(failure.error),
+            }
+        }
+    };
+    let words = |line: &str| line.split(' ').map(str::to_owned).collect::<Vec<_>>();
+
+    step(words("map create hosts")).await?;
+    step(words("map set hosts 10.0.0.1 web-1")).await?;
+    step(words("map set hosts 10.0.0.2 web-2")).await?;
+    step(words("map list hosts")).await?;
+
+    // A package for the web hosts: demo-1 (role=db) is not eligible.
+    let dir = fleet.root.join("hello-package");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("flotilla.yaml"),
+        "name: hello\nversion: 1.0.0\nrequirements:\n  attributes:\n    role: [web]\ninstall: install.sh\n",
+    )?;
+    std::fs::write(dir.join("install.sh"), "echo hello installed\n")?;
+    let file = fleet.root.join("hello-1.0.0.fpkg");
+    let (dir, file) = (dir.display().to_string(), file.display().to_string());
+    step(vec![
+        "package".into(),
+        "build".into(),
+        dir,
+        "-o".into(),
+        file.clone(),
+    ])
+    .await?;
+    step(vec!["siminst".into(), file]).await?;
     Ok(())
 }
 

@@ -403,3 +403,39 @@ fn another_user_on_the_unix_socket_is_refused() -> TestResult {
     );
     Ok(())
 }
+
+/// The README's first command: the tour runs every step against a real
+/// fleet, and the fleet's directory is gone after the clean stop.
+#[test]
+fn the_demo_tour_runs_and_cleans_up() -> TestResult {
+    let bin = flotilla_tests::binaries()?;
+    let mut command = Command::new(&bin.monitor);
+    command
+        .env("FLOTILLA_MGMTD", &bin.mgmtd)
+        .env_remove("FLOTILLA_SOCKET")
+        .env_remove("FLOTILLA_CONNECT")
+        .args(["demo", "--hosts", "3"]);
+    let output = flotilla_tests::run_bounded(command, Duration::from_secs(240))?;
+    let all = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{all}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for expected in [
+        "the fleet formed one view of 3",
+        "map hosts at version 3",
+        "2 ok, 1 not eligible",
+        "1 disconnected",
+        "stopping the fleet",
+    ] {
+        assert!(stdout.contains(expected), "missing {expected:?} in\n{all}");
+    }
+    let root = stdout
+        .lines()
+        .find_map(|l| l.split("(state and logs in ").nth(1))
+        .and_then(|rest| rest.strip_suffix(')'))
+        .ok_or_else(|| format!("no fleet directory in\n{all}"))?;
+    assert!(
+        !std::path::Path::new(root).exists(),
+        "{root} is left behind"
+    );
+    Ok(())
+}
