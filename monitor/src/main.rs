@@ -348,6 +348,26 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     }
 }
 
+/// Sets the bar to the tracker's progress, its message to `describe` of
+/// the first `shown` hosts still awaited, and says how many more there are.
+fn show_progress<T>(
+    bar: &ProgressBar,
+    tracker: &flotilla_client::Tracker<T>,
+    shown: usize,
+    describe: impl FnOnce(Vec<&str>) -> String,
+) {
+    let progress = tracker.progress();
+    bar.set_length(progress.total as u64);
+    bar.set_position(progress.done as u64);
+    let waiting: Vec<&str> = tracker.pending().take(shown).collect();
+    let more = tracker.pending().count().saturating_sub(waiting.len());
+    let mut msg = describe(waiting);
+    if more > 0 {
+        msg.push_str(&format!(" and {more} more"));
+    }
+    bar.set_message(msg);
+}
+
 fn bail_usage<T>(message: &str) -> Result<T, Failure> {
     Err(Failure {
         code: 2,
@@ -477,20 +497,13 @@ pub(crate) async fn follow_job(
             }
         }
         if let Some(bar) = &bar {
-            let progress = tracker.progress();
-            bar.set_length(progress.total as u64);
-            bar.set_position(progress.done as u64);
-            let waiting: Vec<&str> = tracker.pending().take(8).collect();
-            let more = tracker.pending().count().saturating_sub(waiting.len());
-            let mut msg = if waiting.is_empty() {
-                String::new()
-            } else {
-                format!("waiting for {}", report::fold_hosts(waiting))
-            };
-            if more > 0 {
-                msg.push_str(&format!(" and {more} more"));
-            }
-            bar.set_message(msg);
+            show_progress(bar, tracker, 8, |waiting| {
+                if waiting.is_empty() {
+                    String::new()
+                } else {
+                    format!("waiting for {}", report::fold_hosts(waiting))
+                }
+            });
         }
     })
     .await;

@@ -169,23 +169,16 @@ pub(crate) async fn install(
         }
         observe(&bar, out, event);
         if let Some(bar) = &bar {
-            let progress = tracker.progress();
-            bar.set_length(progress.total as u64);
-            bar.set_position(progress.done as u64);
-            let waiting: Vec<String> = tracker
-                .pending()
-                .take(6)
-                .map(|h| match states.get(h) {
-                    Some(state) => format!("{h} {state}"),
-                    None => format!("{h} eligible"),
-                })
-                .collect();
-            let more = tracker.pending().count().saturating_sub(waiting.len());
-            let mut msg = waiting.join(", ");
-            if more > 0 {
-                msg.push_str(&format!(" and {more} more"));
-            }
-            bar.set_message(msg);
+            crate::show_progress(bar, tracker, 6, |waiting| {
+                waiting
+                    .into_iter()
+                    .map(|h| match states.get(h) {
+                        Some(state) => format!("{h} {state}"),
+                        None => format!("{h} eligible"),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            });
         }
     })
     .await;

@@ -298,6 +298,14 @@ impl Fleet {
         run_bounded(command, Duration::from_secs(60))
     }
 
+    /// Every daemon's log, for a failed test's message.
+    pub fn logs(&self) -> String {
+        self.daemons
+            .iter()
+            .map(|d| format!("--- {}:\n{}", d.name, d.log()))
+            .collect()
+    }
+
     /// `monitor --json ARGS` against daemon `i`: its exit code and document.
     pub fn monitor_json(&self, i: usize, args: &[&str]) -> Result<(i32, serde_json::Value), Error> {
         let mut all = vec!["--json"];
@@ -427,4 +435,17 @@ pub fn run_bounded(mut command: Command, limit: Duration) -> Result<Output, Erro
             Err(format!("{command:?} did not end within {limit:?}").into())
         }
     }
+}
+
+/// The hosts of a `monitor --json` report with this outcome, sorted.
+pub fn hosts_with(report: &serde_json::Value, outcome: &str) -> Vec<String> {
+    let mut hosts: Vec<String> = report["hosts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|h| h["outcome"] == outcome)
+        .filter_map(|h| h["host"].as_str().map(str::to_owned))
+        .collect();
+    hosts.sort();
+    hosts
 }

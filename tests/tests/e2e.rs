@@ -3,6 +3,7 @@
 //! by the client library). Every wait is bounded; a fleet is killed when
 //! its test ends, passing or not.
 
+use flotilla_tests::hosts_with;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,19 +14,6 @@ use flotilla_tests::{Error, Fleet, FleetOptions};
 use serde_json::Value;
 
 type TestResult = Result<(), Error>;
-
-/// The hosts of a report with this outcome, sorted.
-fn hosts_with(report: &Value, outcome: &str) -> Vec<String> {
-    let mut hosts: Vec<String> = report["hosts"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|h| h["outcome"] == outcome)
-        .filter_map(|h| h["host"].as_str().map(str::to_owned))
-        .collect();
-    hosts.sort();
-    hosts
-}
 
 fn host<'a>(report: &'a Value, name: &str) -> Option<&'a Value> {
     report["hosts"]

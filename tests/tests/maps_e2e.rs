@@ -42,15 +42,6 @@ fn maps_fleet(n: usize) -> Result<Fleet, Error> {
     Ok(fleet)
 }
 
-/// Every daemon's log, for a failed test.
-fn logs(fleet: &Fleet) -> String {
-    fleet
-        .daemons
-        .iter()
-        .map(|d| format!("--- {}:\n{}", d.name, d.log()))
-        .collect()
-}
-
 /// Runs `monitor ARGS` against daemon `i` until it exits 0, at most `limit`.
 fn until_ok(fleet: &Fleet, i: usize, args: &[&str], limit: Duration) -> Result<Output, Error> {
     let deadline = Instant::now() + limit;
@@ -64,7 +55,7 @@ fn until_ok(fleet: &Fleet, i: usize, args: &[&str], limit: Duration) -> Result<O
                 "monitor {args:?} on {} never succeeded; last:\n{}\nlogs:\n{}",
                 fleet.daemons[i].name,
                 text(&output),
-                logs(fleet)
+                fleet.logs()
             )
             .into());
         }

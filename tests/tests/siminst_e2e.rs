@@ -6,6 +6,7 @@
 //! heartbeats on a small machine, and the fleet falls apart for reasons
 //! that have nothing to do with siminst.
 
+use flotilla_tests::hosts_with;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,18 +27,6 @@ fn options(hosts: usize) -> FleetOptions {
     options.gc = GC.into();
     options.release = true;
     options
-}
-
-fn hosts_with(report: &Value, outcome: &str) -> Vec<String> {
-    let mut hosts: Vec<String> = report["hosts"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|h| h["outcome"] == outcome)
-        .filter_map(|h| h["host"].as_str().map(str::to_owned))
-        .collect();
-    hosts.sort();
-    hosts
 }
 
 fn host<'a>(report: &'a Value, name: &str) -> &'a Value {
@@ -138,14 +127,6 @@ fn staging_is_empty(fleet: &Fleet) -> bool {
     })
 }
 
-fn logs(fleet: &Fleet) -> String {
-    fleet
-        .daemons
-        .iter()
-        .map(|d| format!("--- {}:\n{}", d.name, d.log()))
-        .collect()
-}
-
 fn path(p: &Path) -> String {
     p.display().to_string()
 }
@@ -170,7 +151,7 @@ fn install_on_five_hosts_reinstall_force_and_remove() -> TestResult {
     );
 
     let (code, report) = fleet.monitor_json(1, &["siminst", &path(&file)])?;
-    assert_eq!(code, 0, "{report}\n{}", logs(&fleet));
+    assert_eq!(code, 0, "{report}\n{}", fleet.logs());
     assert_eq!(
         hosts_with(&report, "ok"),
         ["h1", "h2", "h3", "h4", "h5"],
