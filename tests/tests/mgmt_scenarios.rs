@@ -15,11 +15,13 @@ fn run(f: impl FnOnce() -> Result<MgmtOutcome, ScenarioError>) {
         return;
     }
     let _one_at_a_time = scenario::serial();
+    // The time of each scenario, for CI's budget (tests/FAULTS.md).
+    let started = std::time::Instant::now();
     let out = match f() {
         Ok(o) => o,
         Err(e) => panic!("scenario failed: {e}"),
     };
-    eprintln!("{out}");
+    eprintln!("{out}  took {:.1} s", started.elapsed().as_secs_f64());
     assert!(out.violations.is_empty(), "{out}");
 }
 

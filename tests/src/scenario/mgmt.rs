@@ -141,8 +141,13 @@ impl PendingMonitor {
     }
 
     /// Waits for it (bounded by [`MONITOR_TIMEOUT`], then killed).
-    pub fn wait(mut self) -> Result<MonitorRun, ScenarioError> {
-        let deadline = self.started + MONITOR_TIMEOUT;
+    pub fn wait(self) -> Result<MonitorRun, ScenarioError> {
+        self.wait_for(MONITOR_TIMEOUT)
+    }
+
+    /// Waits for it at most `limit` from its start, then kills it.
+    pub fn wait_for(mut self, limit: Duration) -> Result<MonitorRun, ScenarioError> {
+        let deadline = self.started + limit;
         let status = loop {
             match self.child.try_wait() {
                 Ok(Some(s)) => break Some(s),
@@ -173,7 +178,7 @@ impl PendingMonitor {
         let Some(status) = status else {
             return Err(ScenarioError::Timeout {
                 what: "a monitor command".into(),
-                waited: MONITOR_TIMEOUT,
+                waited: limit,
                 seen: text,
             });
         };
