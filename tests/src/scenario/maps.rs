@@ -592,12 +592,13 @@ pub fn map_updates_across_partition(hosts: usize) -> Result<MgmtOutcome, Scenari
     check_histories(&fleet, &mut out, &all, "kv", &acked, &ids);
     let lists: Vec<Option<Vec<(String, u64, u64)>>> =
         all.iter().map(|&h| maps_list(&fleet, h)).collect();
-    if lists.iter().any(|l| l.is_none() || *l != lists[0]) {
-        out.violations
-            .push(format!("`map list` differs between the hosts: {lists:?}"));
-    } else {
-        out.notes
-            .push(format!("`map list` on every host: {:?}", lists[0]));
+    match lists.first() {
+        Some(Some(first)) if lists.iter().all(|l| l.as_ref() == Some(first)) => out
+            .notes
+            .push(format!("`map list` on every host: {first:?}")),
+        _ => out
+            .violations
+            .push(format!("`map list` differs between the hosts: {lists:?}")),
     }
 
     // A former minority host updates again.
