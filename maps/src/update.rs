@@ -13,10 +13,37 @@ use std::fmt;
 /// ([`UpdateId::from_origin`]). A client that retransmits an update after a
 /// timeout or a view change sends the same id, which is how a second
 /// application is recognised and answered with the first outcome.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
-)]
+///
+/// On the wire and on disk (postcard) it is a plain `u128`; in a
+/// human-readable format (the monitor's `--json`) it is the same 32
+/// hexadecimal digits that [`fmt::Display`] prints and `--id` takes, because
+/// JSON numbers cannot hold 128 bits (serde_json refuses them, and readers
+/// would round them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct UpdateId(pub u128);
+
+impl Serialize for UpdateId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            s.serialize_u128(self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for UpdateId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let text = String::deserialize(d)?;
+            u128::from_str_radix(&text, 16)
+                .map(UpdateId)
+                .map_err(|_| serde::de::Error::custom("an update id is 32 hexadecimal digits"))
+        } else {
+            u128::deserialize(d).map(UpdateId)
+        }
+    }
+}
 
 impl UpdateId {
     /// An id from a 128-bit number (for example a random one).
@@ -345,6 +372,16 @@ mod tests {
         let id = UpdateId::from_origin(7, 42);
         assert_eq!((id.origin(), id.counter()), (7, 42));
         assert_eq!(id.to_string(), format!("{:016x}{:016x}", 7, 42));
+    }
+
+    #[test]
+    fn ids_keep_their_wire_form() {
+        // The wire and the log still carry a plain u128: what older
+        // daemons wrote reads back the same.
+        let id = UpdateId(u128::MAX - 5);
+        let bytes = postcard::to_stdvec(&id).unwrap();
+        assert_eq!(bytes, postcard::to_stdvec(&(u128::MAX - 5)).unwrap());
+        assert_eq!(postcard::from_bytes::<UpdateId>(&bytes).unwrap(), id);
     }
 
     #[test]

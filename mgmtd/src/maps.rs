@@ -349,6 +349,10 @@ fn run(
     let mut unsettled_since: Option<std::time::Instant> = None;
     let mut described = std::time::Instant::now();
     let mut sent = (0, 0);
+    // The primary server last logged: which host orders the updates is
+    // what an operator (or a fault test that crashes it) needs to know,
+    // and no request shows it.
+    let mut logged_primary = None;
     while let Some(first) = input.blocking_recv() {
         let mut events = Vec::new();
         let mut requests = Vec::new();
@@ -367,6 +371,13 @@ fn run(
         let mut actions = Vec::new();
         if !events.is_empty() {
             actions.extend(server.on_events(&events)?);
+            let primary = server.primary_server().filter(|_| server.is_settled());
+            if primary.is_some() && primary != logged_primary {
+                logged_primary = primary;
+                if let Some(p) = primary {
+                    tracing::info!(primary = %p, "maps settled: the primary server is {p}");
+                }
+            }
         }
         for payload in failed {
             actions.extend(server.on_send_failed(&payload));

@@ -844,4 +844,23 @@ mod tests {
         assert!(parse_id(&"0".repeat(31)).is_err());
         assert_eq!(parse_id(&format!("{:032x}", 7)).unwrap(), UpdateId(7));
     }
+
+    #[test]
+    fn json_shows_any_update_id_as_the_id_to_resend() {
+        // A random id does not fit a JSON number: `--json map set` and
+        // `--json map history` used to panic with "number out of range".
+        let id = UpdateId(u128::MAX - 1);
+        let response = Response::Outcome {
+            id,
+            map: "kv".into(),
+            outcome: Outcome::Applied { version: 3 },
+            duplicate: false,
+        };
+        let shown = json!({ "response": response });
+        let text = shown["response"]["Outcome"]["id"].as_str().unwrap();
+        assert_eq!(text, id.to_string());
+        assert_eq!(parse_id(text).unwrap(), id);
+        let back: Response = serde_json::from_value(shown["response"].clone()).unwrap();
+        assert_eq!(back, response);
+    }
 }

@@ -8,8 +8,9 @@
 //! it keeps its connection to its daemon whatever the faults do to the LAN.
 //!
 //! Scenarios (ISSUE 8, item 5): (a) simex during a partition, (e) a rolling
-//! restart of every daemon while simex commands run. (b)-(d) need the
-//! replicated maps and siminst, which mgmtd does not serve yet.
+//! restart of every daemon while simex commands run; (b) and (c), over the
+//! replicated maps, are in [`super::maps`], and (d), siminst, in
+//! [`super::siminst`], on the same fleet ([`MgmtFleet::start_with`]).
 //!
 //! Every daemon writes an event log (`event_log:` in its configuration);
 //! [`MgmtFleet::finish`] runs the gc-core checker over the logs of every
@@ -140,8 +141,13 @@ impl PendingMonitor {
     }
 
     /// Waits for it (bounded by [`MONITOR_TIMEOUT`], then killed).
-    pub fn wait(mut self) -> Result<MonitorRun, ScenarioError> {
-        let deadline = self.started + MONITOR_TIMEOUT;
+    pub fn wait(self) -> Result<MonitorRun, ScenarioError> {
+        self.wait_for(MONITOR_TIMEOUT)
+    }
+
+    /// Waits for it at most `limit` from its start, then kills it.
+    pub fn wait_for(mut self, limit: Duration) -> Result<MonitorRun, ScenarioError> {
+        let deadline = self.started + limit;
         let status = loop {
             match self.child.try_wait() {
                 Ok(Some(s)) => break Some(s),
@@ -172,7 +178,7 @@ impl PendingMonitor {
         let Some(status) = status else {
             return Err(ScenarioError::Timeout {
                 what: "a monitor command".into(),
-                waited: MONITOR_TIMEOUT,
+                waited: limit,
                 seen: text,
             });
         };
@@ -182,6 +188,47 @@ impl PendingMonitor {
             text,
             took,
         })
+    }
+}
+
+/// Release builds of mgmtd and monitor, built once per process by the
+/// loopback tests' [`crate::loopback::release_binaries`]: for scenarios that
+/// move megabytes (siminst), which debug builds of the group core cannot do
+/// on a small machine without their heartbeats starving.
+pub fn release_binaries() -> Result<MgmtBinaries, ScenarioError> {
+    crate::loopback::release_binaries()
+        .map(|b| MgmtBinaries {
+            mgmtd: b.mgmtd,
+            monitor: b.monitor,
+        })
+        .map_err(|e| ScenarioError::Build {
+            what: "release mgmtd and monitor".into(),
+            detail: e.to_string(),
+        })
+}
+
+/// How a fleet is built and configured.
+#[derive(Clone, Debug)]
+pub struct MgmtOptions {
+    /// How many hosts.
+    pub hosts: usize,
+    /// Release daemons ([`release_binaries`]) rather than dev ones.
+    pub release: bool,
+    /// The replicated maps over every host (`maps: {hosts: [h1, ...]}`).
+    pub maps: bool,
+    /// A `gc:` section (empty: the defaults).
+    pub gc: String,
+}
+
+impl MgmtOptions {
+    /// `hosts` dev daemons, no maps, the default gc timers.
+    pub fn new(hosts: usize) -> MgmtOptions {
+        MgmtOptions {
+            hosts,
+            release: false,
+            maps: false,
+            gc: String::new(),
+        }
     }
 }
 
@@ -212,7 +259,17 @@ impl MgmtFleet {
     /// Builds the network, a key, a configuration per host, and starts the
     /// daemons; waits until every daemon has every host in M.
     pub fn start(hosts: usize) -> Result<MgmtFleet, ScenarioError> {
-        let bin = binaries()?;
+        MgmtFleet::start_with(&MgmtOptions::new(hosts))
+    }
+
+    /// [`MgmtFleet::start`] with options.
+    pub fn start_with(opts: &MgmtOptions) -> Result<MgmtFleet, ScenarioError> {
+        let hosts = opts.hosts;
+        let bin = if opts.release {
+            release_binaries()?
+        } else {
+            binaries()?
+        };
         let vlan = Vlan::new(hosts, &super::runs_base())?;
         let run = vlan.run_dir().to_owned();
         let key = run.join("cluster.key");
@@ -231,6 +288,13 @@ impl MgmtFleet {
                 detail: String::from_utf8_lossy(&st.stderr).into_owned(),
             });
         }
+        // The same maps section on every host: majorities count all of them.
+        let maps = if opts.maps {
+            let names: Vec<&str> = vlan.hosts().iter().map(|h| h.name.as_str()).collect();
+            format!("maps:\n  hosts: [{}]\n", names.join(", "))
+        } else {
+            String::new()
+        };
         let mut procs = Vec::new();
         for h in vlan.hosts() {
             let home = host_dir(&run, &h.name);
@@ -242,7 +306,8 @@ impl MgmtFleet {
                 .map(|o| format!("  - {}:{MGMT_PORT}", o.addr))
                 .collect();
             let config = format!(
-                "name: {name}\nlisten: {addr}:{MGMT_PORT}\nseeds:\n{seeds}\ncluster_key: {key}\ndata_dir: {data}\nattributes:\n  role: {role}\nclient:\n  socket: {sock}\nexec:\n  timeout: 30s\n  kill_grace: 200ms\nlog_level: info\nevent_log: {events}\n",
+                "name: {name}\nlisten: {addr}:{MGMT_PORT}\nseeds:\n{seeds}\ncluster_key: {key}\ndata_dir: {data}\nattributes:\n  role: {role}\nclient:\n  socket: {sock}\nexec:\n  timeout: 30s\n  kill_grace: 200ms\nlog_level: info\nevent_log: {events}\n{maps}{gc}",
+                gc = opts.gc,
                 name = h.name,
                 addr = h.addr,
                 seeds = seeds.join("\n"),
@@ -276,6 +341,20 @@ impl MgmtFleet {
         Ok(fleet)
     }
 
+    /// Host `h`'s data directory (maps log, siminst staging, packages).
+    pub fn data_dir(&self, h: usize) -> PathBuf {
+        host_dir(self.vlan.run_dir(), &format!("h{}", h + 1)).join("data")
+    }
+
+    /// What host `h`'s daemon has logged (stderr) since its latest start.
+    pub fn daemon_log(&self, h: usize) -> String {
+        self.procs
+            .get(h)
+            .map(|p| p.err_log(p.starts().saturating_sub(1)))
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .unwrap_or_default()
+    }
+
     /// Host `h`'s client socket.
     pub fn socket(&self, h: usize) -> PathBuf {
         host_dir(self.vlan.run_dir(), &format!("h{}", h + 1)).join("mgmtd.sock")
@@ -283,10 +362,25 @@ impl MgmtFleet {
 
     /// Starts `monitor --json ARGS` against host `h`'s daemon.
     pub fn spawn_monitor(&self, h: usize, args: &[&str]) -> Result<PendingMonitor, ScenarioError> {
+        self.spawn_monitor_as(h, true, args)
+    }
+
+    /// Runs `monitor ARGS` without `--json`: the text a user reads.
+    pub fn monitor_text(&self, h: usize, args: &[&str]) -> Result<MonitorRun, ScenarioError> {
+        self.spawn_monitor_as(h, false, args)?.wait()
+    }
+
+    /// Starts `monitor [--json] ARGS` against host `h`'s daemon.
+    pub fn spawn_monitor_as(
+        &self,
+        h: usize,
+        json: bool,
+        args: &[&str],
+    ) -> Result<PendingMonitor, ScenarioError> {
         let mut child = Command::new(&self.bin.monitor)
             .env("FLOTILLA_SOCKET", self.socket(h))
             .env_remove("FLOTILLA_CONNECT")
-            .arg("--json")
+            .args(json.then_some("--json"))
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -457,7 +551,7 @@ impl std::fmt::Display for MgmtOutcome {
 
 /// Checks that `run` gave every host in `expect` exactly one outcome, one
 /// of the allowed ones, and no outcome to anyone else.
-fn expect_outcomes(
+pub(crate) fn expect_outcomes(
     out: &mut MgmtOutcome,
     label: &str,
     run: &MonitorRun,
@@ -509,7 +603,7 @@ fn expect_outcomes(
     ));
 }
 
-fn names(hosts: impl IntoIterator<Item = usize>) -> Vec<String> {
+pub(crate) fn names(hosts: impl IntoIterator<Item = usize>) -> Vec<String> {
     hosts.into_iter().map(|h| format!("h{}", h + 1)).collect()
 }
 

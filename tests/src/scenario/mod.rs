@@ -8,7 +8,10 @@
 //!   partition and heal, kill -9 and restart, SIGSTOP/SIGCONT, IP multicast
 //!   discovery;
 //! - [`mgmt`]: mgmtd on every host, driven by the real monitor: simex during
-//!   a partition, and a rolling restart while simex commands run.
+//!   a partition, and a rolling restart while simex commands run;
+//! - [`maps`]: the replicated maps over that fleet: updates on both sides of
+//!   a partition, the primary server killed during updates;
+//! - [`siminst`]: a package installed while a host is cut off mid-transfer.
 //!
 //! Every scenario ends the same way: the workload stops, the harness waits
 //! for the fleet to go quiet, reads every host's event log and runs the
@@ -19,8 +22,10 @@
 //! processes that ended cleanly).
 
 pub mod gc;
+pub mod maps;
 pub mod mgmt;
 pub mod nodes;
+pub mod siminst;
 
 use crate::faults::FaultError;
 use crate::vlan::proc::ProcError;

@@ -1,0 +1,297 @@
+//! siminst on a virtual LAN: scenario (d), a package installed on five
+//! hosts while one of them is cut off mid-transfer and healed afterwards,
+//! and the package builder the `nemesis --mgmtd` workload uses.
+//!
+//! The daemons are release builds ([`super::mgmt::release_binaries`], the
+//! loopback siminst tests' mechanism) with the siminst tests' gc timers:
+//! moving megabytes through debug builds of the group core on a loaded
+//! 2-core machine starves their heartbeats, and the fleet would fall apart
+//! for reasons that have nothing to do with siminst.
+
+use super::mgmt::{
+    expect_outcomes, names, MgmtFleet, MgmtOptions, MgmtOutcome, MonitorRun, MEMBERS_TIMEOUT,
+};
+use super::ScenarioError;
+use crate::faults::Fault;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// gc timers for release daemons moving megabytes on a loaded 2-core
+/// machine: a daemon busy with a transfer must not be suspected (the
+/// loopback siminst tests use the same).
+pub const SIMINST_GC: &str = "gc:\n  join_timeout: 1s\n  suspect_timeout: 2s\n  startup_wait: 1s\n";
+
+/// How long a cut-off host may take to finish its install after the heal.
+const RESUME_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The size of a package chunk (mgmtd's siminst): to count what was re-sent.
+const CHUNK: u64 = 256 << 10;
+
+/// How long after the cut host starts receiving the cut comes.
+const CUT_AFTER: Duration = Duration::from_millis(300);
+
+/// Pseudo-random bytes that do not compress (an LCG: no dependency).
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (x >> 33) as u8
+        })
+        .collect()
+}
+
+/// Writes a package directory under `dir` (a manifest, an install script
+/// that checks its payload, `payload` bytes of noise) and builds it with
+/// `monitor package build` (through host `h`'s monitor environment; the
+/// build is local). Returns the package file.
+pub fn build_package(
+    fleet: &MgmtFleet,
+    dir: &Path,
+    name: &str,
+    version: &str,
+    payload: usize,
+) -> Result<PathBuf, ScenarioError> {
+    let io = |what: &str| {
+        let what = what.to_owned();
+        move |source| ScenarioError::Io { what, source }
+    };
+    let src = dir.join(format!("src-{name}-{version}"));
+    std::fs::create_dir_all(&src).map_err(io("creating a package directory"))?;
+    std::fs::write(
+        src.join("flotilla.yaml"),
+        format!(
+            "name: {name}\nversion: {version}\ndescription: fault-harness package\ninstall: install.sh\nuninstall: uninstall.sh\ninstall_timeout: 20s\n"
+        ),
+    )
+    .map_err(io("writing a manifest"))?;
+    std::fs::write(
+        src.join("install.sh"),
+        "test -f data.bin && echo installed\n",
+    )
+    .map_err(io("writing install.sh"))?;
+    std::fs::write(src.join("uninstall.sh"), "echo uninstalling\n")
+        .map_err(io("writing uninstall.sh"))?;
+    std::fs::write(src.join("data.bin"), noise(payload, payload as u64))
+        .map_err(io("writing the payload"))?;
+    let file = dir.join(format!("{name}-{version}.fpkg"));
+    let run = fleet.monitor_text(
+        0,
+        &[
+            "package",
+            "build",
+            &src.display().to_string(),
+            "-o",
+            &file.display().to_string(),
+        ],
+    )?;
+    if run.code != Some(0) {
+        return Err(ScenarioError::Build {
+            what: format!("package {name} {version}"),
+            detail: run.text,
+        });
+    }
+    Ok(file)
+}
+
+/// Whether host `h` has a package in progress (a `staging/*/package`
+/// file).
+fn receiving(fleet: &MgmtFleet, h: usize) -> bool {
+    std::fs::read_dir(fleet.data_dir(h).join("siminst/staging"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.path().join("package").exists())
+}
+
+/// The packages `monitor status` lists for each host ("name version").
+fn installed(fleet: &MgmtFleet, h: usize) -> BTreeMap<String, Vec<String>> {
+    let Ok(run) = fleet.monitor(h, &["status"]) else {
+        return BTreeMap::new();
+    };
+    let mut m = BTreeMap::new();
+    for host in run
+        .json
+        .as_ref()
+        .and_then(|j| j["hosts"].as_array())
+        .into_iter()
+        .flatten()
+    {
+        let packages = host["packages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                format!(
+                    "{} {}",
+                    p["name"].as_str().unwrap_or("?"),
+                    p["version"].as_str().unwrap_or("?")
+                )
+            })
+            .collect();
+        m.insert(host["name"].as_str().unwrap_or("?").to_owned(), packages);
+    }
+    m
+}
+
+/// Host `host`'s outcome in a job report gathered by `monitor job ID`.
+fn job_outcome(run: &MonitorRun, host: &str) -> Option<String> {
+    run.json
+        .as_ref()?
+        .get("hosts")?
+        .as_array()?
+        .iter()
+        .find(|h| h["host"] == host)
+        .and_then(|h| h["outcome"].as_str().map(str::to_owned))
+}
+
+/// (d) siminst of a 6 MiB package on five hosts; h5 is cut off (a
+/// partition {h1..h4} | {h5}) 0.3 s after it starts receiving the package,
+/// kept out until the others have excluded it, then healed. The monitor's
+/// report gives every host exactly one outcome (h1-h4 ok; h5 ok or
+/// disconnected); after the heal h5 resumes from the chunks it kept,
+/// installs, and the job's report gathered from the servers (`monitor job`)
+/// says ok for every host; `monitor status` lists the package everywhere.
+pub fn siminst_with_a_host_cut_off(hosts: usize) -> Result<MgmtOutcome, ScenarioError> {
+    const PAYLOAD: usize = 6 << 20;
+    let mut out = MgmtOutcome {
+        name: "(d) siminst with a host cut off mid-transfer".into(),
+        ..MgmtOutcome::default()
+    };
+    let mut opts = MgmtOptions::new(hosts);
+    opts.release = true;
+    opts.gc = SIMINST_GC.into();
+    let mut fleet = MgmtFleet::start_with(&opts)?;
+    let all: Vec<usize> = (0..hosts).collect();
+    let cut_host = hosts - 1;
+    let rest: Vec<usize> = (0..cut_host).collect();
+    let dir = fleet.vlan.run_dir().to_owned();
+    let file = build_package(&fleet, &dir, "bulk", "1.0.0", PAYLOAD)?;
+    let file_arg = file.display().to_string();
+
+    let size = std::fs::metadata(&file)
+        .map(|m| m.len())
+        .map_err(|source| ScenarioError::Io {
+            what: "reading the package's size".into(),
+            source,
+        })?;
+    let chunks = size.div_ceil(CHUNK);
+    let pending = fleet.spawn_monitor(0, &["siminst", "--timeout", "120s", &file_arg])?;
+    let start = Instant::now();
+    // The staging file appears (at its full size: it is reserved up front)
+    // when the host joins the installation group; the chunks follow.
+    while !receiving(&fleet, cut_host) {
+        if start.elapsed() > Duration::from_secs(60) {
+            return Err(ScenarioError::Timeout {
+                what: format!("h{} to start receiving the package", cut_host + 1),
+                waited: Duration::from_secs(60),
+                seen: "no staging file".into(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Into the transfer (a few MiB/s on this LAN), so that the cut host
+    // holds some chunks and misses others.
+    std::thread::sleep(CUT_AFTER);
+    fleet.inject(Fault::Partition(vec![rest.clone(), vec![cut_host]]))?;
+    out.notes.push(format!(
+        "h{} cut off {:.2} s after the monitor started ({size} bytes, {chunks} chunks)",
+        cut_host + 1,
+        start.elapsed().as_secs_f64(),
+    ));
+    let t = fleet.wait_members(&[rest.clone(), vec![cut_host]], MEMBERS_TIMEOUT)?;
+    out.notes
+        .push(format!("excluded {:.2} s after the cut", t.as_secs_f64()));
+    std::thread::sleep(Duration::from_secs(1));
+    fleet.inject(Fault::Heal)?;
+    let run = pending.wait()?;
+    let mut expect: BTreeMap<String, &[&str]> = BTreeMap::new();
+    for h in names(rest.iter().copied()) {
+        expect.insert(h, &["ok"]);
+    }
+    let cut_name = format!("h{}", cut_host + 1);
+    expect.insert(cut_name.clone(), &["ok", "disconnected"]);
+    expect_outcomes(&mut out, "siminst with h5 cut off", &run, &expect);
+    let t = fleet.wait_members(std::slice::from_ref(&all), MEMBERS_TIMEOUT)?;
+    out.notes
+        .push(format!("M whole {:.2} s after the report", t.as_secs_f64()));
+
+    // Whatever the monitor saw, the cut host completes after the merge and
+    // records it: the job's report gathered from the servers says so.
+    let job = run
+        .json
+        .as_ref()
+        .and_then(|j| j["job"].as_str())
+        .map(str::to_owned);
+    match job {
+        None => out
+            .violations
+            .push(format!("the siminst report names no job: {}", run.text)),
+        Some(job) => {
+            let start = Instant::now();
+            loop {
+                let gathered = fleet.monitor(0, &["job", &job])?;
+                let outcomes: Vec<Option<String>> = names(all.iter().copied())
+                    .iter()
+                    .map(|h| job_outcome(&gathered, h))
+                    .collect();
+                if outcomes.iter().all(|o| o.as_deref() == Some("ok")) {
+                    out.notes.push(format!(
+                        "monitor job {job}: every host ok {:.2} s after the report",
+                        start.elapsed().as_secs_f64()
+                    ));
+                    let by_host = gathered.by_host();
+                    if by_host.values().any(|o| o.len() != 1) {
+                        out.violations
+                            .push(format!("monitor job lists a host twice: {by_host:?}"));
+                    }
+                    break;
+                }
+                if start.elapsed() >= RESUME_TIMEOUT {
+                    out.violations.push(format!(
+                        "{cut_name} never reported installed in `monitor job {job}`: {outcomes:?}"
+                    ));
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+    }
+    let listed = installed(&fleet, 0);
+    for h in names(all.iter().copied()) {
+        if listed.get(&h).map(Vec::as_slice) != Some(&["bulk 1.0.0".to_owned()][..]) {
+            out.violations.push(format!(
+                "monitor status: {h} has {:?}, want [\"bulk 1.0.0\"]",
+                listed.get(&h)
+            ));
+        }
+    }
+    // How the cut host caught up: the origin logs the chunks it re-sent.
+    let resent: u64 = fleet
+        .daemon_log(0)
+        .lines()
+        .filter(|l| {
+            l.contains("re-sending the chunks a target misses")
+                && l.contains(&format!("host={cut_name}"))
+        })
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("chunks="))
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .sum();
+    out.notes.push(format!(
+        "h1 re-sent {resent} of {chunks} chunks to {cut_name} after the merge{}",
+        if resent == 0 {
+            " (it had them all when cut: this run did not exercise the resume)"
+        } else if resent < chunks {
+            " (it resumed from the chunks it kept)"
+        } else {
+            ""
+        }
+    ));
+    fleet.finish(out)
+}
