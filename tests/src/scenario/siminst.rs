@@ -162,7 +162,8 @@ pub fn siminst_with_a_host_cut_off(hosts: usize) -> Result<MgmtOutcome, Scenario
         ..MgmtOutcome::default()
     };
     let mut opts = MgmtOptions::new(hosts);
-    opts.release = true;
+    // Debug daemons carry megabytes: the dev profile optimizes gc-core and
+    // the dependencies that seal, hash and gunzip (Cargo.toml).
     opts.gc = SIMINST_GC.into();
     let mut fleet = MgmtFleet::start_with(&opts)?;
     let all: Vec<usize> = (0..hosts).collect();
