@@ -1,8 +1,11 @@
 //! The mgmtd benchmarks of issue 5; prints the figures it measured.
 //!
 //! ```text
-//! cargo run --release -p flotilla-tests --bin bench -- [--hosts 5,20,50] [--runs 20]
+//! cargo run --release -p flotilla-tests --bin bench -- [--hosts 5,20,50] [--runs 20] [--default-gc]
 //! ```
+//!
+//! The daemons run with long gc timeouts ([`LARGE_FLEET_GC`]) unless
+//! `--default-gc` asks for gc-core's defaults.
 //!
 //! For each fleet size it starts that many real `mgmtd` daemons on loopback
 //! and measures:
@@ -101,6 +104,7 @@ fn parallel(n: usize) -> Result<Duration, Error> {
 fn main() -> Result<(), Error> {
     let mut sizes = vec![5, 20, 50];
     let mut runs = 20;
+    let mut default_gc = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -113,14 +117,20 @@ fn main() -> Result<(), Error> {
                     .collect::<Result<_, _>>()?
             }
             "--runs" => runs = args.next().ok_or("--runs needs a number")?.parse()?,
+            "--default-gc" => default_gc = true,
             other => return Err(format!("unknown argument {other:?}").into()),
         }
     }
     // Build (or find) the binaries before anything is timed.
     flotilla_tests::binaries()?;
     println!(
-        "machine: {} cores; {runs} runs per figure after one warm-up",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        "machine: {} cores; {runs} runs per figure after one warm-up; gc timeouts: {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        if default_gc {
+            "gc-core's defaults"
+        } else {
+            "join 1 s, suspect 2 s, startup 1 s"
+        }
     );
     println!(
         "| daemons | form (ms) | simex p50 | p95 | max | seq sh p50 | par sh p50 | RSS idle mean/max (MiB) | RSS in simex mean/max (MiB) |"
@@ -129,7 +139,9 @@ fn main() -> Result<(), Error> {
     for &n in &sizes {
         let mut options = FleetOptions::new(n);
         options.log_level = "warn".into();
-        options.gc = LARGE_FLEET_GC.into();
+        if !default_gc {
+            options.gc = LARGE_FLEET_GC.into();
+        }
         let formed = Instant::now();
         let fleet = Fleet::start(options)?;
         let form = formed.elapsed();
