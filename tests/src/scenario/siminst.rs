@@ -2,11 +2,10 @@
 //! hosts while one of them is cut off mid-transfer and healed afterwards,
 //! and the package builder the `nemesis --mgmtd` workload uses.
 //!
-//! The daemons are release builds ([`super::mgmt::release_binaries`], the
-//! loopback siminst tests' mechanism) with the siminst tests' gc timers:
-//! moving megabytes through debug builds of the group core on a loaded
-//! 2-core machine starves their heartbeats, and the fleet would fall apart
-//! for reasons that have nothing to do with siminst.
+//! The daemons are dev builds, whose profile optimizes gc-core and the
+//! sealing, hashing and gunzip dependencies (unoptimized, moving megabytes
+//! on a loaded 2-core machine starved their heartbeats), with the siminst
+//! tests' gc timers.
 
 use super::mgmt::{
     expect_outcomes, names, MgmtFleet, MgmtOptions, MgmtOutcome, MonitorRun, MEMBERS_TIMEOUT,
