@@ -8,6 +8,7 @@
 //!   packet loss between chosen hosts;
 //! - [`scenario`]: fleets of real processes on such a network, and the gc-core
 //!   checker run on the event logs every host wrote;
+//! - [`package`]: siminst test packages and the packages `status` lists;
 //! - [`nemesis`]: random faults against a live fleet of gc-core nodes under a
 //!   steady workload; [`nemesis_mgmt`]: the same against mgmtd daemons
 //!   driven by monitors.
@@ -19,6 +20,7 @@ pub mod faults;
 pub mod loopback;
 pub mod nemesis;
 pub mod nemesis_mgmt;
+pub mod package;
 pub mod scenario;
 pub mod vlan;
 

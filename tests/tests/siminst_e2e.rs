@@ -6,6 +6,7 @@
 //! daemons do it without starving their heartbeats.
 
 use flotilla_tests::hosts_with;
+use flotilla_tests::package::{packages_by_host, PackageSource};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,19 +35,6 @@ fn host<'a>(report: &'a Value, name: &str) -> &'a Value {
         .unwrap_or(&Value::Null)
 }
 
-/// Pseudo-random bytes that do not compress (a simple LCG; no dependency).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x = x
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (x >> 33) as u8
-        })
-        .collect()
-}
-
 /// Writes a package directory and builds it with `monitor package build`;
 /// returns the file and the digest the monitor printed.
 fn package(
@@ -58,16 +46,14 @@ fn package(
     payload: usize,
 ) -> Result<(PathBuf, String), Error> {
     let dir = fleet.dir.path().join(format!("src-{name}-{version}"));
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        dir.join("flotilla.yaml"),
-        format!(
-            "name: {name}\nversion: {version}\ndescription: test package\n{requirements}install: install.sh\nuninstall: uninstall.sh\ninstall_timeout: 20s\n"
-        ),
-    )?;
-    std::fs::write(dir.join("install.sh"), install)?;
-    std::fs::write(dir.join("uninstall.sh"), "echo uninstalling\n")?;
-    std::fs::write(dir.join("data.bin"), noise(payload, payload as u64))?;
+    PackageSource {
+        name,
+        version,
+        requirements,
+        install,
+        payload,
+    }
+    .write(&dir)?;
     let file = fleet.dir.path().join(format!("{name}-{version}.fpkg"));
     let out = fleet.monitor(
         0,
@@ -93,26 +79,7 @@ fn package(
 /// The packages `monitor status` lists per host.
 fn installed(fleet: &Fleet, i: usize) -> Result<Vec<(String, Vec<String>)>, Error> {
     let (_, status) = fleet.monitor_json(i, &["status"])?;
-    let mut hosts: Vec<(String, Vec<String>)> = status["hosts"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|h| {
-            let packages = h["packages"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|p| {
-                    format!(
-                        "{} {}",
-                        p["name"].as_str().unwrap_or(""),
-                        p["version"].as_str().unwrap_or("")
-                    )
-                })
-                .collect();
-            (h["name"].as_str().unwrap_or("").to_owned(), packages)
-        })
-        .collect();
+    let mut hosts = packages_by_host(&status);
     hosts.sort();
     Ok(hosts)
 }

@@ -12,6 +12,7 @@ use super::mgmt::{
 };
 use super::ScenarioError;
 use crate::faults::Fault;
+use crate::package::{packages_by_host, PackageSource};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -30,19 +31,6 @@ const CHUNK: u64 = 256 << 10;
 /// How long after the cut host starts receiving the cut comes.
 const CUT_AFTER: Duration = Duration::from_millis(300);
 
-/// Pseudo-random bytes that do not compress (an LCG: no dependency).
-pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x = x
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (x >> 33) as u8
-        })
-        .collect()
-}
-
 /// Writes a package directory under `dir` (a manifest, an install script
 /// that checks its payload, `payload` bytes of noise) and builds it with
 /// `monitor package build` (through host `h`'s monitor environment; the
@@ -59,23 +47,15 @@ pub fn build_package(
         move |source| ScenarioError::Io { what, source }
     };
     let src = dir.join(format!("src-{name}-{version}"));
-    std::fs::create_dir_all(&src).map_err(io("creating a package directory"))?;
-    std::fs::write(
-        src.join("flotilla.yaml"),
-        format!(
-            "name: {name}\nversion: {version}\ndescription: fault-harness package\ninstall: install.sh\nuninstall: uninstall.sh\ninstall_timeout: 20s\n"
-        ),
-    )
-    .map_err(io("writing a manifest"))?;
-    std::fs::write(
-        src.join("install.sh"),
-        "test -f data.bin && echo installed\n",
-    )
-    .map_err(io("writing install.sh"))?;
-    std::fs::write(src.join("uninstall.sh"), "echo uninstalling\n")
-        .map_err(io("writing uninstall.sh"))?;
-    std::fs::write(src.join("data.bin"), noise(payload, payload as u64))
-        .map_err(io("writing the payload"))?;
+    PackageSource {
+        name,
+        version,
+        requirements: "",
+        install: "test -f data.bin && echo installed\n",
+        payload,
+    }
+    .write(&src)
+    .map_err(io("writing a package directory"))?;
     let file = dir.join(format!("{name}-{version}.fpkg"));
     let run = fleet.monitor_text(
         0,
@@ -108,32 +88,16 @@ fn receiving(fleet: &MgmtFleet, h: usize) -> bool {
 
 /// The packages `monitor status` lists for each host ("name version").
 fn installed(fleet: &MgmtFleet, h: usize) -> BTreeMap<String, Vec<String>> {
-    let Ok(run) = fleet.monitor(h, &["status"]) else {
-        return BTreeMap::new();
-    };
-    let mut m = BTreeMap::new();
-    for host in run
-        .json
-        .as_ref()
-        .and_then(|j| j["hosts"].as_array())
-        .into_iter()
-        .flatten()
-    {
-        let packages = host["packages"]
-            .as_array()
+    match fleet.monitor(h, &["status"]) {
+        Ok(run) => run
+            .json
+            .as_ref()
+            .map(packages_by_host)
+            .unwrap_or_default()
             .into_iter()
-            .flatten()
-            .map(|p| {
-                format!(
-                    "{} {}",
-                    p["name"].as_str().unwrap_or("?"),
-                    p["version"].as_str().unwrap_or("?")
-                )
-            })
-            .collect();
-        m.insert(host["name"].as_str().unwrap_or("?").to_owned(), packages);
+            .collect(),
+        Err(_) => BTreeMap::new(),
     }
-    m
 }
 
 /// Host `host`'s outcome in a job report gathered by `monitor job ID`.
