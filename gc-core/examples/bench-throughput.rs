@@ -136,6 +136,14 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .map(|r| r["counters"]["event_stalls"].as_u64().unwrap_or(0))
         .sum();
+    let kernel_drops: u64 = reports
+        .iter()
+        .map(|r| {
+            r["counters"]["drops"]["receive_buffer"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum();
     println!(
         "# {} placement, {}, machine: {}; {senders} sending tasks per node",
         if netns { "netns" } else { "loopback" },
@@ -148,7 +156,8 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     );
     println!(
         "# sent (accepted): {sent}, refused: {refused}, delivered per node: {delivered:?}, \
-         retransmissions: {retrans}, event stalls: {stalls}, view changes (max per node): {view_changes}"
+         retransmissions: {retrans}, kernel receive-buffer drops: {kernel_drops}, event stalls: {stalls}, \
+         view changes (max per node): {view_changes}"
     );
     println!("# rss_idle_kib: {idle:?}, rss_under_load_max_kib: {rss_load}");
     println!(

@@ -767,6 +767,7 @@ pub fn counters_json(c: &RuntimeCounters) -> Value {
             "decode": d.decode,
             "version": d.version,
             "overload": d.overload,
+            "receive_buffer": d.receive_buffer,
         },
         "view_changes": c.protocol.view_changes,
         "suspicions": c.protocol.suspicions,

@@ -664,10 +664,15 @@ impl Driver {
             }
             Command::Leave { reply } => self.begin_leave(Some(reply)),
             Command::Counters { reply } => {
+                let mut io = self.io;
+                io.receive_buffer_drops = std::iter::once(&self.socket)
+                    .chain(self.multicast.as_ref())
+                    .filter_map(super::kernel_drops::receive_buffer_drops)
+                    .sum();
                 let _ = reply.send(RuntimeCounters {
                     protocol: self.node.counters().clone(),
                     seal: *self.sealer.counters(),
-                    io: self.io,
+                    io,
                 });
             }
             Command::View { reply } => {

@@ -133,6 +133,7 @@
 mod driver;
 mod faults;
 pub mod fuzzing;
+mod kernel_drops;
 mod ratelimit;
 mod storage;
 
@@ -441,6 +442,10 @@ pub struct IoCounters {
     /// Datagrams sent once to the multicast group instead of to each member
     /// ([`MulticastConfig::disseminate`]).
     pub multicast_out: u64,
+    /// Datagrams the kernel dropped because the node's sockets' receive
+    /// buffers were full (Linux: the `drops` column of `/proc/net/udp`;
+    /// 0 where unknown). The driver never saw them.
+    pub receive_buffer_drops: u64,
 }
 
 /// Dropped datagrams and refused requests by cause, summed over the
@@ -462,6 +467,9 @@ pub struct Drops {
     /// [`IoCounters::refused_queue_full`]). Events are never dropped; see
     /// [`IoCounters::event_stalls`].
     pub overload: u64,
+    /// Datagrams dropped by the kernel for full receive buffers
+    /// ([`IoCounters::receive_buffer_drops`]).
+    pub receive_buffer: u64,
 }
 
 /// Everything a node counts: the protocol, the sealer and the driver.
@@ -488,6 +496,7 @@ impl RuntimeCounters {
             decode: s.dropped_malformed + p.drop_decode,
             version: s.dropped_version + p.drop_version,
             overload: io.refused_busy + io.refused_queue_full,
+            receive_buffer: io.receive_buffer_drops,
         }
     }
 }
