@@ -438,20 +438,30 @@ pub(crate) fn print_report(
     Ok(if printable.all_ok() { 0 } else { 1 })
 }
 
+/// Checks a request's bounds (a usage error if broken), connects and sends
+/// it; the connection then carries the answer.
+pub(crate) async fn send_request(
+    endpoint: &Endpoint,
+    request: &Request,
+) -> Result<Connection, Failure> {
+    if let Err(e) = request.validate() {
+        return bail_usage(&e.to_string());
+    }
+    let mut connection = connect(endpoint).await?;
+    connection
+        .send(request)
+        .await
+        .context("cannot send the request")?;
+    Ok(connection)
+}
+
 /// Sends a job request and follows it, with progress on a terminal.
 pub(crate) async fn follow_job(
     endpoint: &Endpoint,
     request: Request,
     out: &Output,
 ) -> Result<flotilla_client::JobReport, Failure> {
-    if let Err(e) = request.validate() {
-        return bail_usage(&e.to_string());
-    }
-    let mut connection = connect(endpoint).await?;
-    connection
-        .send(&request)
-        .await
-        .context("cannot send the request")?;
+    let mut connection = send_request(endpoint, &request).await?;
     let interactive =
         std::io::stdout().is_terminal() && std::io::stderr().is_terminal() && !out.json;
     let bar = interactive.then(|| {

@@ -15,7 +15,7 @@ use flotilla_client::message::{Request, Siminst, MAX_PACKAGE_DATA};
 use flotilla_client::{follow, Endpoint, FollowEvent, JobId, Outcome, PackageStatus, Targets};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::{bail_usage, connect, print_report, Failure, Output};
+use crate::{print_report, Failure, Output};
 
 /// How a host's progress lines start (mgmtd's `siminst::PROGRESS_PREFIX`).
 const PROGRESS_PREFIX: &str = "siminst: ";
@@ -79,14 +79,7 @@ pub(crate) async fn install(
         force: args.force,
         timeout: args.timeout,
     });
-    if let Err(e) = request.validate() {
-        return bail_usage(&e.to_string());
-    }
-    let mut connection = connect(endpoint).await?;
-    connection
-        .send(&request)
-        .await
-        .context("cannot send the request")?;
+    let mut connection = crate::send_request(endpoint, &request).await?;
     let bar = interactive(out).then(|| {
         let bar = ProgressBar::new(inspection.size);
         bar.set_style(
