@@ -354,19 +354,29 @@ fn a_node_with_the_wrong_key_never_enters_and_is_counted() -> R {
 
 #[test]
 fn ip_multicast_discovers_without_seeds_and_disseminates() -> R {
-    let cluster = Cluster::new("gc-udp-multicast", 3)?;
+    multicast_cluster("gc-udp-multicast", Some("127.0.0.1"))
+}
+
+/// No interface given, as mgmtd configures it: the runtime must send and
+/// join on the interface of the bound address (127.0.0.1), not the default
+/// route's, where this host drops its own looped-back datagrams (their
+/// source, 127.0.0.1, is martian there) and nothing is heard of the group.
+#[test]
+fn ip_multicast_without_an_interface_uses_the_bound_address() -> R {
+    multicast_cluster("gc-udp-multicast-noif", None)
+}
+
+/// Three nodes bound to loopback, no seeds, discovering each other and
+/// disseminating through a group of their own, on `interface` if given.
+fn multicast_cluster(name: &str, interface: Option<&str>) -> R {
+    let cluster = Cluster::new(name, 3)?;
     let port = free_addrs(1)?[0].port();
-    let group = format!("239.255.78.{}:{port}", std::process::id() % 250 + 1);
-    let extra: Vec<String> = [
-        "--multicast",
-        &group,
-        "--interface",
-        "127.0.0.1",
-        "--disseminate",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let [hi, lo] = port.to_be_bytes();
+    let group = format!("239.255.{hi}.{lo}:{port}");
+    let mut extra: Vec<String> = vec!["--multicast".into(), group, "--disseminate".into()];
+    if let Some(interface) = interface {
+        extra.extend(["--interface".into(), interface.into()]);
+    }
     let mut nodes: Vec<NodeProc> = (1..=3)
         .map(|i| cluster.spawn_with(i, &cluster.key, &extra))
         .collect::<Result<_, _>>()?;

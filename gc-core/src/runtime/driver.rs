@@ -133,6 +133,7 @@ pub(super) async fn start(config: RuntimeConfig) -> Result<(Handle, Events), Sta
         recv_batch,
         faults,
     } = config;
+    let multicast = multicast.map(|m| with_interface_of(m, bind));
 
     let socket = bind_unicast(bind, socket_buffer, multicast.as_ref())
         .map_err(|source| StartError::Bind { addr: bind, source })?;
@@ -278,6 +279,27 @@ pub(super) async fn start(config: RuntimeConfig) -> Result<(Handle, Events), Sta
         },
         Events { rx: event_rx },
     ))
+}
+
+/// `m` with its interface settled: an unspecified one becomes the
+/// interface of the unicast socket's address when that is a specific IPv4
+/// address. Datagrams to the group leave from the unicast socket, with its
+/// address as their source; left to the system's choice they go out on the
+/// default route's interface, where the copies looped back to this host's
+/// own processes carry a source that is not that interface's (127.0.0.1 on
+/// eth0 is martian and dropped), so a fleet on one host bound to loopback
+/// heard nothing of the group: no discovery through it, and with
+/// [`MulticastConfig::disseminate`] no heartbeats, so views never settled.
+/// Joining on the same interface keeps sending and receiving together.
+fn with_interface_of(mut m: MulticastConfig, bind: SocketAddr) -> MulticastConfig {
+    if m.interface.is_unspecified() {
+        if let SocketAddr::V4(b) = bind {
+            if !b.ip().is_unspecified() {
+                m.interface = *b.ip();
+            }
+        }
+    }
+    m
 }
 
 fn bind_unicast(

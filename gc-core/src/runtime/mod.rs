@@ -261,8 +261,11 @@ pub struct MulticastConfig {
     /// The group address and port, e.g. `239.255.70.76:7470`. Use a port
     /// other than the unicast socket's.
     pub group: SocketAddrV4,
-    /// The local interface address to join on and send from
-    /// (`0.0.0.0`: the system's choice).
+    /// The local interface address to join on and send from. `0.0.0.0`:
+    /// the interface of [`RuntimeConfig::bind`] when that is a specific
+    /// IPv4 address (group datagrams leave from the unicast socket, with
+    /// its address as source, which must belong to the interface they go
+    /// out on), otherwise the system's choice.
     pub interface: Ipv4Addr,
     /// Time to live of multicast datagrams (1: the local network only).
     pub ttl: u32,
