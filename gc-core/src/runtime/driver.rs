@@ -138,10 +138,14 @@ pub(super) async fn start(config: RuntimeConfig) -> Result<(Handle, Events), Sta
     let socket = bind_unicast(bind, socket_buffer, multicast.as_ref())
         .map_err(|source| StartError::Bind { addr: bind, source })?;
     let multicast_socket = match &multicast {
-        Some(m) => Some(bind_multicast(m).map_err(|source| StartError::Multicast {
-            group: m.group,
-            source,
-        })?),
+        Some(m) => {
+            Some(
+                bind_multicast(m, socket_buffer).map_err(|source| StartError::Multicast {
+                    group: m.group,
+                    source,
+                })?,
+            )
+        }
         None => None,
     };
     let local_addr = socket
@@ -323,7 +327,7 @@ fn bind_unicast(
     Ok(socket.into())
 }
 
-fn bind_multicast(m: &MulticastConfig) -> io::Result<std::net::UdpSocket> {
+fn bind_multicast(m: &MulticastConfig, buffer: usize) -> io::Result<std::net::UdpSocket> {
     if !m.group.ip().is_multicast() {
         return Err(io::Error::new(
             ErrorKind::InvalidInput,
@@ -331,6 +335,13 @@ fn bind_multicast(m: &MulticastConfig) -> io::Result<std::net::UdpSocket> {
         ));
     }
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    if buffer > 0 {
+        // With dissemination, data arrives here in the same bursts as on
+        // the unicast socket; the system's default (about 208 KiB, three
+        // 60000-byte datagrams) dropped most of a burst, each loss then
+        // costing a repair. Best effort, as for the unicast socket.
+        let _ = socket.set_recv_buffer_size(buffer);
+    }
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
     // Bound to the group's address, the socket receives only the group's

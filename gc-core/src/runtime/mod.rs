@@ -179,9 +179,10 @@ pub struct RuntimeConfig {
     /// How long [`Handle::leave`] waits for a clean leave before the driver
     /// stops anyway (the others then see a crash).
     pub leave_timeout: Duration,
-    /// Requested `SO_RCVBUF` and `SO_SNDBUF` of the socket, in bytes (the
-    /// kernel may cap it: `net.core.rmem_max`, `net.core.wmem_max`); 0 keeps
-    /// the system's default.
+    /// Requested `SO_RCVBUF` and `SO_SNDBUF` of the socket, and `SO_RCVBUF`
+    /// of the multicast one, in bytes (the kernel may cap it:
+    /// `net.core.rmem_max`, `net.core.wmem_max`); 0 keeps the system's
+    /// default.
     pub socket_buffer: usize,
     /// Most datagrams read in one wake-up before the driver sends what they
     /// caused and looks at its timers and commands.
