@@ -26,6 +26,7 @@
 //! | `listen` | yes | UDP address of the group-communication protocol, `IP:PORT` |
 //! | `seeds` | no | peers to contact, `HOST:PORT` each (a host name is resolved when used) |
 //! | `multicast.group`, `multicast.port` | no | IP multicast discovery |
+//! | `multicast.disseminate` | no | `true`: also send what goes to every member once to the group instead of once per member (every daemon of the fleet must then be on the same group); default `false` |
 //! | `cluster_key` | yes | the key file written by `mgmtd keygen` |
 //! | `data_dir` | yes | where the server keeps its state, job outcomes and audit log |
 //! | `attributes` | no | free-form `key: value` host attributes; `os`, `arch` and `hostname` are detected, and a value given here overrides the detected one |
@@ -103,6 +104,10 @@ seeds:
 # multicast:
 #   group: 239.255.70.76
 #   port: 7947
+#   # Also send what goes to every member (heartbeats, acknowledgements,
+#   # data such as siminst packages) once to the group rather than once per
+#   # member. Every server of the fleet must use the same group. Default false.
+#   disseminate: true
 
 # The fleet's shared secret, written by `mgmtd keygen FILE` (mode 0600).
 cluster_key: /etc/flotilla/cluster.key
@@ -210,13 +215,16 @@ impl fmt::Display for PeerAddr {
     }
 }
 
-/// IP multicast discovery settings.
+/// IP multicast discovery (and optionally dissemination) settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Multicast {
     /// A multicast group address.
     pub group: IpAddr,
     /// The UDP port, never 0.
     pub port: u16,
+    /// Whether what goes to every member is sent once to the group rather
+    /// than once per member (`multicast.disseminate`, default false).
+    pub disseminate: bool,
 }
 
 /// Where monitors connect.
@@ -644,10 +652,14 @@ struct RawConfig {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a mapping with group and port")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with group, port and disseminate"
+)]
 struct RawMulticast {
     group: Option<MulticastGroup>,
     port: Option<Port>,
+    disseminate: Option<Switch>,
 }
 
 #[derive(Deserialize)]
@@ -706,6 +718,7 @@ impl RawConfig {
                     .port
                     .ok_or_else(|| ConfigError::missing(file, "multicast.port", EXPECT_PORT))?
                     .0,
+                disseminate: raw.disseminate.is_some_and(|d| d.0),
             }),
         };
         let cluster_key = self
@@ -1033,6 +1046,16 @@ scalar_type!(
     EXPECT_PORT,
     |v| match v {
         Scalar::Int(n) => u16::try_from(*n).ok().filter(|&p| p != 0),
+        _ => None,
+    }
+);
+
+scalar_type!(
+    /// A yes-or-no setting (`multicast.disseminate`).
+    Switch(bool),
+    "true or false",
+    |v| match v {
+        Scalar::Bool(b) => Some(*b),
         _ => None,
     }
 );

@@ -356,9 +356,12 @@ pub async fn start(
     if let Some(multicast) = config.multicast {
         match multicast.group {
             std::net::IpAddr::V4(group) => {
-                runtime_config.multicast = Some(gc_core::runtime::MulticastConfig::new(
-                    std::net::SocketAddrV4::new(group, multicast.port),
+                let mut m = gc_core::runtime::MulticastConfig::new(std::net::SocketAddrV4::new(
+                    group,
+                    multicast.port,
                 ));
+                m.disseminate = multicast.disseminate;
+                runtime_config.multicast = Some(m);
             }
             std::net::IpAddr::V6(_) => {
                 tracing::warn!("IPv6 multicast discovery is not supported; using the seeds only")

@@ -94,6 +94,17 @@ pub fn free_udp_port() -> Result<u16, Error> {
     Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// A `multicast:` section for [`FleetOptions::extra`], on a group and port
+/// of its own so that the fleets of tests running at the same time do not
+/// hear each other, with dissemination through the group on or off.
+pub fn multicast_section(disseminate: bool) -> Result<String, Error> {
+    let port = free_udp_port()?;
+    let [hi, lo] = port.to_be_bytes();
+    Ok(format!(
+        "multicast:\n  group: 239.255.{hi}.{lo}\n  port: {port}\n  disseminate: {disseminate}\n"
+    ))
+}
+
 /// A free TCP port on loopback.
 pub fn free_tcp_port() -> Result<u16, Error> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -335,6 +346,15 @@ impl Fleet {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// How many views of the mgmt group daemon `i` has installed so far
+    /// (its log's lines), to tell a settled fleet from a churning one.
+    pub fn views_installed(&self, i: usize) -> usize {
+        self.daemons[i]
+            .log()
+            .matches("new view of the mgmt group")
+            .count()
     }
 
     /// Waits until daemon `i` has `n` members in M.

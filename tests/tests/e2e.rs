@@ -427,3 +427,35 @@ fn the_demo_tour_runs_and_cleans_up() -> TestResult {
     );
     Ok(())
 }
+
+/// With `multicast.disseminate` on, heartbeats, acknowledgements and data
+/// that go to every member are sent once to the group: the fleet must form
+/// one view, keep it (no view change while idle and while running a
+/// simex), and run commands everywhere, as it does with unicast. Default
+/// gc timers (400 ms suspect timeout): lost group datagrams show at once.
+#[test]
+fn multicast_dissemination_forms_one_stable_view() -> TestResult {
+    let mut options = FleetOptions::new(3);
+    options.extra = flotilla_tests::multicast_section(true)?;
+    let fleet = Fleet::start(options)?;
+    for i in 0..3 {
+        fleet.wait_members(i, 3, Duration::from_secs(30))?;
+    }
+    // Time for the last view to be installed everywhere.
+    std::thread::sleep(Duration::from_secs(1));
+    let before: Vec<usize> = (0..3).map(|i| fleet.views_installed(i)).collect();
+    std::thread::sleep(Duration::from_secs(3));
+    for i in 0..3 {
+        let (code, report) = fleet.monitor_json(i, &["simex", "--", "echo", "same"])?;
+        assert_eq!(code, 0, "{report}\n{}", fleet.logs());
+        assert_eq!(hosts_with(&report, "ok"), ["h1", "h2", "h3"], "{report}");
+    }
+    let after: Vec<usize> = (0..3).map(|i| fleet.views_installed(i)).collect();
+    assert_eq!(
+        before,
+        after,
+        "views kept changing with dissemination on\n{}",
+        fleet.logs()
+    );
+    Ok(())
+}

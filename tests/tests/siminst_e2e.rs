@@ -425,3 +425,62 @@ fn a_remote_monitor_installs_over_tcp() -> TestResult {
     assert_eq!(hosts_with(&report, "ok"), ["h1", "h2", "h3"], "{report}");
     Ok(())
 }
+
+/// The bytes daemon `i`'s core sent while it served its last siminst, from
+/// its log line "the origin is done serving" (logged once every target has
+/// reported, so it may come a little after the monitor's report).
+fn origin_wire_bytes(fleet: &Fleet, i: usize) -> Result<u64, Error> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = fleet.daemons[i].log();
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("the origin is done serving"));
+        if let Some(line) = line {
+            return line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("wire_bytes="))
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| format!("no wire_bytes in {line:?}").into());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the origin never logged its figures:\n{log}").into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// With `multicast.disseminate` on, the origin puts a package on the wire
+/// about once for all four other hosts (unicast: four times), and the
+/// fleet keeps its view through the transfer.
+#[test]
+fn siminst_with_multicast_dissemination_sends_the_package_about_once() -> TestResult {
+    let mut options = options(5);
+    options.extra = flotilla_tests::multicast_section(true)?;
+    let fleet = Fleet::start(options)?;
+    let (file, _) = package(&fleet, "bulk", "1.0.0", "", "test -f data.bin\n", 4 << 20)?;
+    let size = std::fs::metadata(&file)?.len();
+    let views_before = fleet.views_installed(0);
+    let (code, report) = fleet.monitor_json(0, &["siminst", &path(&file)])?;
+    assert_eq!(code, 0, "{report}\n{}", fleet.logs());
+    assert_eq!(
+        hosts_with(&report, "ok"),
+        ["h1", "h2", "h3", "h4", "h5"],
+        "{report}"
+    );
+    let wire = origin_wire_bytes(&fleet, 0)?;
+    // Unicast would be at least 4 × size; once, plus headers, NACK repairs
+    // and the rest of the protocol, stays well under 2 ×.
+    assert!(
+        wire < 2 * size,
+        "the origin sent {wire} bytes for a {size}-byte package to 4 hosts"
+    );
+    assert_eq!(
+        fleet.views_installed(0),
+        views_before,
+        "the view changed during the transfer\n{}",
+        fleet.logs()
+    );
+    Ok(())
+}

@@ -133,14 +133,19 @@ pub(super) async fn start(config: RuntimeConfig) -> Result<(Handle, Events), Sta
         recv_batch,
         faults,
     } = config;
+    let multicast = multicast.map(|m| with_interface_of(m, bind));
 
     let socket = bind_unicast(bind, socket_buffer, multicast.as_ref())
         .map_err(|source| StartError::Bind { addr: bind, source })?;
     let multicast_socket = match &multicast {
-        Some(m) => Some(bind_multicast(m).map_err(|source| StartError::Multicast {
-            group: m.group,
-            source,
-        })?),
+        Some(m) => {
+            Some(
+                bind_multicast(m, socket_buffer).map_err(|source| StartError::Multicast {
+                    group: m.group,
+                    source,
+                })?,
+            )
+        }
         None => None,
     };
     let local_addr = socket
@@ -280,6 +285,27 @@ pub(super) async fn start(config: RuntimeConfig) -> Result<(Handle, Events), Sta
     ))
 }
 
+/// `m` with its interface settled: an unspecified one becomes the
+/// interface of the unicast socket's address when that is a specific IPv4
+/// address. Datagrams to the group leave from the unicast socket, with its
+/// address as their source; left to the system's choice they go out on the
+/// default route's interface, where the copies looped back to this host's
+/// own processes carry a source that is not that interface's (127.0.0.1 on
+/// eth0 is martian and dropped), so a fleet on one host bound to loopback
+/// heard nothing of the group: no discovery through it, and with
+/// [`MulticastConfig::disseminate`] no heartbeats, so views never settled.
+/// Joining on the same interface keeps sending and receiving together.
+fn with_interface_of(mut m: MulticastConfig, bind: SocketAddr) -> MulticastConfig {
+    if m.interface.is_unspecified() {
+        if let SocketAddr::V4(b) = bind {
+            if !b.ip().is_unspecified() {
+                m.interface = *b.ip();
+            }
+        }
+    }
+    m
+}
+
 fn bind_unicast(
     addr: SocketAddr,
     buffer: usize,
@@ -301,7 +327,7 @@ fn bind_unicast(
     Ok(socket.into())
 }
 
-fn bind_multicast(m: &MulticastConfig) -> io::Result<std::net::UdpSocket> {
+fn bind_multicast(m: &MulticastConfig, buffer: usize) -> io::Result<std::net::UdpSocket> {
     if !m.group.ip().is_multicast() {
         return Err(io::Error::new(
             ErrorKind::InvalidInput,
@@ -309,6 +335,13 @@ fn bind_multicast(m: &MulticastConfig) -> io::Result<std::net::UdpSocket> {
         ));
     }
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    if buffer > 0 {
+        // With dissemination, data arrives here in the same bursts as on
+        // the unicast socket; the system's default (about 208 KiB, three
+        // 60000-byte datagrams) dropped most of a burst, each loss then
+        // costing a repair. Best effort, as for the unicast socket.
+        let _ = socket.set_recv_buffer_size(buffer);
+    }
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
     // Bound to the group's address, the socket receives only the group's

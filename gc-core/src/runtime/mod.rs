@@ -180,9 +180,10 @@ pub struct RuntimeConfig {
     /// How long [`Handle::leave`] waits for a clean leave before the driver
     /// stops anyway (the others then see a crash).
     pub leave_timeout: Duration,
-    /// Requested `SO_RCVBUF` and `SO_SNDBUF` of the socket, in bytes (the
-    /// kernel may cap it: `net.core.rmem_max`, `net.core.wmem_max`); 0 keeps
-    /// the system's default.
+    /// Requested `SO_RCVBUF` and `SO_SNDBUF` of the socket, and `SO_RCVBUF`
+    /// of the multicast one, in bytes (the kernel may cap it:
+    /// `net.core.rmem_max`, `net.core.wmem_max`); 0 keeps the system's
+    /// default.
     pub socket_buffer: usize,
     /// Most datagrams read in one wake-up before the driver sends what they
     /// caused and looks at its timers and commands.
@@ -262,8 +263,11 @@ pub struct MulticastConfig {
     /// The group address and port, e.g. `239.255.70.76:7470`. Use a port
     /// other than the unicast socket's.
     pub group: SocketAddrV4,
-    /// The local interface address to join on and send from
-    /// (`0.0.0.0`: the system's choice).
+    /// The local interface address to join on and send from. `0.0.0.0`:
+    /// the interface of [`RuntimeConfig::bind`] when that is a specific
+    /// IPv4 address (group datagrams leave from the unicast socket, with
+    /// its address as source, which must belong to the interface they go
+    /// out on), otherwise the system's choice.
     pub interface: Ipv4Addr,
     /// Time to live of multicast datagrams (1: the local network only).
     pub ttl: u32,

@@ -111,6 +111,7 @@ fn every_setting_is_read() -> TestResult {
 multicast:
   group: 239.255.70.76
   port: 7947
+  disseminate: true
 attributes:
   os: plan9
   gpus: 2
@@ -135,7 +136,8 @@ gc:
         config.multicast,
         Some(Multicast {
             group: "239.255.70.76".parse()?,
-            port: 7947
+            port: 7947,
+            disseminate: true,
         })
     );
     let attributes: Vec<(&str, &str)> = config
@@ -229,7 +231,7 @@ fn unknown_keys_are_refused_with_the_keys_expected() {
     );
     assert_eq!(
         error(&with("multicast:\n  group: 239.1.1.1\n  prot: 1\n")),
-        "mgmtd.yaml: multicast: unknown key \"prot\" (expected one of: group, port) (line 7, column 3)"
+        "mgmtd.yaml: multicast: unknown key \"prot\" (expected one of: group, port, disseminate) (line 7, column 3)"
     );
 }
 
@@ -425,6 +427,23 @@ fn the_event_log_is_off_unless_named() -> TestResult {
     assert_eq!(
         config.event_log.as_deref(),
         Some(Path::new("/etc/flotilla/events.jsonl"))
+    );
+    Ok(())
+}
+
+#[test]
+fn multicast_dissemination_is_off_unless_asked() -> TestResult {
+    let off = parse(&with("multicast:\n  group: 239.255.70.76\n  port: 7947\n"))?;
+    assert_eq!(off.multicast.map(|m| m.disseminate), Some(false));
+    let on = parse(&with(
+        "multicast:\n  group: 239.255.70.76\n  port: 7947\n  disseminate: true\n",
+    ))?;
+    assert_eq!(on.multicast.map(|m| m.disseminate), Some(true));
+    assert_eq!(
+        error(&with(
+            "multicast:\n  group: 239.255.70.76\n  port: 7947\n  disseminate: yes please\n"
+        )),
+        "mgmtd.yaml: multicast.disseminate: expected true or false, found \"yes please\" (line 8, column 16)"
     );
     Ok(())
 }

@@ -1,12 +1,14 @@
 //! The siminst benchmark of issue 7; prints the figures it measured.
 //!
 //! ```text
-//! cargo run --release -p flotilla-tests --bin siminst-bench -- [--hosts 1,5,20] [--mib 100] [--max-datagram 60000] [--suspect 5s]
+//! cargo run --release -p flotilla-tests --bin siminst-bench -- [--hosts 1,5,20] [--mib 100] [--max-datagram 60000] [--suspect 5s] [--multicast]
 //! ```
 //!
 //! `--max-datagram` sets the daemons' `gc.max_datagram` (default 1400
 //! bytes: an Ethernet frame); `--suspect 5s` their `gc.suspect_timeout`
-//! (default here 2s).
+//! (default here 2s); `--multicast` puts every daemon of a fleet on one IP
+//! multicast group with `multicast.disseminate: true`, so that what goes to
+//! every member (the package's chunks among it) leaves the origin once.
 //!
 //! For each fleet size it starts that many real `mgmtd` daemons on loopback,
 //! builds a package of `--mib` MiB of incompressible data with `monitor
@@ -26,7 +28,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flotilla_tests::{Error, Fleet, FleetOptions};
+use flotilla_tests::{multicast_section, Error, Fleet, FleetOptions};
 
 /// gc timers for many daemons on one small, shared machine (as in the
 /// mgmtd benchmark).
@@ -120,6 +122,11 @@ fn main() -> Result<(), Error> {
         };
         if let Some(bytes) = arg("--max-datagram") {
             options.gc.push_str(&format!("  max_datagram: {bytes}\n"));
+        }
+        if std::env::args().any(|a| a == "--multicast") {
+            // A fresh group per fleet: the previous fleet's daemons may
+            // still be going away.
+            options.extra = multicast_section(true)?;
         }
         options.log_level = "info".into();
         let fleet = Fleet::start(options)?;
