@@ -309,6 +309,25 @@ impl Fleet {
         run_bounded(command, Duration::from_secs(60))
     }
 
+    /// Builds the package in directory `src` into `file` with `monitor
+    /// package build`; the digest it printed.
+    pub fn build_package(&self, src: &Path, file: &Path) -> Result<String, Error> {
+        let (src, file) = (src.display().to_string(), file.display().to_string());
+        let out = self.monitor(0, &["package", "build", &src, "-o", &file])?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            return Err(format!(
+                "monitor package build {src} failed: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
+        }
+        match stdout.split_whitespace().next() {
+            Some(digest) if digest.len() == 64 => Ok(digest.to_owned()),
+            _ => Err(format!("monitor package build printed no digest: {stdout}").into()),
+        }
+    }
+
     /// Every daemon's log, for a failed test's message.
     pub fn logs(&self) -> String {
         self.daemons

@@ -30,6 +30,8 @@ pub struct PackageSource<'a> {
     pub requirements: &'a str,
     /// The install script's text.
     pub install: &'a str,
+    /// The manifest's `install_timeout` (e.g. `20s`).
+    pub install_timeout: &'a str,
     /// How many bytes of noise `data.bin` holds.
     pub payload: usize,
 }
@@ -42,8 +44,8 @@ impl PackageSource<'_> {
         std::fs::write(
             dir.join("flotilla.yaml"),
             format!(
-                "name: {}\nversion: {}\ndescription: test package\n{}install: install.sh\nuninstall: uninstall.sh\ninstall_timeout: 20s\n",
-                self.name, self.version, self.requirements
+                "name: {}\nversion: {}\ndescription: test package\n{}install: install.sh\nuninstall: uninstall.sh\ninstall_timeout: {}\n",
+                self.name, self.version, self.requirements, self.install_timeout
             ),
         )?;
         std::fs::write(dir.join("install.sh"), self.install)?;

@@ -51,28 +51,12 @@ fn package(
         version,
         requirements,
         install,
+        install_timeout: "20s",
         payload,
     }
     .write(&dir)?;
     let file = fleet.dir.path().join(format!("{name}-{version}.fpkg"));
-    let out = fleet.monitor(
-        0,
-        &[
-            "package",
-            "build",
-            &dir.display().to_string(),
-            "-o",
-            &file.display().to_string(),
-        ],
-    )?;
-    assert!(out.status.success(), "{out:?}");
-    let stdout = String::from_utf8(out.stdout)?;
-    let digest = stdout
-        .split_whitespace()
-        .next()
-        .ok_or("no digest printed")?
-        .to_owned();
-    assert_eq!(digest.len(), 64, "{stdout}");
+    let digest = fleet.build_package(&dir, &file)?;
     Ok((file, digest))
 }
 

@@ -28,24 +28,12 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use flotilla_tests::package::PackageSource;
 use flotilla_tests::{multicast_section, Error, Fleet, FleetOptions};
 
 /// gc timers for many daemons on one small, shared machine (as in the
 /// mgmtd benchmark).
 const GC: &str = "gc:\n  join_timeout: 1s\n  suspect_timeout: 2s\n  startup_wait: 1s\n";
-
-fn noise(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        x = x
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
@@ -131,27 +119,17 @@ fn main() -> Result<(), Error> {
         options.log_level = "info".into();
         let fleet = Fleet::start(options)?;
         let src = fleet.dir.path().join("src");
-        std::fs::create_dir_all(&src)?;
-        std::fs::write(
-            src.join("flotilla.yaml"),
-            "name: bench\nversion: 1.0.0\ninstall: install.sh\ninstall_timeout: 5m\n",
-        )?;
-        std::fs::write(src.join("install.sh"), "test -f data.bin\n")?;
-        std::fs::write(src.join("data.bin"), noise(size_mib << 20))?;
-        let file = fleet.dir.path().join("bench.fpkg");
-        let built = fleet.monitor(
-            0,
-            &[
-                "package",
-                "build",
-                &src.display().to_string(),
-                "-o",
-                &file.display().to_string(),
-            ],
-        )?;
-        if !built.status.success() {
-            return Err(format!("package build failed: {built:?}").into());
+        PackageSource {
+            name: "bench",
+            version: "1.0.0",
+            requirements: "",
+            install: "test -f data.bin\n",
+            install_timeout: "5m",
+            payload: size_mib << 20,
         }
+        .write(&src)?;
+        let file = fleet.dir.path().join("bench.fpkg");
+        fleet.build_package(&src, &file)?;
         let size = std::fs::metadata(&file)?.len();
         let start = Instant::now();
         let output = Command::new(&fleet.bin.monitor)

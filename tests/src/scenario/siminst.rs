@@ -52,6 +52,7 @@ pub fn build_package(
         version,
         requirements: "",
         install: "test -f data.bin && echo installed\n",
+        install_timeout: "20s",
         payload,
     }
     .write(&src)
