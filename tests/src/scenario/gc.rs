@@ -224,9 +224,10 @@ pub fn pause_and_resume(hosts: usize) -> Result<Outcome, ScenarioError> {
 }
 
 /// Nodes that know no seed find each other by IP multicast over the bridge,
-/// and find each other again after a partition.
+/// send what goes to every member through it (dissemination), and find
+/// each other again after a partition.
 pub fn multicast_discovery(hosts: usize) -> Result<Outcome, ScenarioError> {
-    let mut out = outcome("IP multicast discovery over the bridge");
+    let mut out = outcome("IP multicast discovery and dissemination over the bridge");
     let mut opts = FleetOptions::new(hosts);
     opts.multicast = true;
     let mut fleet = NodeFleet::start(&opts)?;

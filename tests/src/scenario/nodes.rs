@@ -23,7 +23,8 @@ pub const GROUP: &str = "work";
 pub struct FleetOptions {
     /// Hosts (3 to 9).
     pub hosts: usize,
-    /// Discover peers by IP multicast over the bridge instead of a seed list.
+    /// Discover peers by IP multicast over the bridge instead of a seed
+    /// list, and disseminate through it.
     pub multicast: bool,
     /// Use the release build of the node (the nemesis) or the dev build.
     pub release: bool,
@@ -142,6 +143,9 @@ impl NodeFleet {
                     MULTICAST_GROUP.into(),
                     "--interface".into(),
                     h.addr.to_string(),
+                    // Dissemination too: every datagram for all members
+                    // crosses the bridge once, as multicast.
+                    "--disseminate".into(),
                 ]);
             } else {
                 let seeds: Vec<String> = vlan
