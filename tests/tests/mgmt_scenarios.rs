@@ -46,6 +46,11 @@ fn d_siminst_with_a_host_cut_off_mid_transfer() {
 }
 
 #[test]
+fn siminst_over_ip_multicast_on_the_bridge() {
+    run(|| siminst::siminst_over_multicast(5));
+}
+
+#[test]
 fn e_rolling_restart_while_simex_runs() {
     run(|| mgmt::rolling_restart(4));
 }

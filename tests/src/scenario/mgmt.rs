@@ -207,6 +207,10 @@ pub fn release_binaries() -> Result<MgmtBinaries, ScenarioError> {
         })
 }
 
+/// The IP multicast group and port of [`MgmtOptions::multicast`].
+const MGMT_MULTICAST_GROUP: &str = "239.77.0.2";
+const MGMT_MULTICAST_PORT: u16 = 7402;
+
 /// How a fleet is built and configured.
 #[derive(Clone, Debug)]
 pub struct MgmtOptions {
@@ -218,6 +222,9 @@ pub struct MgmtOptions {
     pub maps: bool,
     /// A `gc:` section (empty: the defaults).
     pub gc: String,
+    /// IP multicast over the bridge: discovery and dissemination
+    /// (`multicast: {group, port, disseminate: true}`).
+    pub multicast: bool,
 }
 
 impl MgmtOptions {
@@ -228,6 +235,7 @@ impl MgmtOptions {
             release: false,
             maps: false,
             gc: String::new(),
+            multicast: false,
         }
     }
 }
@@ -295,6 +303,11 @@ impl MgmtFleet {
         } else {
             String::new()
         };
+        let multicast = if opts.multicast {
+            format!("multicast:\n  group: {MGMT_MULTICAST_GROUP}\n  port: {MGMT_MULTICAST_PORT}\n  disseminate: true\n")
+        } else {
+            String::new()
+        };
         let mut procs = Vec::new();
         for h in vlan.hosts() {
             let home = host_dir(&run, &h.name);
@@ -306,7 +319,7 @@ impl MgmtFleet {
                 .map(|o| format!("  - {}:{MGMT_PORT}", o.addr))
                 .collect();
             let config = format!(
-                "name: {name}\nlisten: {addr}:{MGMT_PORT}\nseeds:\n{seeds}\ncluster_key: {key}\ndata_dir: {data}\nattributes:\n  role: {role}\nclient:\n  socket: {sock}\nexec:\n  timeout: 30s\n  kill_grace: 200ms\nlog_level: info\nevent_log: {events}\n{maps}{gc}",
+                "name: {name}\nlisten: {addr}:{MGMT_PORT}\nseeds:\n{seeds}\ncluster_key: {key}\ndata_dir: {data}\nattributes:\n  role: {role}\nclient:\n  socket: {sock}\nexec:\n  timeout: 30s\n  kill_grace: 200ms\nlog_level: info\nevent_log: {events}\n{maps}{multicast}{gc}",
                 gc = opts.gc,
                 name = h.name,
                 addr = h.addr,

@@ -260,3 +260,65 @@ pub fn siminst_with_a_host_cut_off(hosts: usize) -> Result<MgmtOutcome, Scenario
     ));
     fleet.finish(out)
 }
+
+/// The bytes of chunks and on the wire the origin (host `h`) logged when it
+/// was done serving its last siminst job.
+fn origin_wire(fleet: &MgmtFleet, h: usize) -> Option<(u64, u64)> {
+    let log = fleet.daemon_log(h);
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("the origin is done serving"))?;
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    Some((field("chunk_bytes=")?, field("wire_bytes=")?))
+}
+
+/// siminst over IP multicast on the bridge: five hosts with
+/// `multicast.disseminate`, a 6 MiB package from h1. Every host installs,
+/// and the origin puts the package on the wire about once (under twice its
+/// size, where unicast to four others costs four times).
+pub fn siminst_over_multicast(hosts: usize) -> Result<MgmtOutcome, ScenarioError> {
+    const PAYLOAD: usize = 6 << 20;
+    let mut out = MgmtOutcome {
+        name: "siminst over IP multicast on the bridge".into(),
+        ..MgmtOutcome::default()
+    };
+    let mut opts = MgmtOptions::new(hosts);
+    opts.gc = SIMINST_GC.into();
+    opts.multicast = true;
+    let fleet = MgmtFleet::start_with(&opts)?;
+    let dir = fleet.vlan.run_dir().to_owned();
+    let file = build_package(&fleet, &dir, "wide", "1.0.0", PAYLOAD)?;
+    let start = Instant::now();
+    let run = fleet.monitor(0, &["siminst", &file.display().to_string()])?;
+    out.notes.push(format!(
+        "report after {:.2} s",
+        start.elapsed().as_secs_f64()
+    ));
+    let mut expect: BTreeMap<String, &[&str]> = BTreeMap::new();
+    for h in names(0..hosts) {
+        expect.insert(h, &["ok"]);
+    }
+    expect_outcomes(&mut out, "siminst over multicast", &run, &expect);
+    match origin_wire(&fleet, 0) {
+        Some((chunks, wire)) => {
+            out.notes.push(format!(
+                "the origin sent {wire} bytes on the wire for {chunks} bytes of chunks ({:.2}x)",
+                wire as f64 / chunks.max(1) as f64
+            ));
+            if wire >= 2 * chunks {
+                out.violations.push(format!(
+                    "the origin sent {wire} bytes for {chunks}: not disseminated once"
+                ));
+            }
+        }
+        None => out
+            .violations
+            .push("h1 logged no 'the origin is done serving' line".into()),
+    }
+    fleet.finish(out)
+}
