@@ -781,5 +781,6 @@ pub fn counters_json(c: &RuntimeCounters) -> Value {
         "recv_errors": c.io.recv_errors,
         "state_saves": c.io.state_saves,
         "multicast_out": c.io.multicast_out,
+        "multicast_own_skipped": c.io.multicast_own_skipped,
     })
 }

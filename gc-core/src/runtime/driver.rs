@@ -59,6 +59,9 @@ pub(super) struct Driver {
     sealer: Sealer,
     socket: UdpSocket,
     multicast: Option<UdpSocket>,
+    /// The unicast socket's address: the source of this node's own group
+    /// datagrams, which the multicast socket receives back (loopback).
+    local_addr: SocketAddr,
     epoch: Instant,
     commands: mpsc::Receiver<Command>,
     commands_open: bool,
@@ -240,6 +243,7 @@ pub(super) async fn start(config: RuntimeConfig) -> Result<(Handle, Events), Sta
         sealer: Sealer::new(&key, me),
         socket,
         multicast: multicast_socket,
+        local_addr,
         epoch,
         commands: command_rx,
         commands_open: true,
@@ -852,6 +856,12 @@ impl Driver {
                 (None, true) => return Ok(()),
             };
             match socket.try_recv_from(&mut self.recv_buf) {
+                Ok((_, from)) if multicast && from == self.local_addr => {
+                    // Our own group datagram, looped back: the node has no
+                    // use for it, so it is not even opened.
+                    self.recv_errors_in_a_row = 0;
+                    self.io.multicast_own_skipped += 1;
+                }
                 Ok((n, from)) => {
                     self.recv_errors_in_a_row = 0;
                     self.on_datagram(n, from);

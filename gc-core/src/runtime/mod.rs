@@ -446,6 +446,9 @@ pub struct IoCounters {
     /// Datagrams sent once to the multicast group instead of to each member
     /// ([`MulticastConfig::disseminate`]).
     pub multicast_out: u64,
+    /// This node's own group datagrams received back on the multicast
+    /// socket (multicast loopback) and discarded unopened.
+    pub multicast_own_skipped: u64,
     /// Datagrams the kernel dropped because the node's sockets' receive
     /// buffers were full (Linux: the `drops` column of `/proc/net/udp`;
     /// 0 where unknown). The driver never saw them.
