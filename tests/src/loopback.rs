@@ -488,3 +488,13 @@ pub fn hosts_with(report: &serde_json::Value, outcome: &str) -> Vec<String> {
     hosts.sort();
     hosts
 }
+
+/// The `p`th percentile (0 to 100, nearest rank) of sorted samples; zero
+/// for none.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}

@@ -21,20 +21,12 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flotilla_tests::{Error, Fleet, FleetOptions};
+use flotilla_tests::{percentile, Error, Fleet, FleetOptions};
 
 /// Timeouts for many daemons on one small machine: gc-core's defaults (join
 /// 150 ms, suspect 400 ms) are tuned for a LAN of hosts, and 30 daemons
 /// sharing 2 busy cores miss them and never settle on one view.
 const LARGE_FLEET_GC: &str = "gc:\n  join_timeout: 1s\n  suspect_timeout: 2s\n  startup_wait: 1s\n";
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
 
 fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1000.0)

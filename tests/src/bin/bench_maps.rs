@@ -25,17 +25,9 @@ use std::time::{Duration, Instant};
 
 use flotilla_client::message::{Request, ServerMessage};
 use flotilla_client::{Connection, Endpoint};
-use flotilla_tests::{Error, Fleet, FleetOptions};
+use flotilla_tests::{percentile, Error, Fleet, FleetOptions};
 use maps::api::{Request as MapRequest, Response};
 use maps::{Op, Outcome, Update, UpdateId};
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
 
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
