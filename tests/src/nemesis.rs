@@ -111,22 +111,29 @@ impl NemesisReport {
     }
 }
 
+/// The lines every nemesis report starts with after its title: how long
+/// the faults ran, and how many of each kind were injected.
+pub(crate) fn write_fault_phase(
+    f: &mut fmt::Formatter<'_>,
+    fault_phase: Duration,
+    wall: Duration,
+    faults: &BTreeMap<String, u64>,
+) -> fmt::Result {
+    writeln!(
+        f,
+        "duration: {:.1} s of faults, {:.1} s in all",
+        fault_phase.as_secs_f64(),
+        wall.as_secs_f64()
+    )?;
+    let total: u64 = faults.values().sum();
+    let kinds: Vec<String> = faults.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    writeln!(f, "faults injected: {total} ({})", kinds.join(", "))
+}
+
 impl fmt::Display for NemesisReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "nemesis: {} hosts, seed {}", self.hosts, self.seed)?;
-        writeln!(
-            f,
-            "duration: {:.1} s of faults, {:.1} s in all",
-            self.fault_phase.as_secs_f64(),
-            self.wall.as_secs_f64()
-        )?;
-        let total: u64 = self.faults.values().sum();
-        let kinds: Vec<String> = self
-            .faults
-            .iter()
-            .map(|(k, n)| format!("{k} {n}"))
-            .collect();
-        writeln!(f, "faults injected: {total} ({})", kinds.join(", "))?;
+        write_fault_phase(f, self.fault_phase, self.wall, &self.faults)?;
         writeln!(
             f,
             "operations: {} multicasts asked, {} accepted, {} refused; {} deliveries; {} regular views installed",

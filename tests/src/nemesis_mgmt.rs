@@ -104,19 +104,7 @@ impl fmt::Display for MgmtNemesisReport {
             "nemesis (mgmtd): {} hosts, seed {}",
             self.hosts, self.seed
         )?;
-        writeln!(
-            f,
-            "duration: {:.1} s of faults, {:.1} s in all",
-            self.fault_phase.as_secs_f64(),
-            self.wall.as_secs_f64()
-        )?;
-        let total: u64 = self.faults.values().sum();
-        let kinds: Vec<String> = self
-            .faults
-            .iter()
-            .map(|(k, n)| format!("{k} {n}"))
-            .collect();
-        writeln!(f, "faults injected: {total} ({})", kinds.join(", "))?;
+        crate::nemesis::write_fault_phase(f, self.fault_phase, self.wall, &self.faults)?;
         let outcomes: Vec<String> = self
             .outcomes
             .iter()

@@ -257,12 +257,6 @@ fn host_dir(run: &Path, name: &str) -> PathBuf {
     run.join(name)
 }
 
-/// Where host `name`'s daemon appends what its group-communication core
-/// installed and delivered; every incarnation of the host appends to it.
-fn event_log(run: &Path, name: &str) -> PathBuf {
-    run.join(format!("{name}.events.jsonl"))
-}
-
 impl MgmtFleet {
     /// Builds the network, a key, a configuration per host, and starts the
     /// daemons; waits until every daemon has every host in M.
@@ -328,7 +322,7 @@ impl MgmtFleet {
                 data = home.join("data").display(),
                 role = if h.index == 0 { "db" } else { "web" },
                 sock = home.join("mgmtd.sock").display(),
-                events = event_log(&run, &h.name).display(),
+                events = super::event_log(&run, &h.name).display(),
             );
             let path = home.join("mgmtd.yaml");
             std::fs::write(&path, config).map_err(io("writing a configuration"))?;
@@ -503,11 +497,7 @@ impl MgmtFleet {
 
     /// Every host's event log.
     pub fn event_logs(&self) -> Vec<PathBuf> {
-        self.vlan
-            .hosts()
-            .iter()
-            .map(|h| event_log(self.vlan.run_dir(), &h.name))
-            .collect()
+        super::event_logs(&self.vlan)
     }
 
     /// The end of every scenario: stops the daemons, runs the gc-core

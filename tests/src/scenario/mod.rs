@@ -260,6 +260,21 @@ pub fn node_binary(release: bool) -> Result<PathBuf, ScenarioError> {
     })
 }
 
+/// Where host `host` appends what its group-communication core installed
+/// and delivered, in a run directory; every incarnation of the host
+/// appends to it.
+pub(crate) fn event_log(run: &Path, host: &str) -> PathBuf {
+    run.join(format!("{host}.events.jsonl"))
+}
+
+/// Every host's event log in a network's run directory.
+pub(crate) fn event_logs(vlan: &crate::vlan::Vlan) -> Vec<PathBuf> {
+    vlan.hosts()
+        .iter()
+        .map(|h| event_log(vlan.run_dir(), &h.name))
+        .collect()
+}
+
 /// Where runs keep their logs: `FLOTILLA_RUN_DIR`, or `$TMPDIR/flotilla-runs`.
 pub fn runs_base() -> PathBuf {
     std::env::var_os("FLOTILLA_RUN_DIR")

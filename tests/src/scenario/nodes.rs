@@ -131,7 +131,7 @@ impl NodeFleet {
                 "--state".into(),
                 dir.join(format!("{}.state", h.name)).display().to_string(),
                 "--event-log".into(),
-                event_log(&dir, &h.name).display().to_string(),
+                super::event_log(&dir, &h.name).display().to_string(),
                 "--bootstrap".into(),
                 all.join(","),
                 "--groups".into(),
@@ -183,11 +183,7 @@ impl NodeFleet {
 
     /// Every host's event log.
     pub fn event_logs(&self) -> Vec<PathBuf> {
-        self.vlan
-            .hosts()
-            .iter()
-            .map(|h| event_log(self.vlan.run_dir(), &h.name))
-            .collect()
+        super::event_logs(&self.vlan)
     }
 
     /// Reads what every node printed since the last call.
@@ -434,10 +430,6 @@ impl NodeFleet {
         }
         Ok(r)
     }
-}
-
-fn event_log(dir: &std::path::Path, host: &str) -> PathBuf {
-    dir.join(format!("{host}.events.jsonl"))
 }
 
 /// Counts what a trace holds and runs the checker on it.
