@@ -885,10 +885,14 @@ fn missing_ranges(have: &[bool]) -> Vec<(u32, u32)> {
 }
 
 /// Receives the package into `file`: joins Gp, says what it misses at
-/// every view, writes the chunks, and hashes them in order as they come
-/// (a chunk that arrives early is hashed from the file once the ones before
-/// it are in), so that verifying needs no second pass over the file.
-/// Returns the digest of the whole package; the error is for the report.
+/// every view, and hands the chunks to a writer thread ([`write_chunks`]),
+/// which writes them and hashes them in order as they come, so that
+/// verifying needs no second pass over the file. Returns the digest of the
+/// whole package; the error is for the report.
+///
+/// The daemon runs on one thread with the group core: the writing and
+/// hashing stay off it, or heartbeats and the socket wait behind them (and
+/// the receive buffer overflows into resends).
 async fn receive<G: Group>(
     group: &Arc<G>,
     job: JobId,
@@ -918,7 +922,6 @@ async fn receive<G: Group>(
     let n = ad.chunks();
     let mut have = vec![false; n as usize];
     let mut held: u32 = 0;
-    let mut hash = InOrderHash::default();
     let mut reported_tenth: u64 = 0;
     let Some(mut events) = group.subscribe(&ad.group, SUBSCRIPTION) else {
         return Err("this server cannot join installation groups".into());
@@ -927,6 +930,11 @@ async fn receive<G: Group>(
         .join_group(&ad.group)
         .await
         .map_err(|e| format!("cannot join the installation group: {e}"))?;
+    let (to_writer, chunks) = mpsc::channel(WRITER_QUEUE);
+    let writer = {
+        let ad = ad.clone();
+        tokio::task::spawn_blocking(move || write_chunks(&out, &ad, chunks))
+    };
     let result = loop {
         if held == n {
             break Ok(());
@@ -942,37 +950,45 @@ async fn receive<G: Group>(
         };
         match event {
             Some(SubgroupEvent::View { .. }) => send_have(group, job, host, &have),
-            Some(SubgroupEvent::Deliver { payload, .. }) => match decode_gp(&payload) {
-                Some(GpMessage::Chunk(index, data)) => {
-                    let Some(slot) = have.get_mut(index as usize) else {
-                        tracing::warn!(%job, index, "a chunk beyond the package's end; ignored");
-                        continue;
-                    };
-                    if *slot {
-                        continue;
+            Some(SubgroupEvent::Deliver { payload, .. }) => {
+                // Where the chunk's data starts, so that the payload itself
+                // goes to the writer, uncopied.
+                let decoded = decode_gp(&payload).map(|m| match m {
+                    GpMessage::Chunk(index, data) => Some((index, payload.len() - data.len())),
+                    GpMessage::End => None,
+                });
+                match decoded {
+                    Some(Some((index, data_start))) => {
+                        let Some(slot) = have.get_mut(index as usize) else {
+                            tracing::warn!(%job, index, "a chunk beyond the package's end; ignored");
+                            continue;
+                        };
+                        if *slot {
+                            continue;
+                        }
+                        let (_, len) = ad.range(index);
+                        if payload.len() - data_start != len {
+                            tracing::warn!(%job, index, "a chunk of the wrong size; ignored");
+                            continue;
+                        }
+                        if to_writer.send((index, payload, data_start)).await.is_err() {
+                            // The writer stopped on an error, which it returns.
+                            break Ok(());
+                        }
+                        *slot = true;
+                        held += 1;
+                        let tenth = u64::from(held) * 10 / u64::from(n.max(1));
+                        if tenth > reported_tenth {
+                            reported_tenth = tenth;
+                            progress(group, job, host, format!("receiving {}%", tenth * 10));
+                        }
                     }
-                    let (offset, len) = ad.range(index);
-                    if data.len() != len {
-                        tracing::warn!(%job, index, "a chunk of the wrong size; ignored");
-                        continue;
-                    }
-                    if let Err(e) = out.write_all_at(data, offset) {
-                        break Err(format!("cannot write the package: {e}"));
-                    }
-                    *slot = true;
-                    held += 1;
-                    if let Err(e) = hash.written(index, data, &have, &out, ad) {
-                        break Err(format!("cannot read the package back to hash it: {e}"));
-                    }
-                    let tenth = u64::from(held) * 10 / u64::from(n.max(1));
-                    if tenth > reported_tenth {
-                        reported_tenth = tenth;
-                        progress(group, job, host, format!("receiving {}%", tenth * 10));
+                    Some(None) => send_have(group, job, host, &have),
+                    None => {
+                        tracing::warn!(%job, "an undecodable message in the installation group")
                     }
                 }
-                Some(GpMessage::End) => send_have(group, job, host, &have),
-                None => tracing::warn!(%job, "an undecodable message in the installation group"),
-            },
+            }
             Some(SubgroupEvent::Left) | None => {
                 break Err("the group-communication core stopped".into());
             }
@@ -982,7 +998,14 @@ async fn receive<G: Group>(
     if let Err(e) = group.leave_group(&ad.group).await {
         tracing::debug!(%job, "leaving the installation group: {e}");
     }
+    // The writer finishes what it was given and closes the file before
+    // anyone removes the staging directory.
+    drop(to_writer);
+    let written = writer
+        .await
+        .map_err(|e| format!("the writer task failed: {e}"));
     result?;
+    let hash = written??;
     tracing::info!(
         %job,
         chunks = n,
@@ -997,6 +1020,34 @@ async fn receive<G: Group>(
         ));
     }
     Ok(hash.stream)
+}
+
+/// Chunks queued for the writer thread (at most 1 MiB each).
+const WRITER_QUEUE: usize = 32;
+
+/// The writer thread of [`receive`]: writes each chunk (index, payload,
+/// where its data starts) into `out` and hashes the chunks in order.
+fn write_chunks(
+    out: &File,
+    ad: &Advertisement,
+    mut chunks: mpsc::Receiver<(u32, Vec<u8>, usize)>,
+) -> Result<InOrderHash, String> {
+    let mut written = vec![false; ad.chunks() as usize];
+    let mut hash = InOrderHash::default();
+    while let Some((index, payload, data_start)) = chunks.blocking_recv() {
+        let Some(data) = payload.get(data_start..) else {
+            continue;
+        };
+        let (offset, _) = ad.range(index);
+        out.write_all_at(data, offset)
+            .map_err(|e| format!("cannot write the package: {e}"))?;
+        if let Some(slot) = written.get_mut(index as usize) {
+            *slot = true;
+        }
+        hash.written(index, data, &written, out, ad)
+            .map_err(|e| format!("cannot read the package back to hash it: {e}"))?;
+    }
+    Ok(hash)
 }
 
 /// The SHA-256 of the package's chunks `0..next`, all received.
