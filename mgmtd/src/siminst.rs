@@ -46,7 +46,9 @@ use flotilla_client::message::{
 };
 use flotilla_client::outcome::{Captured, PackageOutcome, PackageStatus};
 use flotilla_client::{JobId, Request, ServerConnection};
-use packages::{HostFacts, InstallOutcome, InstalledPackage, Manifest, PackageDb, Sha256Digest};
+use packages::{
+    HostFacts, InstallOutcome, InstalledPackage, Manifest, PackageDb, Sha256Digest, Sha256Stream,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -326,7 +328,19 @@ impl Siminst {
         tokio::spawn(async move {
             let started = Instant::now();
             let wire_before = group.wire_bytes_sent().await;
-            let sent = origin(&*group, job, &ad, &spool, targets, members, &me, rx).await;
+            let mut paused = Paused::default();
+            let sent = origin(
+                &*group,
+                job,
+                &ad,
+                &spool,
+                targets,
+                members,
+                &me,
+                rx,
+                &mut paused,
+            )
+            .await;
             let wire = match (wire_before, group.wire_bytes_sent().await) {
                 (Some(before), Some(after)) => after.saturating_sub(before),
                 _ => 0,
@@ -337,6 +351,8 @@ impl Siminst {
                 chunk_bytes = sent,
                 wire_bytes = wire,
                 seconds = started.elapsed().as_secs_f64(),
+                backoffs = paused.times,
+                backoff_seconds = paused.total.as_secs_f64(),
                 "siminst: the origin is done serving"
             );
             if let Err(e) = fs::remove_file(&spool) {
@@ -455,15 +471,17 @@ impl Siminst {
         let host = host.to_owned();
         tokio::spawn(async move {
             let status = if local {
-                Ok(())
+                Ok(None)
             } else {
-                receive(&group, job, &ad, &file, &host, started).await
+                receive(&group, job, &ad, &file, &host, started)
+                    .await
+                    .map(Some)
             };
             let outcome = match status {
-                Ok(()) => {
+                Ok(hashed) => {
                     progress(&group, job, &host, "verifying and installing".into());
                     context
-                        .install(job, &ad, manifest, &work, &file, started)
+                        .install(job, &ad, manifest, &work, &file, hashed, started)
                         .await
                 }
                 Err(reason) => PackageOutcome {
@@ -529,6 +547,7 @@ impl Context {
         locks.entry(name.to_owned()).or_default().clone()
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn install(
         &self,
         job: JobId,
@@ -536,6 +555,7 @@ impl Context {
         manifest: Manifest,
         work: &Path,
         file: &Path,
+        hashed: Option<Sha256Stream>,
         started: Instant,
     ) -> PackageOutcome {
         let name_lock = self.name_lock(&ad.name);
@@ -544,7 +564,7 @@ impl Context {
         let db = self.db.clone();
         let (ad2, work, file) = (ad.clone(), work.to_owned(), file.to_owned());
         let result = tokio::task::spawn_blocking(move || {
-            install_blocking(&paths, &db, &ad2, &manifest, &work, &file)
+            install_blocking(&paths, &db, &ad2, &manifest, &work, &file, hashed)
         })
         .await;
         let (status, stdout, stderr) = match result {
@@ -618,6 +638,9 @@ fn failed(reason: String) -> Finished {
 }
 
 /// Verify, unpack, check, run the install script, move into place, record.
+/// `hashed` is the digest of the received chunks, computed as they were
+/// written to `file`; without it (the origin's spooled copy) the file is
+/// read to verify it.
 fn install_blocking(
     paths: &Paths,
     db: &Mutex<PackageDb>,
@@ -625,6 +648,7 @@ fn install_blocking(
     manifest: &Manifest,
     work: &Path,
     file: &Path,
+    hashed: Option<Sha256Stream>,
 ) -> Finished {
     // Another job may have installed this very package meanwhile.
     if !ad.force && is_installed(&lock(db), ad) {
@@ -634,7 +658,13 @@ fn install_blocking(
             Captured::default(),
         );
     }
-    if let Err(e) = packages::verify_file_digest(file, &Sha256Digest(ad.sha256)) {
+    let expected = Sha256Digest(ad.sha256);
+    let clock = std::time::Instant::now();
+    let verified = match hashed {
+        Some(stream) => stream.verify(&expected),
+        None => packages::verify_file_digest(file, &expected),
+    };
+    if let Err(e) = verified {
         return failed(e.to_string());
     }
     let root = work.join("root");
@@ -642,9 +672,11 @@ fn install_blocking(
         Ok(f) => std::io::BufReader::new(f),
         Err(e) => return failed(format!("cannot open the received package: {e}")),
     };
+    let verify_time = clock.elapsed();
     if let Err(e) = packages::unpack(archive, &root, &packages::Limits::default()) {
         return failed(e.to_string());
     }
+    let unpack_time = clock.elapsed() - verify_time;
     // The package file is no longer needed: give its space back before
     // the script runs.
     let _ = fs::remove_file(file);
@@ -661,6 +693,14 @@ fn install_blocking(
         Err(e) => return failed(format!("the install script: {e}")),
     };
     let (stdout, stderr) = (captured(&outcome.stdout), captured(&outcome.stderr));
+    // Where an install's time goes (the siminst benchmark's per-stage view).
+    tracing::info!(
+        package = %ad.name,
+        verify_seconds = verify_time.as_secs_f64(),
+        unpack_seconds = unpack_time.as_secs_f64(),
+        script_seconds = (clock.elapsed() - verify_time - unpack_time).as_secs_f64(),
+        "siminst: verified, unpacked and ran the install script"
+    );
     if !outcome.success() {
         let reason = if outcome.timed_out {
             format!(
@@ -845,7 +885,14 @@ fn missing_ranges(have: &[bool]) -> Vec<(u32, u32)> {
 }
 
 /// Receives the package into `file`: joins Gp, says what it misses at
-/// every view, writes the chunks. The error is for the report.
+/// every view, and hands the chunks to a writer thread ([`write_chunks`]),
+/// which writes them and hashes them in order as they come, so that
+/// verifying needs no second pass over the file. Returns the digest of the
+/// whole package; the error is for the report.
+///
+/// The daemon runs on one thread with the group core: the writing and
+/// hashing stay off it, or heartbeats and the socket wait behind them (and
+/// the receive buffer overflows into resends).
 async fn receive<G: Group>(
     group: &Arc<G>,
     job: JobId,
@@ -853,9 +900,15 @@ async fn receive<G: Group>(
     file: &Path,
     host: &str,
     started: Instant,
-) -> Result<(), String> {
+) -> Result<Sha256Stream, String> {
     let deadline = started + ad.timeout;
-    let out = File::create(file).map_err(|e| format!("cannot create the staging file: {e}"))?;
+    let out = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(file)
+        .map_err(|e| format!("cannot create the staging file: {e}"))?;
     // Reserve the space now: a full disk is reported before the transfer.
     if let Err(e) = nix::fcntl::posix_fallocate(&out, 0, i64::try_from(ad.size).unwrap_or(i64::MAX))
     {
@@ -877,6 +930,11 @@ async fn receive<G: Group>(
         .join_group(&ad.group)
         .await
         .map_err(|e| format!("cannot join the installation group: {e}"))?;
+    let (to_writer, chunks) = mpsc::channel(WRITER_QUEUE);
+    let writer = {
+        let ad = ad.clone();
+        tokio::task::spawn_blocking(move || write_chunks(&out, &ad, chunks))
+    };
     let result = loop {
         if held == n {
             break Ok(());
@@ -892,34 +950,45 @@ async fn receive<G: Group>(
         };
         match event {
             Some(SubgroupEvent::View { .. }) => send_have(group, job, host, &have),
-            Some(SubgroupEvent::Deliver { payload, .. }) => match decode_gp(&payload) {
-                Some(GpMessage::Chunk(index, data)) => {
-                    let Some(slot) = have.get_mut(index as usize) else {
-                        tracing::warn!(%job, index, "a chunk beyond the package's end; ignored");
-                        continue;
-                    };
-                    if *slot {
-                        continue;
+            Some(SubgroupEvent::Deliver { payload, .. }) => {
+                // Where the chunk's data starts, so that the payload itself
+                // goes to the writer, uncopied.
+                let decoded = decode_gp(&payload).map(|m| match m {
+                    GpMessage::Chunk(index, data) => Some((index, payload.len() - data.len())),
+                    GpMessage::End => None,
+                });
+                match decoded {
+                    Some(Some((index, data_start))) => {
+                        let Some(slot) = have.get_mut(index as usize) else {
+                            tracing::warn!(%job, index, "a chunk beyond the package's end; ignored");
+                            continue;
+                        };
+                        if *slot {
+                            continue;
+                        }
+                        let (_, len) = ad.range(index);
+                        if payload.len() - data_start != len {
+                            tracing::warn!(%job, index, "a chunk of the wrong size; ignored");
+                            continue;
+                        }
+                        if to_writer.send((index, payload, data_start)).await.is_err() {
+                            // The writer stopped on an error, which it returns.
+                            break Ok(());
+                        }
+                        *slot = true;
+                        held += 1;
+                        let tenth = u64::from(held) * 10 / u64::from(n.max(1));
+                        if tenth > reported_tenth {
+                            reported_tenth = tenth;
+                            progress(group, job, host, format!("receiving {}%", tenth * 10));
+                        }
                     }
-                    let (offset, len) = ad.range(index);
-                    if data.len() != len {
-                        tracing::warn!(%job, index, "a chunk of the wrong size; ignored");
-                        continue;
-                    }
-                    if let Err(e) = out.write_all_at(data, offset) {
-                        break Err(format!("cannot write the package: {e}"));
-                    }
-                    *slot = true;
-                    held += 1;
-                    let tenth = u64::from(held) * 10 / u64::from(n.max(1));
-                    if tenth > reported_tenth {
-                        reported_tenth = tenth;
-                        progress(group, job, host, format!("receiving {}%", tenth * 10));
+                    Some(None) => send_have(group, job, host, &have),
+                    None => {
+                        tracing::warn!(%job, "an undecodable message in the installation group")
                     }
                 }
-                Some(GpMessage::End) => send_have(group, job, host, &have),
-                None => tracing::warn!(%job, "an undecodable message in the installation group"),
-            },
+            }
             Some(SubgroupEvent::Left) | None => {
                 break Err("the group-communication core stopped".into());
             }
@@ -929,7 +998,93 @@ async fn receive<G: Group>(
     if let Err(e) = group.leave_group(&ad.group).await {
         tracing::debug!(%job, "leaving the installation group: {e}");
     }
-    result
+    // The writer finishes what it was given and closes the file before
+    // anyone removes the staging directory.
+    drop(to_writer);
+    let written = writer
+        .await
+        .map_err(|e| format!("the writer task failed: {e}"));
+    result?;
+    let hash = written??;
+    tracing::info!(
+        %job,
+        chunks = n,
+        seconds = started.elapsed().as_secs_f64(),
+        "siminst: received and hashed the package"
+    );
+    // Every chunk is held, so every chunk was hashed, in order.
+    if hash.next != n {
+        return Err(format!(
+            "a bug: {} of {n} chunks hashed with all of them received",
+            hash.next
+        ));
+    }
+    Ok(hash.stream)
+}
+
+/// Chunks queued for the writer thread (at most 1 MiB each).
+const WRITER_QUEUE: usize = 32;
+
+/// The writer thread of [`receive`]: writes each chunk (index, payload,
+/// where its data starts) into `out` and hashes the chunks in order.
+fn write_chunks(
+    out: &File,
+    ad: &Advertisement,
+    mut chunks: mpsc::Receiver<(u32, Vec<u8>, usize)>,
+) -> Result<InOrderHash, String> {
+    let mut written = vec![false; ad.chunks() as usize];
+    let mut hash = InOrderHash::default();
+    while let Some((index, payload, data_start)) = chunks.blocking_recv() {
+        let Some(data) = payload.get(data_start..) else {
+            continue;
+        };
+        let (offset, _) = ad.range(index);
+        out.write_all_at(data, offset)
+            .map_err(|e| format!("cannot write the package: {e}"))?;
+        if let Some(slot) = written.get_mut(index as usize) {
+            *slot = true;
+        }
+        hash.written(index, data, &written, out, ad)
+            .map_err(|e| format!("cannot read the package back to hash it: {e}"))?;
+    }
+    Ok(hash)
+}
+
+/// The SHA-256 of the package's chunks `0..next`, all received.
+#[derive(Default)]
+struct InOrderHash {
+    stream: Sha256Stream,
+    /// The first chunk not hashed: not received yet.
+    next: u32,
+    /// For chunks hashed from the file.
+    buf: Vec<u8>,
+}
+
+impl InOrderHash {
+    /// Chunk `index` (`data`) was just written to `file`: hashes it if it is
+    /// the next one, and after it every following chunk already held.
+    fn written(
+        &mut self,
+        index: u32,
+        data: &[u8],
+        have: &[bool],
+        file: &File,
+        ad: &Advertisement,
+    ) -> std::io::Result<()> {
+        if index != self.next {
+            return Ok(());
+        }
+        self.stream.update(data);
+        self.next += 1;
+        while have.get(self.next as usize).copied().unwrap_or(false) {
+            let (offset, len) = ad.range(self.next);
+            self.buf.resize(len, 0);
+            file.read_exact_at(&mut self.buf, offset)?;
+            self.stream.update(&self.buf);
+            self.next += 1;
+        }
+        Ok(())
+    }
 }
 
 /// Tells the monitors following the job how far this host is, as an output
@@ -1045,6 +1200,7 @@ async fn origin<G: Group>(
     members: Vec<String>,
     me: &str,
     mut events: mpsc::Receiver<OriginEvent>,
+    paused: &mut Paused,
 ) -> u64 {
     let started = Instant::now();
     let deadline = started + ad.timeout;
@@ -1120,7 +1276,7 @@ async fn origin<G: Group>(
                 continue;
             }
         };
-        if let Err(e) = multicast_with_backoff(group, &ad.group, payload, deadline).await {
+        if let Err(e) = multicast_with_backoff(group, &ad.group, payload, deadline, paused).await {
             tracing::warn!(%job, "siminst: stopped sending: {e}");
             break;
         }
@@ -1131,6 +1287,14 @@ async fn origin<G: Group>(
     sent_bytes
 }
 
+/// How often and how long the origin waited for room in the core's send
+/// queue (logged with the origin's figures).
+#[derive(Debug, Default)]
+struct Paused {
+    times: u64,
+    total: Duration,
+}
+
 /// Multicasts to Gp, waiting and trying again while the core's send queue
 /// is full (flow control), until `deadline`.
 async fn multicast_with_backoff<G: Group>(
@@ -1138,6 +1302,7 @@ async fn multicast_with_backoff<G: Group>(
     gp: &str,
     payload: Vec<u8>,
     deadline: Instant,
+    paused: &mut Paused,
 ) -> Result<(), GroupError> {
     let mut pause = Duration::from_millis(2);
     loop {
@@ -1146,7 +1311,10 @@ async fn multicast_with_backoff<G: Group>(
                 if Instant::now() + pause > deadline {
                     return Err(GroupError::Backpressure(why));
                 }
+                let before = Instant::now();
                 tokio::time::sleep(pause).await;
+                paused.times += 1;
+                paused.total += before.elapsed();
                 pause = (pause * 2).min(Duration::from_millis(200));
             }
             other => return other,

@@ -221,6 +221,48 @@ pub fn verify_file_digest(path: &Path, expected: &Sha256Digest) -> Result<(), Ve
     check(expected, actual, size)
 }
 
+/// A SHA-256 computed piece by piece, for data that arrives in parts (a
+/// package received in chunks, hashed in order as they come):
+/// [`verify`](Sha256Stream::verify) checks it like [`verify_digest`]
+/// without reading the data again.
+#[derive(Clone, Default)]
+pub struct Sha256Stream {
+    hasher: Sha256,
+    count: u64,
+}
+
+impl fmt::Debug for Sha256Stream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sha256Stream")
+            .field("count", &self.count)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sha256Stream {
+    /// Nothing hashed yet.
+    pub fn new() -> Self {
+        Sha256Stream::default()
+    }
+
+    /// Hashes the next bytes.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.hasher.update(bytes);
+        self.count += bytes.len() as u64;
+    }
+
+    /// How many bytes were hashed.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Checks that the digest of everything hashed is `expected`.
+    pub fn verify(self, expected: &Sha256Digest) -> Result<(), VerifyError> {
+        let actual = Sha256Digest(self.hasher.finalize().into());
+        check(expected, actual, self.count)
+    }
+}
+
 fn check(expected: &Sha256Digest, actual: Sha256Digest, size: u64) -> Result<(), VerifyError> {
     if actual == *expected {
         Ok(())
@@ -264,6 +306,22 @@ mod tests {
             }
             other => panic!("expected a mismatch, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_stream_in_pieces_verifies_like_the_whole() {
+        let expected: Sha256Digest = ABC.parse().unwrap();
+        let mut stream = Sha256Stream::new();
+        stream.update(b"a");
+        stream.update(b"");
+        stream.update(b"bc");
+        assert_eq!(stream.count(), 3);
+        stream.clone().verify(&expected).unwrap();
+        stream.update(b"d");
+        assert!(matches!(
+            stream.verify(&expected),
+            Err(VerifyError::Mismatch(DigestMismatch { size: 4, .. }))
+        ));
     }
 
     #[test]

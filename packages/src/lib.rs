@@ -65,7 +65,7 @@ pub use build::{
 pub use db::{DbError, InstallOutcome, InstalledPackage, PackageDb, DB_FILE};
 pub use digest::{
     sha256_file, sha256_reader, verify_digest, verify_file_digest, DigestMismatch,
-    ParseDigestError, Sha256Digest, VerifyError,
+    ParseDigestError, Sha256Digest, Sha256Stream, VerifyError,
 };
 pub use manifest::{
     AllowedValues, Manifest, ManifestError, PackageRequirement, Requirements,
