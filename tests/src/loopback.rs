@@ -159,6 +159,9 @@ pub struct FleetOptions {
     /// Run release builds of the daemons and the monitor even from a debug
     /// test ([`release_binaries`]).
     pub release: bool,
+    /// Other binaries than the ones built with this test (a benchmark
+    /// comparing an older build); `release` is then ignored.
+    pub binaries: Option<Binaries>,
 }
 
 impl FleetOptions {
@@ -173,6 +176,7 @@ impl FleetOptions {
             extra: String::new(),
             attributes: Vec::new(),
             release: false,
+            binaries: None,
         }
     }
 }
@@ -206,7 +210,9 @@ impl Fleet {
     /// Starts the fleet and waits until the first daemon sees all of them
     /// in M.
     pub fn start(options: FleetOptions) -> Result<Fleet, Error> {
-        let bin = if options.release {
+        let bin = if let Some(bin) = &options.binaries {
+            bin.clone()
+        } else if options.release {
             release_binaries()?
         } else {
             binaries()?

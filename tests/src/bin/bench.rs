@@ -1,11 +1,17 @@
 //! The mgmtd benchmarks of issue 5; prints the figures it measured.
 //!
 //! ```text
-//! cargo run --release -p flotilla-tests --bin bench -- [--hosts 5,20,50] [--runs 20] [--default-gc]
+//! cargo run --release -p flotilla-tests --bin bench -- [--hosts 5,20,50] [--runs 20] [--default-gc] [--compare DIR]
 //! ```
 //!
 //! The daemons run with long gc timeouts ([`LARGE_FLEET_GC`]) unless
 //! `--default-gc` asks for gc-core's defaults.
+//!
+//! `--compare DIR` measures another build too (`DIR/mgmtd` and
+//! `DIR/monitor`, say the starting commit's), interleaved with this one:
+//! for each fleet size, fleets of the two builds take turns, a few runs
+//! each, so that both see the same load on a shared machine. Compare the
+//! two rows of one run, not figures across runs.
 //!
 //! For each fleet size it starts that many real `mgmtd` daemons on loopback
 //! and measures:
@@ -21,7 +27,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flotilla_tests::{percentile, Error, Fleet, FleetOptions};
+use flotilla_tests::{percentile, Binaries, Error, Fleet, FleetOptions};
 
 /// Timeouts for many daemons on one small machine: gc-core's defaults (join
 /// 150 ms, suspect 400 ms) are tuned for a LAN of hosts, and 30 daemons
@@ -93,10 +99,62 @@ fn parallel(n: usize) -> Result<Duration, Error> {
     Ok(start.elapsed())
 }
 
+/// Runs per turn of a build when two builds are compared.
+const TURN: usize = 5;
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+fn start(
+    n: usize,
+    default_gc: bool,
+    binaries: Option<&Binaries>,
+) -> Result<(Fleet, Duration), Error> {
+    let mut options = FleetOptions::new(n);
+    options.log_level = "warn".into();
+    if !default_gc {
+        options.gc = LARGE_FLEET_GC.into();
+    }
+    options.binaries = binaries.cloned();
+    let formed = Instant::now();
+    let fleet = Fleet::start(options)?;
+    let form = formed.elapsed();
+    // Let the view settle (announcements, the first stability rounds).
+    std::thread::sleep(Duration::from_secs(2));
+    Ok((fleet, form))
+}
+
+/// Memory while every daemon runs a command.
+fn busy_rss(fleet: &Fleet) -> Result<(f64, f64), Error> {
+    let (rss, run) = std::thread::scope(|scope| {
+        let run = scope.spawn(|| simex_once(fleet, "sleep 1"));
+        std::thread::sleep(Duration::from_millis(600));
+        (fleet_rss(fleet), run.join())
+    });
+    match run {
+        Ok(result) => result.map(|_| rss),
+        Err(_) => Err("the busy run panicked".into()),
+    }
+}
+
+/// One build's figures for one fleet size.
+#[derive(Default)]
+struct Figures {
+    form: Vec<Duration>,
+    samples: Vec<Duration>,
+    idle: Option<(f64, f64)>,
+    busy: Option<(f64, f64)>,
+}
+
 fn main() -> Result<(), Error> {
     let mut sizes = vec![5, 20, 50];
     let mut runs = 20;
     let mut default_gc = false;
+    let mut compare: Option<Binaries> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -110,6 +168,22 @@ fn main() -> Result<(), Error> {
             }
             "--runs" => runs = args.next().ok_or("--runs needs a number")?.parse()?,
             "--default-gc" => default_gc = true,
+            "--compare" => {
+                let dir = std::path::PathBuf::from(
+                    args.next()
+                        .ok_or("--compare needs a directory with mgmtd and monitor")?,
+                );
+                let bin = Binaries {
+                    mgmtd: dir.join("mgmtd"),
+                    monitor: dir.join("monitor"),
+                };
+                for path in [&bin.mgmtd, &bin.monitor] {
+                    if !path.is_file() {
+                        return Err(format!("--compare: no {}", path.display()).into());
+                    }
+                }
+                compare = Some(bin);
+            }
             other => return Err(format!("unknown argument {other:?}").into()),
         }
     }
@@ -124,65 +198,88 @@ fn main() -> Result<(), Error> {
             "join 1 s, suspect 2 s, startup 1 s"
         }
     );
+    let builds: Vec<(&str, Option<&Binaries>)> = match &compare {
+        Some(other) => vec![("this", None), ("compared", Some(other))],
+        None => vec![("this", None)],
+    };
     println!(
-        "| daemons | form (ms) | simex p50 | p95 | max | seq sh p50 | par sh p50 | RSS idle mean/max (MiB) | RSS in simex mean/max (MiB) |"
+        "| daemons | build | form (ms) | simex p50 | p95 | max | seq sh p50 | par sh p50 | RSS idle mean/max (MiB) | RSS in simex mean/max (MiB) | load avg |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for &n in &sizes {
-        let mut options = FleetOptions::new(n);
-        options.log_level = "warn".into();
-        if !default_gc {
-            options.gc = LARGE_FLEET_GC.into();
-        }
-        let formed = Instant::now();
-        let fleet = Fleet::start(options)?;
-        let form = formed.elapsed();
-        std::thread::sleep(Duration::from_secs(2));
-        let idle = fleet_rss(&fleet);
-        simex_once(&fleet, "true")?;
-        let mut samples = Vec::with_capacity(runs);
-        for _ in 0..runs {
-            samples.push(simex_once(&fleet, "true")?);
-        }
-        let (p50, p95, max) = stats(samples);
-        let (seq, _, _) = stats(
-            (0..runs.min(10))
-                .map(|_| sequential(n))
-                .collect::<Result<_, _>>()?,
-        );
-        let (par, _, _) = stats(
-            (0..runs.min(10))
-                .map(|_| parallel(n))
-                .collect::<Result<_, _>>()?,
-        );
-        // Memory while every daemon runs a command.
-        let busy = std::thread::scope(|scope| {
-            let run = scope.spawn(|| simex_once(&fleet, "sleep 1"));
-            std::thread::sleep(Duration::from_millis(600));
-            let rss = fleet_rss(&fleet);
-            (rss, run.join())
-        });
-        let (busy_rss, run) = busy;
-        match run {
-            Ok(result) => {
-                result?;
+        let load_before = load_average();
+        let mut figures: Vec<Figures> = builds.iter().map(|_| Figures::default()).collect();
+        // Alone, one fleet takes all the runs; two builds take turns, the
+        // order swapped every round.
+        let turn = if builds.len() > 1 { TURN } else { runs };
+        let mut round = 0;
+        let mut baselines = None;
+        while figures.iter().any(|f| f.samples.len() < runs) {
+            for k in 0..builds.len() {
+                let b = if round % 2 == 0 {
+                    k
+                } else {
+                    builds.len() - 1 - k
+                };
+                let (_, binaries) = builds[b];
+                let f = &mut figures[b];
+                let take = turn.min(runs - f.samples.len());
+                if take == 0 {
+                    continue;
+                }
+                let (fleet, form) = start(n, default_gc, binaries)?;
+                f.form.push(form);
+                if f.idle.is_none() {
+                    f.idle = Some(fleet_rss(&fleet));
+                }
+                simex_once(&fleet, "true")?;
+                for _ in 0..take {
+                    f.samples.push(simex_once(&fleet, "true")?);
+                }
+                if f.samples.len() >= runs {
+                    f.busy = Some(busy_rss(&fleet)?);
+                    // The baselines run beside idle daemons, as the simex does.
+                    if b == 0 {
+                        baselines = Some((
+                            stats(
+                                (0..runs.min(10))
+                                    .map(|_| sequential(n))
+                                    .collect::<Result<_, _>>()?,
+                            )
+                            .0,
+                            stats(
+                                (0..runs.min(10))
+                                    .map(|_| parallel(n))
+                                    .collect::<Result<_, _>>()?,
+                            )
+                            .0,
+                        ));
+                    }
+                }
             }
-            Err(_) => return Err("the busy run panicked".into()),
+            round += 1;
         }
-        println!(
-            "| {n} | {} | {} | {} | {} | {} | {} | {:.1} / {:.1} | {:.1} / {:.1} |",
-            form.as_millis(),
-            ms(p50),
-            ms(p95),
-            ms(max),
-            ms(seq),
-            ms(par),
-            idle.0,
-            idle.1,
-            busy_rss.0,
-            busy_rss.1
-        );
-        drop(fleet);
+        let load = format!("{load_before} to {}", load_average());
+        let (seq, par) = baselines.unwrap_or_default();
+        for ((name, _), f) in builds.iter().zip(figures) {
+            let (p50, p95, max) = stats(f.samples);
+            let (form, _, _) = stats(f.form);
+            let idle = f.idle.unwrap_or_default();
+            let busy = f.busy.unwrap_or_default();
+            println!(
+                "| {n} | {name} | {} | {} | {} | {} | {} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {load} |",
+                form.as_millis(),
+                ms(p50),
+                ms(p95),
+                ms(max),
+                ms(seq),
+                ms(par),
+                idle.0,
+                idle.1,
+                busy.0,
+                busy.1
+            );
+        }
     }
     Ok(())
 }
