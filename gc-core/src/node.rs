@@ -337,6 +337,12 @@ enum Dest {
     Addr(SocketAddr),
 }
 
+/// Most of its own relayed frames a process remembers to send again
+/// directly when it starts sending directly ([`Node::pump_frames`]). A
+/// process relays a frame only while fewer of its own are not yet known
+/// to be everywhere, so it never has more on their way.
+const MAX_RELAYED_COPIES: usize = 8;
+
 /// Where an ack goes ([`Node::send_ack`]).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum AckRoute {
@@ -440,9 +446,9 @@ pub struct Node {
     relay: Vec<Arc<Vec<u8>>>,
     relay_bytes: usize,
     relay_ts: u64,
-    /// The last frame of its own this process sent through the hub in the
-    /// current view (see [`Node::pump_frames`]).
-    relay_tail: u64,
+    /// Its own frames this process sent through the hub in the current
+    /// view and may not yet be everywhere (see [`Node::pump_frames`]).
+    relayed: VecDeque<u64>,
     next_heartbeat: Time,
     next_discovery: Time,
     out: Vec<(Dest, Arc<Vec<u8>>)>,
@@ -527,7 +533,7 @@ impl Node {
             relay: Vec::new(),
             relay_bytes: 0,
             relay_ts: u64::MAX,
-            relay_tail: 0,
+            relayed: VecDeque::new(),
             next_heartbeat: now,
             next_discovery: now,
             out: Vec::new(),
@@ -2060,7 +2066,7 @@ impl Node {
         self.relay.clear();
         self.relay_bytes = 0;
         self.relay_ts = u64::MAX;
-        self.relay_tail = 0;
+        self.relayed.clear();
         self.reply_until = Time::ZERO;
         self.next_heartbeat = now;
         if !self.pending_merge.is_empty() {
@@ -2094,10 +2100,16 @@ impl Node {
     /// Whether at least one frame went out, and whether one went to every
     /// member rather than through the hub.
     ///
-    /// A frame goes through the relaying hub when it is small enough, and
-    /// a larger one too while a frame sent that way may not have reached
-    /// everyone: sent directly, it would overtake the relayed one, and
-    /// every member would ask for the apparent gap at once.
+    /// Only a lone message goes through the relaying hub: one small frame,
+    /// with nothing queued behind it and few of its own before it not yet
+    /// everywhere (an answer to a question). A busy
+    /// sender's datagrams already carry many frames each, and relaying
+    /// them made the hub, which then passed on everyone's traffic, the
+    /// bottleneck (5 nodes sending all they could: a third less
+    /// throughput, and retransmission storms as its queue grew). A frame
+    /// sent directly would overtake the relayed frames before it still on
+    /// their way through the hub, and every member would ask for the
+    /// apparent gap at once: copies of those go directly with it.
     fn pump_frames(&mut self) -> (bool, bool) {
         let mut sent_any = false;
         let mut sent_direct = false;
@@ -2114,6 +2126,7 @@ impl Node {
             if next_seq.saturating_sub(stable) > self.cfg.window {
                 return (sent_any, sent_direct);
             }
+            let queued = self.send_queue.len();
             let Some(head) = self.send_queue.front_mut() else {
                 return (sent_any, sent_direct);
             };
@@ -2157,17 +2170,33 @@ impl Node {
             };
             head.next_frag += 1;
             let done = head.next_frag == count;
-            let hub = self.relay_hub().filter(|h| *h != self.me).filter(|_| {
-                frame.payload.len() <= self.cfg.relay_max_payload || self.relay_tail > stable
-            });
+            // Frames of its own not yet known to be everywhere: a busy
+            // sender has many (the driver hands its messages in one by
+            // one, so an empty queue alone does not tell).
+            let idle = next_seq.saturating_sub(stable) <= MAX_RELAYED_COPIES as u64;
+            let lone = idle && count == 1 && !sent_any && queued == 1;
+            let hub = self
+                .relay_hub()
+                .filter(|h| *h != self.me)
+                .filter(|_| lone && frame.payload.len() <= self.cfg.relay_max_payload);
             match hub {
                 Some(h) => {
-                    self.relay_tail = next_seq;
+                    if self.relayed.len() >= MAX_RELAYED_COPIES {
+                        self.relayed.pop_front();
+                    }
+                    self.relayed.push_back(next_seq);
                     self.queue_frame(Dest::Pid(h), &Frame::Relay(frame.clone()));
                 }
                 None => {
                     sent_direct = true;
                     let members = self.cur.members.clone();
+                    for seq in std::mem::take(&mut self.relayed) {
+                        if seq > stable {
+                            if let Some(f) = self.cur.streams.frame(me_idx, seq) {
+                                self.queue_to_members(&members, &Frame::Data((*f).clone()));
+                            }
+                        }
+                    }
                     self.queue_to_members(&members, &Frame::Data(frame.clone()));
                 }
             }
@@ -2328,6 +2357,9 @@ impl Node {
             };
         self.ack_pending = false;
         self.ack_postponed = false;
+        // The wait was for this ack (or the answer it rides on); the next
+        // one has nothing to wait for.
+        self.reply_until = Time::ZERO;
         self.ack_urgent = false;
         self.ack_due = Time::NEVER;
         self.unacked_frames = 0;
