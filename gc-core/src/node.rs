@@ -82,8 +82,9 @@ pub struct Config {
     /// application waits for the application's answer to ride on.
     pub reply_grace: Duration,
     /// In views with a hub and at least this many members, a member sends
-    /// its data frames to the hub alone, which passes them on to everyone
-    /// with its summary, gathering the frames of a burst (the answers to
+    /// a lone small message (nothing queued behind it, few of its own
+    /// frames unstable) to the hub alone, which passes it on to everyone
+    /// with its summary, gathering the messages of a burst (the answers to
     /// one question) into one datagram per member: about 3 (N - 1)
     /// datagrams for a burst of N - 1 messages instead of (N - 1)², for
     /// one more hop at members other than the hub. `usize::MAX` turns the
@@ -2102,11 +2103,11 @@ impl Node {
     ///
     /// Only a lone message goes through the relaying hub: one small frame,
     /// with nothing queued behind it and few of its own before it not yet
-    /// everywhere (an answer to a question). A busy
-    /// sender's datagrams already carry many frames each, and relaying
-    /// them made the hub, which then passed on everyone's traffic, the
-    /// bottleneck (5 nodes sending all they could: a third less
-    /// throughput, and retransmission storms as its queue grew). A frame
+    /// everywhere (an answer to a question). A busy sender's datagrams
+    /// already carry many frames each, and relaying them made the hub,
+    /// which then passed on everyone's traffic, the bottleneck (5 nodes
+    /// sending all they could: 38 % less throughput, and retransmission
+    /// storms as its queue grew). A frame
     /// sent directly would overtake the relayed frames before it still on
     /// their way through the hub, and every member would ask for the
     /// apparent gap at once: copies of those go directly with it.
