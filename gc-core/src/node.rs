@@ -1097,15 +1097,21 @@ impl Node {
                     // not need repeating), and the sender's flow-control
                     // window needs stability before it fills. The rest waits
                     // for the heartbeat or rides on the next data datagram.
-                    let urgent = match level {
+                    let for_order = match level {
                         Level::Safe => true,
                         Level::Agreed => ts > self.announced_clock,
                         Level::Fifo | Level::Causal => false,
-                    } || self.unacked_frames >= (self.cfg.window / 4).max(1);
-                    if urgent && self.hub() == Some(self.me) {
+                    };
+                    let for_window = self.unacked_frames >= (self.cfg.window / 4).max(1);
+                    if (for_order || for_window) && self.hub() == Some(self.me) {
                         self.hub_summarize();
+                    } else if for_window {
+                        // The sender's window waits: no waiting for an
+                        // answer to ride on (it held a FIFO sender back).
+                        self.want_ack(true);
+                        self.ack_due = self.ack_due.min(self.now.plus(self.cfg.ack_delay));
                     } else {
-                        self.want_ack(urgent);
+                        self.want_ack(for_order);
                     }
                 }
                 is_current
