@@ -16,6 +16,8 @@
 //! deliveries_per_s: D, lat_p50_us: P, lat_p99_us: Q, suspicions: S`.
 //! `msgs_per_s` counts distinct messages delivered per second (each at
 //! every node); `deliveries_per_s` counts deliveries summed over nodes.
+//! With `BENCH_COUNTERS` in the environment, every node's protocol
+//! counters go to stderr, one JSON line each.
 
 mod common;
 
@@ -128,6 +130,11 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .map(|r| r["refused"].as_u64().unwrap_or(0))
         .sum();
+    if std::env::var_os("BENCH_COUNTERS").is_some() {
+        for r in &reports {
+            eprintln!("{}", r["counters"]);
+        }
+    }
     let retrans: u64 = reports
         .iter()
         .map(|r| r["counters"]["retransmissions"].as_u64().unwrap_or(0))

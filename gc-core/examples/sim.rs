@@ -114,22 +114,36 @@ fn figures() {
         );
     }
     println!("query round (bench-query's pattern; answers sent on delivery, one round at a time):");
-    for n in [3usize, 5, 10, 16] {
-        match query_round(n, 100) {
+    let cases = [
+        (3usize, Level::Agreed, 0usize, ""),
+        (5, Level::Agreed, 0, ""),
+        (10, Level::Agreed, 0, ""),
+        (16, Level::Agreed, 0, ""),
+        (5, Level::Safe, 0, ", safe"),
+        (
+            16,
+            Level::Agreed,
+            15,
+            ", asked by the last node (not the hub)",
+        ),
+    ];
+    for (n, level, asker, what) in cases {
+        match query_round(n, level, asker, 100) {
             Some((per_round, p50)) => println!(
-                "  nodes: {n}, datagrams per round: {per_round:.1}, round p50: {p50:.1} hops"
+                "  nodes: {n}{what}, datagrams per round: {per_round:.1}, round p50: {p50:.1} hops"
             ),
-            None => println!("  nodes: {n}: the rounds did not complete"),
+            None => println!("  nodes: {n}{what}: the rounds did not complete"),
         }
     }
 }
 
-/// The query round of `bench-query`, fault-free, in the simulator: node 1
-/// multicasts an agreed question, every other node answers it (agreed) as
-/// soon as it delivers it, and the round ends when node 1 has delivered
-/// every answer. Returns datagrams per round (all nodes, heartbeats
-/// included) and the p50 round in network hops.
-fn query_round(n: usize, rounds: usize) -> Option<(f64, f64)> {
+/// The query round of `bench-query`, fault-free, in the simulator: node
+/// `asker` (0 in the benchmark: the view's smallest member, its hub)
+/// multicasts a question at `level`, every other node answers it at the
+/// same level as soon as it delivers it, and the round ends when the asker
+/// has delivered every answer. Returns datagrams per round (all nodes,
+/// heartbeats included) and the p50 round in network hops.
+fn query_round(n: usize, level: Level, asker: usize, rounds: usize) -> Option<(f64, f64)> {
     let cfg = SimConfig::quiet(7, n);
     let hop = cfg.delay_min;
     let mut sim = Sim::new(cfg);
@@ -153,19 +167,19 @@ fn query_round(n: usize, rounds: usize) -> Option<(f64, f64)> {
     for r in 0..rounds {
         let q = format!("Q{r}").into_bytes();
         let a = format!("A{r}").into_bytes();
-        sim.multicast(0, "mgmt", Level::Agreed, q.clone()).ok()?;
+        sim.multicast(asker, "mgmt", level, q.clone()).ok()?;
         let t0 = sim.now();
         let mut answered = vec![false; n];
-        answered[0] = true;
+        *answered.get_mut(asker)? = true;
         loop {
             sim.advance(Duration::from_micros(10));
             for (i, done) in answered.iter_mut().enumerate() {
                 if !*done && delivered(&sim, i, &q) > 0 {
                     *done = true;
-                    sim.multicast(i, "mgmt", Level::Agreed, a.clone()).ok()?;
+                    sim.multicast(i, "mgmt", level, a.clone()).ok()?;
                 }
             }
-            if delivered(&sim, 0, &a) == n - 1 {
+            if delivered(&sim, asker, &a) == n - 1 {
                 break;
             }
             if sim.now().since(t0) > Duration::from_secs(1) {

@@ -81,6 +81,21 @@ pub struct Config {
     /// How long an ack owed when messages were just handed to the
     /// application waits for the application's answer to ride on.
     pub reply_grace: Duration,
+    /// In views with a hub and at least this many members, a member sends
+    /// a lone small message (nothing queued behind it, few of its own
+    /// frames unstable) to the hub alone, which passes it on to everyone
+    /// with its summary, gathering the messages of a burst (the answers to
+    /// one question) into one datagram per member: about 3 (N - 1)
+    /// datagrams for a burst of N - 1 messages instead of (N - 1)², for
+    /// one more hop at members other than the hub. `usize::MAX` turns the
+    /// relay off. Every member of a view must use the same setting: a
+    /// frame sent to a hub that does not relay reaches the others only by
+    /// retransmission.
+    pub relay_from: usize,
+    /// Largest payload of a frame sent through the hub; larger frames fill
+    /// datagrams on their own, and relaying them would only add a hop and
+    /// load the hub with every member's bytes.
+    pub relay_max_payload: usize,
     /// Record a [`TraceRecord`] stream for the checker.
     pub trace: bool,
     /// Seed of the process's random choices (retransmission sources).
@@ -128,6 +143,8 @@ impl Config {
             ack_hub_from: 5,
             summary_delay: Duration::from_millis(1),
             reply_grace: Duration::from_micros(100),
+            relay_from: 5,
+            relay_max_payload: 512,
             trace: false,
             rng_seed: 0,
             bug: None,
@@ -321,6 +338,25 @@ enum Dest {
     Addr(SocketAddr),
 }
 
+/// Most of its own relayed frames a process remembers to send again
+/// directly when it starts sending directly ([`Node::pump_frames`]). A
+/// process relays a frame only while fewer of its own are not yet known
+/// to be everywhere, so it never has more on their way.
+const MAX_RELAYED_COPIES: usize = 8;
+
+/// Where an ack goes ([`Node::send_ack`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AckRoute {
+    /// Riding on data sent to every member, or a heartbeat: to everyone.
+    Everyone,
+    /// Riding on data sent through the hub: to the hub alone unless a
+    /// heartbeat is due.
+    WithRelay,
+    /// On its own: to the hub alone when it is urgent and no heartbeat is
+    /// due.
+    Alone,
+}
+
 /// A small deterministic generator (xorshift64*): the protocol's only
 /// randomness, seeded by the driver.
 struct Rng(u64);
@@ -393,6 +429,9 @@ pub struct Node {
     ack_pending: bool,
     /// The pending ack already waited for an answer (`reply_grace`).
     ack_postponed: bool,
+    /// Until then, an urgent ack waits for the application's answer to
+    /// what it was just handed.
+    reply_until: Time,
     /// The pending ack is owed because someone may be waiting for it.
     ack_urgent: bool,
     ack_due: Time,
@@ -402,6 +441,15 @@ pub struct Node {
     announced_clock: u64,
     /// Frames received in the current view since the last ack.
     unacked_frames: u64,
+    /// At the hub: other members' frames to pass on, encoded as data
+    /// frames; their payload bytes; and the smallest timestamp of an
+    /// agreed or safe one among them (`u64::MAX` if none).
+    relay: Vec<Arc<Vec<u8>>>,
+    relay_bytes: usize,
+    relay_ts: u64,
+    /// Its own frames this process sent through the hub in the current
+    /// view and may not yet be everywhere (see [`Node::pump_frames`]).
+    relayed: VecDeque<u64>,
     next_heartbeat: Time,
     next_discovery: Time,
     out: Vec<(Dest, Arc<Vec<u8>>)>,
@@ -478,10 +526,15 @@ impl Node {
             last_join_sent: Time::ZERO,
             ack_pending: false,
             ack_postponed: false,
+            reply_until: Time::ZERO,
             ack_urgent: false,
             ack_due: Time::NEVER,
             announced_clock: 0,
             unacked_frames: 0,
+            relay: Vec::new(),
+            relay_bytes: 0,
+            relay_ts: u64::MAX,
+            relayed: VecDeque::new(),
             next_heartbeat: now,
             next_discovery: now,
             out: Vec::new(),
@@ -585,7 +638,7 @@ impl Node {
         self.advance(now);
         if self.transmits.is_empty() {
             if self.ack_pending && self.ack_due <= now {
-                self.send_ack(false);
+                self.send_ack(AckRoute::Alone);
             }
             self.assemble();
         }
@@ -942,7 +995,7 @@ impl Node {
     /// sends beacons.
     fn shows_membership(&self, frame: &Frame) -> bool {
         match frame {
-            Frame::Data(d) => d.view == self.cur.id,
+            Frame::Data(d) | Frame::Relay(d) => d.view == self.cur.id,
             Frame::Ack(a) => a.view == self.cur.id,
             Frame::Summary(m) => m.view == self.cur.id,
             Frame::Hello(h) => h.view == self.cur.id,
@@ -985,7 +1038,10 @@ impl Node {
 
     fn handle_frame(&mut self, from: Pid, frame: Frame) {
         match frame {
-            Frame::Data(d) => self.on_data(from, d),
+            Frame::Data(d) => {
+                self.on_data(from, d);
+            }
+            Frame::Relay(d) => self.on_relay(from, d),
             Frame::Ack(a) => self.on_ack(from, a),
             Frame::Summary(m) => self.on_summary(from, m),
             Frame::Nack(n) => self.on_nack(from, n),
@@ -1004,7 +1060,8 @@ impl Node {
         }
     }
 
-    fn on_data(&mut self, from: Pid, d: DataFrame) {
+    /// Takes in a data frame; true when it is new in the current view.
+    fn on_data(&mut self, from: Pid, d: DataFrame) -> bool {
         self.max_counter = self.max_counter.max(d.view.counter);
         let streams = if d.view == self.cur.id {
             &mut self.cur.streams
@@ -1012,17 +1069,17 @@ impl Node {
             s
         } else {
             self.foreign_traffic(from, d.view);
-            return;
+            return false;
         };
         let Some(s) = streams.index_of(d.sender) else {
-            return;
+            return false;
         };
         if !streams.members.contains(&from) {
-            return;
+            return false;
         }
         if d.level == Level::Causal && d.frag.0 == 0 && d.deps.len() != streams.members.len() {
             self.counters.drop_decode += 1;
-            return;
+            return false;
         }
         let ts = d.ts;
         let level = d.level;
@@ -1040,21 +1097,108 @@ impl Node {
                     // not need repeating), and the sender's flow-control
                     // window needs stability before it fills. The rest waits
                     // for the heartbeat or rides on the next data datagram.
-                    let urgent = match level {
+                    let for_order = match level {
                         Level::Safe => true,
                         Level::Agreed => ts > self.announced_clock,
                         Level::Fifo | Level::Causal => false,
-                    } || self.unacked_frames >= (self.cfg.window / 4).max(1);
-                    if urgent && self.hub() == Some(self.me) {
+                    };
+                    let for_window = self.unacked_frames >= (self.cfg.window / 4).max(1);
+                    if (for_order || for_window) && self.hub() == Some(self.me) {
                         self.hub_summarize();
+                    } else if for_window {
+                        // The sender's window waits: no waiting for an
+                        // answer to ride on (it held a FIFO sender back).
+                        self.want_ack(true);
+                        self.ack_due = self.ack_due.min(self.now.plus(self.cfg.ack_delay));
                     } else {
-                        self.want_ack(urgent);
+                        self.want_ack(for_order);
                     }
                 }
+                is_current
             }
-            Received::Duplicate => {}
-            Received::TooFarAhead => self.counters.drop_ahead += 1,
+            Received::Duplicate => false,
+            Received::TooFarAhead => {
+                self.counters.drop_ahead += 1;
+                false
+            }
         }
+    }
+
+    /// A member's own frame sent to this process as the hub: taken in as
+    /// data, and passed on to every other member with the hub's next
+    /// summary. Anywhere else (the view changed, or this process is not
+    /// the hub) it is plain data: the others get it by retransmission, and
+    /// in a view change by the flush, as they would a lost frame.
+    fn on_relay(&mut self, from: Pid, d: DataFrame) {
+        let relay = from == d.sender
+            && d.view == self.cur.id
+            && matches!(self.phase, Phase::Operational)
+            && self.relay_hub() == Some(self.me);
+        if !relay {
+            self.on_data(from, d);
+            return;
+        }
+        let level = d.level;
+        let ts = d.ts;
+        let len = d.payload.len();
+        // A burst is under way when an agreed or safe message received
+        // before this one is not yet past every member's floor: concurrent
+        // messages (the answers to one question) are coming in.
+        let burst = {
+            let st = &self.cur.streams;
+            st.others_floor() < st.max_total_ts
+        };
+        let bytes = Arc::new(wire::encode_frame(&Frame::Data(d.clone())));
+        if !self.on_data(from, d) {
+            return;
+        }
+        self.relay.push(bytes);
+        self.relay_bytes += len;
+        let total = matches!(level, Level::Agreed | Level::Safe);
+        if total {
+            self.relay_ts = self.relay_ts.min(ts);
+        }
+        if !total || !burst || self.relay_bytes >= self.cfg.max_datagram / 2 {
+            // A lone message waits for nothing; a FIFO or causal one is
+            // deliverable on arrival; a datagram's worth gains nothing by
+            // waiting.
+            self.want_ack(true);
+        } else {
+            // Gathered like the promises of a burst, for at most
+            // `summary_delay`: until the rest of the burst is here the
+            // members could not deliver these anyway (no floor passed
+            // them), and `progress` sends them the moment every floor
+            // does.
+            self.hub_summarize();
+        }
+    }
+
+    /// At the hub: the burst the held frames belong to is complete: every
+    /// member's floor passed the earliest of them. Holding them longer
+    /// only delays the others, and a later one (an answer sent after its
+    /// sender promised past the others' answers) needs the others'
+    /// promises, which they give once they have it.
+    fn relay_ready(&self) -> bool {
+        !self.relay.is_empty() && self.cur.streams.others_floor() >= self.relay_ts
+    }
+
+    /// Passes the held frames on to every other member (their senders too:
+    /// the batch is then the same for everyone, which IP multicast
+    /// dissemination sends once).
+    fn flush_relay(&mut self) {
+        if self.relay.is_empty() {
+            return;
+        }
+        let members = self.cur.members.clone();
+        for bytes in std::mem::take(&mut self.relay) {
+            for m in &members {
+                if *m != self.me {
+                    self.out.push((Dest::Pid(*m), bytes.clone()));
+                }
+            }
+        }
+        self.relay_bytes = 0;
+        self.relay_ts = u64::MAX;
     }
 
     fn on_ack(&mut self, from: Pid, a: AckFrame) {
@@ -1116,6 +1260,12 @@ impl Node {
         } else {
             None
         }
+    }
+
+    /// The hub, when it also relays data frames in this view.
+    fn relay_hub(&self) -> Option<Pid> {
+        self.hub()
+            .filter(|_| self.cur.members.len() >= self.cfg.relay_from)
     }
 
     fn on_nack(&mut self, from: Pid, n: NackFrame) {
@@ -1316,6 +1466,9 @@ impl Node {
         if matches!(self.phase, Phase::Installing(_)) {
             self.abort_install();
         }
+        // What the hub held goes out as it is: the members are still
+        // collecting the old view's frames.
+        self.flush_relay();
         match &mut self.phase {
             Phase::Left => return,
             Phase::Operational => {
@@ -1917,6 +2070,11 @@ impl Node {
         self.ack_due = now;
         self.announced_clock = 0;
         self.unacked_frames = 0;
+        self.relay.clear();
+        self.relay_bytes = 0;
+        self.relay_ts = u64::MAX;
+        self.relayed.clear();
+        self.reply_until = Time::ZERO;
         self.next_heartbeat = now;
         if !self.pending_merge.is_empty() {
             let merge: Vec<Pid> = std::mem::take(&mut self.pending_merge)
@@ -1935,16 +2093,33 @@ impl Node {
         if !matches!(self.phase, Phase::Operational) {
             return;
         }
-        let sent_any = self.pump_frames();
+        let (sent_any, sent_direct) = self.pump_frames();
         if sent_any && self.ack_pending {
             // The ack rides in the data's datagrams instead of its own.
-            self.send_ack(true);
+            self.send_ack(if sent_direct {
+                AckRoute::Everyone
+            } else {
+                AckRoute::WithRelay
+            });
         }
     }
 
-    /// True when at least one frame went out.
-    fn pump_frames(&mut self) -> bool {
+    /// Whether at least one frame went out, and whether one went to every
+    /// member rather than through the hub.
+    ///
+    /// Only a lone message goes through the relaying hub: one small frame,
+    /// with nothing queued behind it and few of its own before it not yet
+    /// everywhere (an answer to a question). A busy sender's datagrams
+    /// already carry many frames each, and relaying them made the hub,
+    /// which then passed on everyone's traffic, the bottleneck (5 nodes
+    /// sending all they could: 38 % less throughput, and retransmission
+    /// storms as its queue grew). A frame
+    /// sent directly would overtake the relayed frames before it still on
+    /// their way through the hub, and every member would ask for the
+    /// apparent gap at once: copies of those go directly with it.
+    fn pump_frames(&mut self) -> (bool, bool) {
         let mut sent_any = false;
+        let mut sent_direct = false;
         let frag_payload = self.cfg.max_datagram.saturating_sub(160).max(64);
         loop {
             let me_idx = self.cur.streams.me;
@@ -1954,11 +2129,13 @@ impl Node {
                 .senders
                 .get(me_idx)
                 .map_or(1, |s| s.contig + 1);
-            if next_seq.saturating_sub(self.cur.streams.stable(me_idx)) > self.cfg.window {
-                return sent_any;
+            let stable = self.cur.streams.stable(me_idx);
+            if next_seq.saturating_sub(stable) > self.cfg.window {
+                return (sent_any, sent_direct);
             }
+            let queued = self.send_queue.len();
             let Some(head) = self.send_queue.front_mut() else {
-                return sent_any;
+                return (sent_any, sent_direct);
             };
             let count = head.payload.len().div_ceil(frag_payload).max(1) as u32;
             let (ts, first) = match head.started {
@@ -2000,9 +2177,36 @@ impl Node {
             };
             head.next_frag += 1;
             let done = head.next_frag == count;
-            let wire_frame = Frame::Data(frame.clone());
-            let members = self.cur.members.clone();
-            self.queue_to_members(&members, &wire_frame);
+            // Frames of its own not yet known to be everywhere: a busy
+            // sender has many (the driver hands its messages in one by
+            // one, so an empty queue alone does not tell).
+            let idle = next_seq.saturating_sub(stable) <= MAX_RELAYED_COPIES as u64;
+            let lone = idle && count == 1 && !sent_any && queued == 1;
+            let hub = self
+                .relay_hub()
+                .filter(|h| *h != self.me)
+                .filter(|_| lone && frame.payload.len() <= self.cfg.relay_max_payload);
+            match hub {
+                Some(h) => {
+                    if self.relayed.len() >= MAX_RELAYED_COPIES {
+                        self.relayed.pop_front();
+                    }
+                    self.relayed.push_back(next_seq);
+                    self.queue_frame(Dest::Pid(h), &Frame::Relay(frame.clone()));
+                }
+                None => {
+                    sent_direct = true;
+                    let members = self.cur.members.clone();
+                    for seq in std::mem::take(&mut self.relayed) {
+                        if seq > stable {
+                            if let Some(f) = self.cur.streams.frame(me_idx, seq) {
+                                self.queue_to_members(&members, &Frame::Data((*f).clone()));
+                            }
+                        }
+                    }
+                    self.queue_to_members(&members, &Frame::Data(frame.clone()));
+                }
+            }
             self.cur.streams.insert(me_idx, Arc::new(frame), self.now);
             sent_any = true;
             // Its receivers take the frame as this process's floor: the
@@ -2060,22 +2264,23 @@ impl Node {
             let conf = ConfId::Regular(self.cur.id);
             let handed = self.events.len();
             self.emit_deliveries(out, conf);
-            if self.events.len() > handed
-                && self.ack_pending
-                && !self.ack_postponed
-                && self.hub() != Some(self.me)
-            {
+            if self.events.len() > handed && !self.ack_postponed && self.hub() != Some(self.me) {
                 // The application may answer what it was just handed (a
                 // query, a command): its answer's datagrams would carry
                 // the ack, and taking the answer's timestamp before the
                 // ack's promise keeps concurrent answers on one timestamp
-                // (else each needs an ack round of its own). Once per ack;
+                // (else each needs an ack round of its own). That holds
+                // for an ack owed now and for one that falls due meanwhile
+                // (another member's answer arriving first). Once per ack;
                 // never at the hub, whose summary others are waiting for.
                 self.ack_postponed = true;
-                let due = self.now.plus(self.cfg.reply_grace);
-                if self.ack_due < due {
-                    self.ack_due = due;
+                self.reply_until = self.now.plus(self.cfg.reply_grace);
+                if self.ack_pending && self.ack_due < self.reply_until {
+                    self.ack_due = self.reply_until;
                 }
+            }
+            if self.relay_ready() {
+                self.want_ack(true);
             }
             self.cur.streams.collect_garbage();
             self.pump_sends();
@@ -2100,6 +2305,7 @@ impl Node {
         if self.cur.streams.stable(me_idx) < own.contig || !self.cur.streams.own_all_delivered() {
             return;
         }
+        self.flush_relay();
         let members = self.cur.members.clone();
         let frame = Frame::Leave { view: self.cur.id };
         self.queue_to_members(&members, &frame);
@@ -2136,7 +2342,7 @@ impl Node {
         self.ack_pending = true;
         self.ack_urgent |= urgent;
         let due = if urgent {
-            self.now.plus(self.cfg.ack_delay)
+            self.now.plus(self.cfg.ack_delay).max(self.reply_until)
         } else {
             self.next_heartbeat
         };
@@ -2145,16 +2351,22 @@ impl Node {
         }
     }
 
-    /// Sends the ack: to every member, or only to the hub when it is urgent
-    /// and no heartbeat is due (`to_all` false). The hub adds its summary.
-    fn send_ack(&mut self, to_all: bool) {
+    /// Sends the ack: to every member, or only to the hub (see
+    /// [`AckRoute`]). The hub adds its summary and the frames it relays.
+    fn send_ack(&mut self, route: AckRoute) {
         let hub = self.hub();
-        let only_hub = !to_all
-            && self.ack_urgent
+        let only_hub = hub.is_some_and(|h| h != self.me)
             && self.now < self.next_heartbeat
-            && hub.is_some_and(|h| h != self.me);
+            && match route {
+                AckRoute::Everyone => false,
+                AckRoute::WithRelay => true,
+                AckRoute::Alone => self.ack_urgent,
+            };
         self.ack_pending = false;
         self.ack_postponed = false;
+        // The wait was for this ack (or the answer it rides on); the next
+        // one has nothing to wait for.
+        self.reply_until = Time::ZERO;
         self.ack_urgent = false;
         self.ack_due = Time::NEVER;
         self.unacked_frames = 0;
@@ -2163,6 +2375,11 @@ impl Node {
         }
         if !matches!(self.phase, Phase::Operational) || self.cur.members.len() < 2 {
             return;
+        }
+        if !only_hub {
+            // Before the promises: a member that read a promise covering
+            // frames it has not received would ask for them.
+            self.flush_relay();
         }
         let me_idx = self.cur.streams.me;
         let sent = self.cur.streams.senders.get(me_idx).map_or(0, |s| s.contig);
@@ -2236,7 +2453,7 @@ impl Node {
             return;
         }
         if now >= self.next_heartbeat {
-            self.send_ack(true);
+            self.send_ack(AckRoute::Everyone);
         }
     }
 

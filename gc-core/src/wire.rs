@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
 /// The wire version this build speaks. Every datagram starts with it.
-pub const WIRE_VERSION: u8 = 2;
+pub const WIRE_VERSION: u8 = 3;
 /// Most members a view may have.
 pub const MAX_MEMBERS: usize = 256;
 /// Longest group name, in bytes.
@@ -242,6 +242,10 @@ pub(crate) enum Frame {
         view: ViewId,
     },
     Summary(SummaryFrame),
+    /// A member's own data frame sent to the hub alone, for the hub to pass
+    /// on to every other member as [`Frame::Data`] (PROTOCOL.md, "Data
+    /// relay"). Anyone else takes it as plain data.
+    Relay(DataFrame),
 }
 
 fn check_pids(v: &[Pid], what: &'static str) -> Result<(), DecodeError> {
@@ -286,7 +290,7 @@ impl Frame {
     /// Checks every count against the protocol's limits.
     fn validate(&self) -> Result<(), DecodeError> {
         match self {
-            Frame::Data(d) => {
+            Frame::Data(d) | Frame::Relay(d) => {
                 if d.deps.len() > MAX_MEMBERS {
                     return Err(DecodeError::Limit("causal dependencies"));
                 }
@@ -511,6 +515,17 @@ mod tests {
                 view: v,
                 promises: vec![(4, 10), (0, 0), (7, 12)],
                 stable: vec![1, 2, 3],
+            }),
+            Frame::Relay(DataFrame {
+                view: v,
+                sender: Pid::new(3, 1),
+                seq: 2,
+                ts: 10,
+                level: Level::Safe,
+                frag: (0, 1),
+                kind: Some(DataKind::App("a".into())),
+                deps: vec![],
+                payload: b"answer".to_vec(),
             }),
         ]
     }

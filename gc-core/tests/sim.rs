@@ -347,3 +347,70 @@ fn hostile_datagrams_never_panic_a_live_node_nor_break_its_guarantees() {
         .iter()
         .any(|r| matches!(&r.event, TraceEvent::Deliver { digest, .. } if *digest == d)));
 }
+
+/// Node 0 (the hub) asks, every other node answers as soon as it delivers
+/// the question; returns the datagrams all nodes sent during the round.
+fn query_round(sim: &mut Sim, n: usize, round: u32) -> Option<u64> {
+    let sent = |sim: &Sim| -> u64 {
+        (0..n)
+            .filter_map(|i| sim.node(i))
+            .map(|x| x.counters().datagrams_out)
+            .sum()
+    };
+    let before = sent(sim);
+    let q = format!("Q{round}").into_bytes();
+    sim.multicast(0, "mgmt", Level::Agreed, q.clone()).ok()?;
+    let mut answered = vec![false; n];
+    *answered.first_mut()? = true;
+    for _ in 0..300 {
+        sim.advance(Duration::from_micros(10));
+        for (i, done) in answered.iter_mut().enumerate() {
+            if !*done && delivered(sim, i, "mgmt").contains(&q) {
+                *done = true;
+                let a = format!("A{round}-{i}").into_bytes();
+                sim.multicast(i, "mgmt", Level::Agreed, a).ok()?;
+            }
+        }
+    }
+    Some(sent(sim) - before)
+}
+
+#[test]
+fn the_hub_relays_the_answers_to_a_question_in_one_batch() {
+    let n = 10;
+    let mut sim = quiet(n);
+    let datagrams: Vec<u64> = (0..5)
+        .map(|r| query_round(&mut sim, n, r).expect("answers accepted"))
+        .collect();
+    // Sent directly, the answers alone are (n - 1)² = 81 datagrams; through
+    // the hub about 3 (n - 1), and the whole round about 6 (n - 1). A round
+    // that meets a heartbeat (every member to every other) costs more.
+    let least = datagrams.iter().min().copied().unwrap_or(0);
+    assert!(least < 60, "rounds took {datagrams:?} datagrams");
+    let order = delivered(&sim, 0, "mgmt");
+    assert_eq!(order.len(), 5 * n);
+    for i in 1..n {
+        assert_eq!(delivered(&sim, i, "mgmt"), order, "node {i}'s order");
+    }
+    assert!(check(&sim.finish()).is_empty());
+}
+
+#[test]
+fn messages_sent_to_a_hub_that_crashes_are_delivered_all_the_same() {
+    let n = 6;
+    let mut sim = quiet(n);
+    // Lone messages go to the hub (node 0) alone, which dies before it
+    // can pass them on: only their senders hold them.
+    for i in 1..n {
+        sim.multicast(i, "mgmt", Level::Agreed, format!("m{i}").into_bytes())
+            .expect("accepted");
+    }
+    sim.kill(0);
+    sim.advance(Duration::from_secs(3));
+    let order = delivered(&sim, 1, "mgmt");
+    assert_eq!(order.len(), n - 1, "{order:?}");
+    for i in 2..n {
+        assert_eq!(delivered(&sim, i, "mgmt"), order, "node {i}'s order");
+    }
+    assert!(check(&sim.finish()).is_empty());
+}
