@@ -205,6 +205,8 @@ pub(super) async fn start(config: RuntimeConfig) -> Result<(Handle, Events), Sta
     let epoch_wall_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    // Payload digests are for the checker, which reads the event log.
+    node_config.trace_digests = event_log.is_some();
     let event_log = match event_log {
         None => None,
         Some(path) => {
