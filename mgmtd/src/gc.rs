@@ -145,16 +145,43 @@ impl Routes {
         }
     }
 
-    /// Hands `event` to its subscribers; true if there was one.
-    async fn route(&self, event: &Event) -> bool {
-        let targets = self.targets(event);
+    /// Hands `event` to its subscribers. Gives it back, with whether any
+    /// subscriber had it, unless the last subscriber took it: a delivery
+    /// for one subscriber is moved, not copied (a 256 KiB siminst chunk
+    /// each).
+    async fn route(&self, event: Event) -> (Option<Event>, bool) {
+        let mut targets = self.targets(&event);
         let routed = !targets.is_empty();
+        let last = if for_the_server(&event) {
+            None
+        } else {
+            targets.pop()
+        };
         for (group, tx) in targets {
             if tx.send(event.clone()).await.is_err() {
                 tracing::debug!(%group, "subscriber gone");
             }
         }
-        routed
+        match last {
+            Some((group, tx)) => {
+                if tx.send(event).await.is_err() {
+                    tracing::debug!(%group, "subscriber gone");
+                }
+                (None, routed)
+            }
+            None => (Some(event), routed),
+        }
+    }
+}
+
+/// Whether [`pump`] does something with `event` after its subscribers had
+/// it.
+fn for_the_server(event: &Event) -> bool {
+    match event {
+        Event::GroupView { group, .. } => group == MGMT_GROUP,
+        Event::Deliver(d) => d.group == MGMT_GROUP,
+        Event::Left | Event::View(_) | Event::PeerRefused { .. } => true,
+        _ => false,
     }
 }
 
@@ -426,7 +453,10 @@ async fn pump(
     routes: Routes,
 ) {
     while let Some(event) = events.recv().await {
-        let routed = routes.route(&event).await;
+        let (event, routed) = routes.route(event).await;
+        let Some(event) = event else {
+            continue;
+        };
         let forward = match event {
             Event::GroupView { group, id, members } if group == MGMT_GROUP => GroupEvent::View {
                 id: format!("{}/{}", id.view, id.change),
