@@ -1,12 +1,13 @@
 //! The siminst benchmark of issue 7; prints the figures it measured.
 //!
 //! ```text
-//! cargo run --release -p flotilla-tests --bin siminst-bench -- [--hosts 1,5,20] [--mib 100] [--max-datagram 60000] [--suspect 5s] [--multicast]
+//! cargo run --release -p flotilla-tests --bin siminst-bench -- [--hosts 1,5,20] [--mib 100] [--max-datagram 60000] [--suspect 5s] [--heartbeat 50ms] [--multicast]
 //! ```
 //!
 //! `--max-datagram` sets the daemons' `gc.max_datagram` (default 1400
 //! bytes: an Ethernet frame); `--suspect 5s` their `gc.suspect_timeout`
-//! (default here 2s); `--multicast` puts every daemon of a fleet on one IP
+//! (default here 2s), `--heartbeat` their `gc.heartbeat_interval` (default
+//! 50ms); `--multicast` puts every daemon of a fleet on one IP
 //! multicast group with `multicast.disseminate: true`, so that what goes to
 //! every member (the package's chunks among it) leaves the origin once.
 //!
@@ -110,6 +111,11 @@ fn main() -> Result<(), Error> {
         };
         if let Some(bytes) = arg("--max-datagram") {
             options.gc.push_str(&format!("  max_datagram: {bytes}\n"));
+        }
+        if let Some(period) = arg("--heartbeat") {
+            options
+                .gc
+                .push_str(&format!("  heartbeat_interval: {period}\n"));
         }
         if std::env::args().any(|a| a == "--multicast") {
             // A fresh group per fleet: the previous fleet's daemons may
