@@ -344,27 +344,6 @@ fn apply_knobs(
     Ok(())
 }
 
-/// The flow-control window (frames) cut so that a window of full
-/// datagrams fits in the socket receive buffer. The window is counted in
-/// frames, so with large datagrams (`max_datagram: 60000`) the default 512
-/// let a sender run 30 MB ahead of a member whose 4 MiB buffer then
-/// overflowed whenever that member was not scheduled for a few
-/// milliseconds; every datagram the kernel dropped was asked for again and
-/// re-sent by unicast, and on a loaded host that load got the sender
-/// suspected (BENCHMARKS.md, siminst run 6).
-fn window_within(window: u64, max_datagram: usize, socket_buffer: usize) -> u64 {
-    if socket_buffer == 0 || max_datagram == 0 {
-        return window;
-    }
-    let fits = u64::try_from(socket_buffer / max_datagram).unwrap_or(u64::MAX);
-    // Below this the acks (one urgent ack per quarter window) and the
-    // sender's waits for them cost more than the drops they avoid.
-    window.min(fits.max(MIN_WINDOW))
-}
-
-/// The smallest window [`window_within`] cuts to.
-const MIN_WINDOW: u64 = 16;
-
 /// Starts the runtime for `config`, joins `mgmt` and returns the group and
 /// its events. Must be called within a tokio runtime.
 pub async fn start(
@@ -397,11 +376,6 @@ pub async fn start(
     let seal_key = gc_core::seal::ClusterKey::from_bytes(*key.as_bytes());
     let storage = FileStorage::new(config.data_dir.join(STATE_FILE));
     let mut runtime_config = RuntimeConfig::new(node, config.listen, seal_key, storage);
-    runtime_config.node.window = window_within(
-        runtime_config.node.window,
-        runtime_config.node.max_datagram,
-        runtime_config.socket_buffer,
-    );
     runtime_config.event_log = config.event_log.clone();
     if config.testing.fault_control {
         runtime_config.faults = Some(crate::faults::start(&config.data_dir));
@@ -490,22 +464,4 @@ async fn pump(
     // The runtime has stopped (or the server is gone): tell the server
     // once, whatever the reason.
     let _ = mgmt.send(GroupEvent::Left).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_window_of_full_datagrams_fits_the_receive_buffer() {
-        // Ethernet-sized datagrams: the core's default stands.
-        assert_eq!(window_within(512, 1400, 4 << 20), 512);
-        assert_eq!(window_within(512, 60_000, 4 << 20), 69);
-        // Never below the floor, however small the buffer.
-        assert_eq!(window_within(512, 60_000, 64 << 10), MIN_WINDOW);
-        // A window set smaller stays.
-        assert_eq!(window_within(8, 60_000, 4 << 20), 8);
-        // The system's default buffer (0): unknown size, unchanged window.
-        assert_eq!(window_within(512, 60_000, 0), 512);
-    }
 }

@@ -156,6 +156,15 @@ pub(super) async fn start(config: RuntimeConfig) -> Result<(Handle, Events), Sta
     let local_addr = socket
         .local_addr()
         .map_err(|source| StartError::Bind { addr: bind, source })?;
+    // Linux reports twice the granted size (its bookkeeping overhead).
+    let granted = match socket_buffer {
+        0 => 0,
+        asked => socket2::SockRef::from(&socket)
+            .recv_buffer_size()
+            .map_or(asked, |reported| (reported / 2).min(asked)),
+    };
+    node_config.window =
+        super::window_within(node_config.window, node_config.max_datagram, granted);
 
     // A fresh incarnation, saved before anything is sealed.
     let initial = node_config.primary.clone();

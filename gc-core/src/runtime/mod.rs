@@ -917,6 +917,28 @@ fn next_incarnation(previous: Option<u64>) -> Result<u64, StartError> {
     Ok(after.max(clock))
 }
 
+/// The flow-control window (frames) cut so that a window of full
+/// datagrams fits in the socket receive buffer. The window is counted in
+/// frames, so with large datagrams (`max_datagram` 60,000) the default 512
+/// let a sender run 30 MB ahead of a member whose 4 MiB buffer then
+/// overflowed whenever that member was not scheduled for a few
+/// milliseconds; every datagram the kernel dropped was asked for again and
+/// re-sent by unicast, and on a loaded host that load got the sender
+/// suspected (BENCHMARKS.md, siminst run 6). The kernel may grant less
+/// than `socket_buffer` (`net.core.rmem_max`): the granted size is used.
+pub(super) fn window_within(window: u64, max_datagram: usize, socket_buffer: usize) -> u64 {
+    if socket_buffer == 0 || max_datagram == 0 {
+        return window;
+    }
+    let fits = u64::try_from(socket_buffer / max_datagram).unwrap_or(u64::MAX);
+    // Below this the acks (one urgent ack per quarter window) and the
+    // sender's waits for them cost more than the drops they avoid.
+    window.min(fits.max(MIN_WINDOW))
+}
+
+/// The smallest window [`window_within`] cuts to.
+const MIN_WINDOW: u64 = 16;
+
 fn check_config(config: &RuntimeConfig) -> Result<(), StartError> {
     let bad = |what: String| Err(StartError::Config(what));
     let max = config.node.max_datagram;
@@ -947,5 +969,18 @@ mod tests {
             Err(StartError::IncarnationsExhausted)
         ));
         Ok(())
+    }
+
+    #[test]
+    fn the_window_of_full_datagrams_fits_the_receive_buffer() {
+        // Ethernet-sized datagrams: the core's default stands.
+        assert_eq!(window_within(512, 1400, 4 << 20), 512);
+        assert_eq!(window_within(512, 60_000, 4 << 20), 69);
+        // Never below the floor, however small the buffer.
+        assert_eq!(window_within(512, 60_000, 64 << 10), MIN_WINDOW);
+        // A window set smaller stays.
+        assert_eq!(window_within(8, 60_000, 4 << 20), 8);
+        // The system's default buffer (0): unknown size, unchanged window.
+        assert_eq!(window_within(512, 60_000, 0), 512);
     }
 }
