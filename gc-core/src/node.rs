@@ -2535,11 +2535,25 @@ impl Node {
         let via = self.heard_via();
         let heard = |m: &Pid| self.last_heard.get(m).copied().unwrap_or(now);
         let suspects: Vec<Pid> = match via {
-            // A silent hub is suspected alone: the others, heard of only
-            // through it, fell silent with it and may well be alive. The
-            // view change's joins find out (`join_timeout`); suspecting
-            // them too would split members that reach each other.
-            Some(h) if now.since(heard(&h)) >= suspect_timeout => vec![h],
+            // A silent hub is suspected with only those silent for twice
+            // the timeout: the others, heard of only through it, fell
+            // silent with it and may well be alive. The view change's
+            // joins find out (`join_timeout`); suspecting them too would
+            // split members that reach each other. Everyone silent that
+            // long means this process was cut off or stopped itself, and
+            // waiting for their joins only delayed its merge (by the
+            // join timeout, 250 ms at 16 members in `bench-membership`).
+            Some(h) if now.since(heard(&h)) >= suspect_timeout => self
+                .cur
+                .members
+                .iter()
+                .copied()
+                .filter(|m| {
+                    *m == h
+                        || (*m != self.me
+                            && now.since(heard(m)) >= suspect_timeout.saturating_mul(2))
+                })
+                .collect(),
             _ => self
                 .cur
                 .members
