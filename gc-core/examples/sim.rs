@@ -113,6 +113,15 @@ fn figures() {
             max
         );
     }
+    println!("idle view (no messages, after the view formed):");
+    for n in [5usize, 16, 50] {
+        let per = idle_datagrams(n);
+        println!(
+            "  nodes: {n}, datagrams per heartbeat period: {per:.1} (N (N - 1) = {}, 2 (N - 1) = {})",
+            n * (n - 1),
+            2 * (n - 1)
+        );
+    }
     println!("query round (bench-query's pattern; answers sent on delivery, one round at a time):");
     let cases = [
         (3usize, Level::Agreed, 0usize, ""),
@@ -135,6 +144,27 @@ fn figures() {
             None => println!("  nodes: {n}{what}: the rounds did not complete"),
         }
     }
+}
+
+/// Datagrams an idle view sends per heartbeat period (all nodes, after
+/// the view formed), fault-free: heartbeats and the hub's summaries.
+fn idle_datagrams(n: usize) -> f64 {
+    let mut sim = Sim::new(SimConfig::quiet(7, n));
+    sim.boot();
+    sim.advance(Duration::from_secs(5));
+    let sent = |sim: &Sim| -> u64 {
+        (0..n)
+            .filter_map(|i| sim.node(i))
+            .map(|x| x.counters().datagrams_out)
+            .sum()
+    };
+    let before = sent(&sim);
+    let span = Duration::from_secs(10);
+    sim.advance(span);
+    // The heartbeat period of Config::new, scaled from 32 members on.
+    let period_us = 50_000 * (n as u64 / 16).max(1);
+    let periods = span.as_micros() as f64 / period_us as f64;
+    (sent(&sim) - before) as f64 / periods
 }
 
 /// The query round of `bench-query`, fault-free, in the simulator: node

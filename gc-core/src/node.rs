@@ -75,6 +75,15 @@ pub struct Config {
     /// everyone in one summary: 2 (N - 1) datagrams instead of N (N - 1),
     /// for one more hop. `usize::MAX` turns the hub off.
     pub ack_hub_from: usize,
+    /// In views with a hub and at least this many members, a member sends
+    /// its periodic heartbeat to the hub alone, and the hub's summary, sent
+    /// to everyone every heartbeat period, says how long ago it heard from
+    /// each member: an idle view costs 2 (N - 1) datagrams a period instead
+    /// of N (N - 1) (PROTOCOL.md, "Failure detection"). `usize::MAX` turns
+    /// it off. Every member of a view should use the same setting: a member
+    /// that sends its heartbeats to the hub alone is known alive to the
+    /// others only through the hub's summaries.
+    pub heartbeat_hub_from: usize,
     /// At the hub: how long news that leaves messages undeliverable may
     /// wait for more acks before it is relayed.
     pub summary_delay: Duration,
@@ -146,6 +155,7 @@ impl Config {
             nack_grace: Duration::ZERO,
             ack_delay: Duration::ZERO,
             ack_hub_from: 5,
+            heartbeat_hub_from: 5,
             summary_delay: Duration::from_millis(1),
             reply_grace: Duration::from_micros(100),
             relay_from: 5,
@@ -356,11 +366,14 @@ enum AckRoute {
     /// Riding on data sent to every member, or a heartbeat: to everyone.
     Everyone,
     /// Riding on data sent through the hub: to the hub alone unless a
-    /// heartbeat is due.
+    /// heartbeat is due and goes to everyone.
     WithRelay,
     /// On its own: to the hub alone when it is urgent and no heartbeat is
-    /// due.
+    /// due, or when heartbeats go through the hub.
     Alone,
+    /// The periodic heartbeat: to everyone, or to the hub alone in a view
+    /// of `heartbeat_hub_from` or more members.
+    Heartbeat,
 }
 
 /// A small deterministic generator (xorshift64*): the protocol's only
@@ -424,7 +437,14 @@ pub struct Node {
     /// arrive out of order, and a stale one (its fail set from a round the
     /// sender has since left) would exclude the sender again and again.
     join_attempts: BTreeMap<Pid, (u64, Time)>,
+    /// When each member was last heard from: directly, or, when heartbeats
+    /// go through the hub, as the hub's summary vouches.
     last_heard: BTreeMap<Pid, Time>,
+    /// When heartbeats go through the hub: when the hub's latest summary of
+    /// the current view arrived. A member other than the hub is suspected
+    /// only when that summary shows it silent (see
+    /// [`Node::operational_timeouts`]).
+    summary_at: Time,
     cooldown: BTreeMap<Pid, Time>,
     pending_merge: BTreeSet<Pid>,
     install_replies: BTreeMap<Pid, Time>,
@@ -524,6 +544,7 @@ impl Node {
             newest,
             join_attempts: BTreeMap::new(),
             last_heard: BTreeMap::new(),
+            summary_at: now,
             cooldown: BTreeMap::new(),
             pending_merge: BTreeSet::new(),
             install_replies: BTreeMap::new(),
@@ -669,10 +690,23 @@ impl Node {
             Phase::Left => return None,
             Phase::Operational => {
                 at(self.next_heartbeat);
+                let suspect_timeout = self.hb_timer(self.cfg.suspect_timeout);
+                let via = self.heard_via();
                 for m in &self.cur.members {
-                    if *m != self.me {
-                        let heard = self.last_heard.get(m).copied().unwrap_or(self.now);
-                        at(heard.plus(self.hb_timer(self.cfg.suspect_timeout)));
+                    if *m == self.me {
+                        continue;
+                    }
+                    let heard = self.last_heard.get(m).copied().unwrap_or(self.now);
+                    match via {
+                        // Heard of only through the hub: suspected when a
+                        // summary shows it silent, which is news that
+                        // arrives with a datagram, not a deadline.
+                        Some(h) if *m != h => {
+                            if self.summary_at.since(heard) >= suspect_timeout {
+                                at(self.now);
+                            }
+                        }
+                        _ => at(heard.plus(suspect_timeout)),
                     }
                 }
             }
@@ -1246,6 +1280,21 @@ impl Node {
         if self.cur.streams.index_of(from).is_some() {
             self.cur.streams.on_summary(&m, self.now);
         }
+        if self.heard_via() == Some(from) && m.heard.len() == self.cur.members.len() {
+            // The hub heard from each member `age` ago. The summary's
+            // flight time makes that a little later than it was, which
+            // delays a suspicion by one hop at most.
+            self.summary_at = self.now;
+            let now = self.now.as_micros();
+            for (q, age) in self.cur.members.iter().zip(&m.heard) {
+                if *q == self.me || *q == from {
+                    continue;
+                }
+                let t = Time(now.saturating_sub(*age));
+                let e = self.last_heard.entry(*q).or_insert(t);
+                *e = (*e).max(t);
+            }
+        }
     }
 
     /// At the hub, news the others may be waiting for (a promise, its own
@@ -1276,6 +1325,14 @@ impl Node {
         } else {
             None
         }
+    }
+
+    /// The hub, when this process is not it and sends its periodic
+    /// heartbeats to it alone in this view: the other members then hear of
+    /// each other through the hub's summaries.
+    fn heard_via(&self) -> Option<Pid> {
+        self.hub()
+            .filter(|h| *h != self.me && self.cur.members.len() >= self.cfg.heartbeat_hub_from)
     }
 
     /// The hub, when it also relays data frames in this view.
@@ -2073,6 +2130,7 @@ impl Node {
         for m in &inst.members {
             self.last_heard.insert(*m, now);
         }
+        self.summary_at = now;
         for o in &mut self.send_queue {
             o.started = None;
             o.next_frag = 0;
@@ -2373,12 +2431,14 @@ impl Node {
     /// [`AckRoute`]). The hub adds its summary and the frames it relays.
     fn send_ack(&mut self, route: AckRoute) {
         let hub = self.hub();
+        let hb_via_hub = self.heard_via().is_some();
+        let before_heartbeat = self.now < self.next_heartbeat;
         let only_hub = hub.is_some_and(|h| h != self.me)
-            && self.now < self.next_heartbeat
             && match route {
                 AckRoute::Everyone => false,
-                AckRoute::WithRelay => true,
-                AckRoute::Alone => self.ack_urgent,
+                AckRoute::Heartbeat => hb_via_hub,
+                AckRoute::WithRelay => hb_via_hub || before_heartbeat,
+                AckRoute::Alone => hb_via_hub || (before_heartbeat && self.ack_urgent),
             };
         self.ack_pending = false;
         self.ack_postponed = false;
@@ -2388,7 +2448,8 @@ impl Node {
         self.ack_urgent = false;
         self.ack_due = Time::NEVER;
         self.unacked_frames = 0;
-        if !only_hub {
+        if !only_hub || hb_via_hub {
+            // With heartbeats through the hub, any ack to the hub is one.
             self.next_heartbeat = self.now.plus(self.hb_timer(self.cfg.heartbeat_interval));
         }
         if !matches!(self.phase, Phase::Operational) || self.cur.members.len() < 2 {
@@ -2418,7 +2479,23 @@ impl Node {
                 let members = self.cur.members.clone();
                 self.queue_to_members(&members, &frame);
                 if hub == Some(self.me) {
-                    let summary = Frame::Summary(self.cur.streams.summary(sent, clock));
+                    let mut summary = self.cur.streams.summary(sent, clock);
+                    let now = self.now;
+                    summary.heard = self
+                        .cur
+                        .members
+                        .iter()
+                        .map(|m| {
+                            let t = self.last_heard.get(m).copied().unwrap_or(now);
+                            let age = if *m == self.me {
+                                0
+                            } else {
+                                now.since(t).as_micros()
+                            };
+                            u64::try_from(age).unwrap_or(u64::MAX)
+                        })
+                        .collect();
+                    let summary = Frame::Summary(summary);
                     self.queue_to_members(&members, &summary);
                 }
             }
@@ -2455,23 +2532,54 @@ impl Node {
     fn operational_timeouts(&mut self) {
         let now = self.now;
         let suspect_timeout = self.hb_timer(self.cfg.suspect_timeout);
-        let suspects: Vec<Pid> = self
-            .cur
-            .members
-            .iter()
-            .copied()
-            .filter(|m| {
-                *m != self.me
-                    && now.since(self.last_heard.get(m).copied().unwrap_or(now)) >= suspect_timeout
-            })
-            .collect();
+        let via = self.heard_via();
+        let heard = |m: &Pid| self.last_heard.get(m).copied().unwrap_or(now);
+        let suspects: Vec<Pid> = match via {
+            // A silent hub is suspected with only those silent for twice
+            // the timeout: the others, heard of only through it, fell
+            // silent with it and may well be alive. The view change's
+            // joins find out (`join_timeout`); suspecting them too would
+            // split members that reach each other. Everyone silent that
+            // long means this process was cut off or stopped itself, and
+            // waiting for their joins only delayed its merge (by the
+            // join timeout, 250 ms at 16 members in `bench-membership`).
+            Some(h) if now.since(heard(&h)) >= suspect_timeout => self
+                .cur
+                .members
+                .iter()
+                .copied()
+                .filter(|m| {
+                    *m == h
+                        || (*m != self.me
+                            && now.since(heard(m)) >= suspect_timeout.saturating_mul(2))
+                })
+                .collect(),
+            _ => self
+                .cur
+                .members
+                .iter()
+                .copied()
+                .filter(|m| {
+                    *m != self.me
+                        && match via {
+                            // Silent in the hub's latest summary: the hub
+                            // vouches for it no more. Its mere age here
+                            // says nothing while summaries are late.
+                            Some(h) if *m != h => {
+                                self.summary_at.since(heard(m)) >= suspect_timeout
+                            }
+                            _ => now.since(heard(m)) >= suspect_timeout,
+                        }
+                })
+                .collect(),
+        };
         if !suspects.is_empty() {
             self.counters.suspicions += suspects.len() as u64;
             self.start_gather(&[], &suspects);
             return;
         }
         if now >= self.next_heartbeat {
-            self.send_ack(AckRoute::Everyone);
+            self.send_ack(AckRoute::Heartbeat);
         }
     }
 

@@ -337,6 +337,7 @@ impl Streams {
             view: self.view,
             promises,
             stable: self.summarized_stable.clone(),
+            heard: Vec::new(),
         }
     }
 

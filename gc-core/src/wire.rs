@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
 /// The wire version this build speaks. Every datagram starts with it.
-pub const WIRE_VERSION: u8 = 3;
+pub const WIRE_VERSION: u8 = 4;
 /// Most members a view may have.
 pub const MAX_MEMBERS: usize = 256;
 /// Longest group name, in bytes.
@@ -133,6 +133,12 @@ pub(crate) struct SummaryFrame {
     pub(crate) promises: Vec<(u64, u64)>,
     /// Per member in view order: every member has its frames up to this one.
     pub(crate) stable: Vec<u64>,
+    /// Per member in view order: how long ago, in microseconds, the hub
+    /// last heard from it (PROTOCOL.md, "Failure detection"). Periodic
+    /// heartbeats go to the hub alone, so this is how the other members
+    /// know who is alive. An age rather than a time: the clocks of the
+    /// members are not the same.
+    pub(crate) heard: Vec<u64>,
 }
 
 /// A request to retransmit frames `from..=to` of `sender`'s stream in `view`.
@@ -315,7 +321,10 @@ impl Frame {
                 Ok(())
             }
             Frame::Summary(m) => {
-                if m.promises.len() > MAX_MEMBERS || m.stable.len() > MAX_MEMBERS {
+                if m.promises.len() > MAX_MEMBERS
+                    || m.stable.len() > MAX_MEMBERS
+                    || m.heard.len() > MAX_MEMBERS
+                {
                     return Err(DecodeError::Limit("summary vectors"));
                 }
                 Ok(())
@@ -515,6 +524,7 @@ mod tests {
                 view: v,
                 promises: vec![(4, 10), (0, 0), (7, 12)],
                 stable: vec![1, 2, 3],
+                heard: vec![0, 40_000, 1_200_000],
             }),
             Frame::Relay(DataFrame {
                 view: v,

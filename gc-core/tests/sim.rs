@@ -3,7 +3,7 @@
 
 use gc_core::check::{check, Property};
 use gc_core::sim::{run, Sim, SimConfig};
-use gc_core::{Bug, ConfId, Event, Level, TraceEvent};
+use gc_core::{Bug, ConfId, Event, Level, TraceEvent, ViewId};
 use std::time::Duration;
 
 /// Every seed that ever made the checker report a violation, with what it
@@ -412,5 +412,86 @@ fn messages_sent_to_a_hub_that_crashes_are_delivered_all_the_same() {
     for i in 2..n {
         assert_eq!(delivered(&sim, i, "mgmt"), order, "node {i}'s order");
     }
+    assert!(check(&sim.finish()).is_empty());
+}
+
+/// How long until node `watch` is in a view of exactly `members`
+/// processes other than `before`, checked every 10 ms for up to 2 s.
+fn new_view_after(sim: &mut Sim, watch: usize, before: ViewId, members: usize) -> Option<Duration> {
+    let t0 = sim.now();
+    for _ in 0..200 {
+        sim.advance(Duration::from_millis(10));
+        if sim
+            .node(watch)
+            .is_some_and(|n| n.view().0 != before && n.view().1.len() == members)
+        {
+            return Some(sim.now().since(t0));
+        }
+    }
+    None
+}
+
+#[test]
+fn an_idle_hub_view_sends_heartbeats_through_the_hub_and_keeps_its_view() {
+    // Heartbeats go to the hub alone and the hub's summary vouches for
+    // everyone: about 2 (N - 1) datagrams a period instead of N (N - 1),
+    // and nobody is suspected for not being heard directly.
+    let n = 16;
+    let mut sim = quiet(n);
+    sim.advance(Duration::from_secs(2));
+    let view = sim.node(1).map(|x| x.view().0).expect("n1");
+    let sent = |sim: &Sim| -> u64 {
+        (0..n)
+            .filter_map(|i| sim.node(i))
+            .map(|x| x.counters().datagrams_out)
+            .sum()
+    };
+    let before = sent(&sim);
+    sim.advance(Duration::from_secs(5));
+    let per_period = (sent(&sim) - before) as f64 / 100.0;
+    assert!(per_period < 3.0 * (n - 1) as f64, "{per_period} a period");
+    for i in 0..n {
+        assert_eq!(sim.node(i).map(|x| x.view().0), Some(view), "node {i}");
+    }
+    assert!(check(&sim.finish()).is_empty());
+}
+
+#[test]
+fn a_crashed_hub_is_replaced_within_a_second() {
+    let mut sim = quiet(8);
+    let before = sim.node(1).map(|n| n.view().0).expect("n1");
+    sim.kill(0);
+    let after = new_view_after(&mut sim, 1, before, 7).expect("hub crash detected within 2 s");
+    assert!(after < Duration::from_secs(1), "took {after:?}");
+    assert!(check(&sim.finish()).is_empty());
+}
+
+#[test]
+fn a_crashed_member_of_a_hub_view_is_excluded_within_a_second() {
+    // The others hear of it only through the hub's summaries.
+    let mut sim = quiet(8);
+    let before = sim.node(1).map(|n| n.view().0).expect("n1");
+    sim.kill(5);
+    let after = new_view_after(&mut sim, 1, before, 7).expect("crash detected within 2 s");
+    assert!(after < Duration::from_secs(1), "took {after:?}");
+    assert!(check(&sim.finish()).is_empty());
+}
+
+#[test]
+fn members_cut_off_from_the_hub_stay_together() {
+    // They hear of each other only through the hub: when it falls silent
+    // they suspect it alone, not each other.
+    let mut sim = quiet(8);
+    let before = sim.node(1).map(|n| n.view().0).expect("n1");
+    sim.partition(&[&[0], &[1, 2, 3, 4, 5, 6, 7]]);
+    let after = new_view_after(&mut sim, 1, before, 7).expect("a view of the seven");
+    assert!(after < Duration::from_secs(1), "took {after:?}");
+    let v = sim.node(1).map(|n| n.view().0);
+    for i in 2..8 {
+        assert_eq!(sim.node(i).map(|n| n.view().0), v, "node {i}");
+    }
+    sim.heal();
+    sim.advance(Duration::from_secs(3));
+    assert_eq!(sim.node(1).map(|n| n.view().1.len()), Some(8));
     assert!(check(&sim.finish()).is_empty());
 }

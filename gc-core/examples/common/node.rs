@@ -41,7 +41,7 @@ options:
   --no-stdin             ignore stdin (by default its end makes the node leave)
   --set KNOB=VALUE       protocol and runtime settings (repeatable): max_datagram,
                          ack_delay_us, ack_hub_from, summary_delay_us, reply_grace_us,
-                         relay_from, relay_max_payload,
+                         relay_from, relay_max_payload, heartbeat_hub_from,
                          heartbeat_ms, suspect_ms, join_interval_ms,
                          join_timeout_ms, consensus_ms, install_ms, discovery_ms,
                          merge_cooldown_ms, startup_wait_ms, nack_ms, nack_grace_us, window,
@@ -195,6 +195,7 @@ fn apply_sets(rc: &mut RuntimeConfig, sets: &[(String, String)]) -> Result<(), S
             "summary_delay_us" => c.summary_delay = Duration::from_micros(n),
             "reply_grace_us" => c.reply_grace = Duration::from_micros(n),
             "relay_from" => c.relay_from = usize::try_from(n).unwrap_or(usize::MAX),
+            "heartbeat_hub_from" => c.heartbeat_hub_from = usize::try_from(n).unwrap_or(usize::MAX),
             "relay_max_payload" => c.relay_max_payload = n as usize,
             "heartbeat_ms" => c.heartbeat_interval = ms,
             "suspect_ms" => c.suspect_timeout = ms,
