@@ -152,19 +152,13 @@ fn idle_datagrams(n: usize) -> f64 {
     let mut sim = Sim::new(SimConfig::quiet(7, n));
     sim.boot();
     sim.advance(Duration::from_secs(5));
-    let sent = |sim: &Sim| -> u64 {
-        (0..n)
-            .filter_map(|i| sim.node(i))
-            .map(|x| x.counters().datagrams_out)
-            .sum()
-    };
-    let before = sent(&sim);
+    let before = sim.datagrams_sent();
     let span = Duration::from_secs(10);
     sim.advance(span);
     // The heartbeat period of Config::new, scaled from 32 members on.
     let period_us = 50_000 * (n as u64 / 16).max(1);
     let periods = span.as_micros() as f64 / period_us as f64;
-    (sent(&sim) - before) as f64 / periods
+    (sim.datagrams_sent() - before) as f64 / periods
 }
 
 /// The query round of `bench-query`, fault-free, in the simulator: node
@@ -180,19 +174,13 @@ fn query_round(n: usize, level: Level, asker: usize, rounds: usize) -> Option<(f
     sim.keep_events();
     sim.boot();
     sim.advance(Duration::from_secs(2));
-    let sent = |sim: &Sim| -> u64 {
-        (0..n)
-            .filter_map(|i| sim.node(i))
-            .map(|x| x.counters().datagrams_out)
-            .sum()
-    };
     let delivered = |sim: &Sim, i: usize, text: &[u8]| {
         sim.app_events(i)
             .iter()
             .filter(|e| matches!(e, Event::Deliver(d) if d.payload == text))
             .count()
     };
-    let before = sent(&sim);
+    let before = sim.datagrams_sent();
     let mut lat = Vec::with_capacity(rounds);
     for r in 0..rounds {
         let q = format!("Q{r}").into_bytes();
@@ -219,7 +207,7 @@ fn query_round(n: usize, level: Level, asker: usize, rounds: usize) -> Option<(f
         lat.push(sim.now().since(t0).as_micros() as u64);
         sim.advance(Duration::from_millis(1));
     }
-    let per_round = (sent(&sim) - before) as f64 / rounds as f64;
+    let per_round = (sim.datagrams_sent() - before) as f64 / rounds as f64;
     let p50 = percentile(&mut lat, 0.5) as f64 / hop.as_micros() as f64;
     Some((per_round, p50))
 }

@@ -724,6 +724,17 @@ impl Sim {
         self.slots.get(i).and_then(|s| s.node.as_ref())
     }
 
+    /// Datagrams the running nodes have sent so far, all together: the
+    /// cost figures (datagrams per round, per heartbeat period) are
+    /// differences of it.
+    pub fn datagrams_sent(&self) -> u64 {
+        self.slots
+            .iter()
+            .filter_map(|s| s.node.as_ref())
+            .map(|x| x.counters().datagrams_out)
+            .sum()
+    }
+
     /// Multicasts from node `i`.
     pub fn multicast(
         &mut self,

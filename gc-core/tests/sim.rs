@@ -351,13 +351,7 @@ fn hostile_datagrams_never_panic_a_live_node_nor_break_its_guarantees() {
 /// Node 0 (the hub) asks, every other node answers as soon as it delivers
 /// the question; returns the datagrams all nodes sent during the round.
 fn query_round(sim: &mut Sim, n: usize, round: u32) -> Option<u64> {
-    let sent = |sim: &Sim| -> u64 {
-        (0..n)
-            .filter_map(|i| sim.node(i))
-            .map(|x| x.counters().datagrams_out)
-            .sum()
-    };
-    let before = sent(sim);
+    let before = sim.datagrams_sent();
     let q = format!("Q{round}").into_bytes();
     sim.multicast(0, "mgmt", Level::Agreed, q.clone()).ok()?;
     let mut answered = vec![false; n];
@@ -372,7 +366,7 @@ fn query_round(sim: &mut Sim, n: usize, round: u32) -> Option<u64> {
             }
         }
     }
-    Some(sent(sim) - before)
+    Some(sim.datagrams_sent() - before)
 }
 
 #[test]
@@ -440,15 +434,9 @@ fn an_idle_hub_view_sends_heartbeats_through_the_hub_and_keeps_its_view() {
     let mut sim = quiet(n);
     sim.advance(Duration::from_secs(2));
     let view = sim.node(1).map(|x| x.view().0).expect("n1");
-    let sent = |sim: &Sim| -> u64 {
-        (0..n)
-            .filter_map(|i| sim.node(i))
-            .map(|x| x.counters().datagrams_out)
-            .sum()
-    };
-    let before = sent(&sim);
+    let before = sim.datagrams_sent();
     sim.advance(Duration::from_secs(5));
-    let per_period = (sent(&sim) - before) as f64 / 100.0;
+    let per_period = (sim.datagrams_sent() - before) as f64 / 100.0;
     assert!(per_period < 3.0 * (n - 1) as f64, "{per_period} a period");
     for i in 0..n {
         assert_eq!(sim.node(i).map(|x| x.view().0), Some(view), "node {i}");
