@@ -464,17 +464,29 @@ impl Driver {
             earliest(timer, self.parked.front().map(|p| p.deadline)),
             self.leaving.as_ref().map(|l| l.deadline),
         );
+        // Both sockets are read whichever woke the driver, before the
+        // node's timers run: with dissemination, data frames come on the
+        // multicast socket and the acks that reveal them on the unicast
+        // one, and an ack handled alone made the node ask for frames still
+        // unread in the other buffer (a retransmission request, and a
+        // unicast resend to every receiver that asked).
         tokio::select! {
             biased;
             ready = self.socket.readable() => {
                 match ready {
-                    Ok(()) => self.drain(false)?,
+                    Ok(()) => {
+                        self.drain(true)?;
+                        self.drain(false)?;
+                    }
                     Err(e) => self.recv_error(e)?,
                 }
             }
             ready = readable(self.multicast.as_ref()) => {
                 match ready {
-                    Ok(()) => self.drain(true)?,
+                    Ok(()) => {
+                        self.drain(true)?;
+                        self.drain(false)?;
+                    }
                     Err(e) => self.recv_error(e)?,
                 }
             }
