@@ -1666,11 +1666,14 @@ impl Node {
         u32::try_from(n / 8).unwrap_or(u32::MAX).max(1)
     }
 
-    /// Heartbeats go from every member to every other: at 50 members and
-    /// the default 50 ms that is 49,000 datagrams a second, more than a few
-    /// shared cores can seal and send, and members fell silent for lack of
-    /// CPU. Up to 31 members the heartbeat and suspicion timers are as
-    /// configured, then they grow with n / 16.
+    /// Up to 31 members the heartbeat and suspicion timers are as
+    /// configured, then they grow with n / 16. The growth was for
+    /// heartbeats from every member to every other (49,000 datagrams a
+    /// second at 50 members, more than a few shared cores could seal, so
+    /// members fell silent for lack of CPU). Views that large now send
+    /// heartbeats through the hub (`heartbeat_hub_from`), so the growth
+    /// only matters with the hub turned off; it stays until the membership
+    /// benchmark at 32 and 50 members is measured without it.
     fn hb_timer(&self, d: Duration) -> Duration {
         let n = u32::try_from(self.cur.members.len() / 16).unwrap_or(u32::MAX);
         d.saturating_mul(n.max(1))

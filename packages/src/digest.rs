@@ -118,34 +118,28 @@ pub enum VerifyError {
 /// Wraps a writer and hashes and counts everything written through it.
 pub(crate) struct HashingWriter<W> {
     inner: W,
-    hasher: Sha256,
-    count: u64,
+    stream: Sha256Stream,
 }
 
 impl<W: Write> HashingWriter<W> {
     pub(crate) fn new(inner: W) -> Self {
         HashingWriter {
             inner,
-            hasher: Sha256::new(),
-            count: 0,
+            stream: Sha256Stream::new(),
         }
     }
 
     /// The writer, the digest and the byte count.
     pub(crate) fn finish(self) -> (W, Sha256Digest, u64) {
-        (
-            self.inner,
-            Sha256Digest(self.hasher.finalize().into()),
-            self.count,
-        )
+        let (digest, count) = self.stream.finish();
+        (self.inner, digest, count)
     }
 }
 
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
+        self.stream.update(&buf[..n]);
         Ok(n)
     }
 
@@ -157,16 +151,14 @@ impl<W: Write> Write for HashingWriter<W> {
 /// Wraps a reader and hashes and counts everything read through it.
 pub(crate) struct HashingReader<R> {
     inner: R,
-    hasher: Sha256,
-    count: u64,
+    stream: Sha256Stream,
 }
 
 impl<R: Read> HashingReader<R> {
     pub(crate) fn new(inner: R) -> Self {
         HashingReader {
             inner,
-            hasher: Sha256::new(),
-            count: 0,
+            stream: Sha256Stream::new(),
         }
     }
 
@@ -174,15 +166,14 @@ impl<R: Read> HashingReader<R> {
     /// everything.
     pub(crate) fn drain(mut self) -> io::Result<(Sha256Digest, u64)> {
         io::copy(&mut self, &mut io::sink())?;
-        Ok((Sha256Digest(self.hasher.finalize().into()), self.count))
+        Ok(self.stream.finish())
     }
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
+        self.stream.update(&buf[..n]);
         Ok(n)
     }
 }
@@ -256,10 +247,15 @@ impl Sha256Stream {
         self.count
     }
 
+    /// The digest and byte count of everything hashed.
+    pub fn finish(self) -> (Sha256Digest, u64) {
+        (Sha256Digest(self.hasher.finalize().into()), self.count)
+    }
+
     /// Checks that the digest of everything hashed is `expected`.
     pub fn verify(self, expected: &Sha256Digest) -> Result<(), VerifyError> {
-        let actual = Sha256Digest(self.hasher.finalize().into());
-        check(expected, actual, self.count)
+        let (actual, size) = self.finish();
+        check(expected, actual, size)
     }
 }
 
