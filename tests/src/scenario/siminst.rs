@@ -262,13 +262,25 @@ pub fn siminst_with_a_host_cut_off(hosts: usize) -> Result<MgmtOutcome, Scenario
 }
 
 /// The bytes of chunks and on the wire the origin (host `h`) logged when it
-/// was done serving its last siminst job.
+/// was done serving its last siminst job. The origin learns the last
+/// outcome from its own group after the monitor has it, so the line may
+/// come a moment after the monitor exits: it is awaited for up to 10 s.
 fn origin_wire(fleet: &MgmtFleet, h: usize) -> Option<(u64, u64)> {
-    let log = fleet.daemon_log(h);
-    let line = log
-        .lines()
-        .rev()
-        .find(|l| l.contains("the origin is done serving"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let log = fleet.daemon_log(h);
+        if let Some(line) = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("the origin is done serving"))
+        {
+            break line.to_owned();
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let field = |name: &str| {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix(name))
