@@ -137,6 +137,26 @@ impl Daemon {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.home.join("mgmtd.log")).unwrap_or_default()
     }
+
+    /// Waits (up to `timeout`) for its log to contain `needle`: a daemon
+    /// answers a client before its log line about it reaches the file, so
+    /// a test that reads the log right after the answer races the writer.
+    pub fn await_log(&self, needle: &str, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{}: no {needle:?} in its log after {timeout:?}:\n{log}",
+                    self.name
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 /// Options of a fleet.

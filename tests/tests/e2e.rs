@@ -170,9 +170,7 @@ fn a_client_without_the_key_is_refused() -> TestResult {
         "{}",
         text(&refused)
     );
-    assert!(fleet.daemons[0]
-        .log()
-        .contains("does not hold the cluster key"));
+    fleet.daemons[0].await_log("does not hold the cluster key", Duration::from_secs(10))?;
     let accepted = run(&fleet.key)?;
     assert_eq!(accepted.status.code(), Some(0), "{}", text(&accepted));
     Ok(())
@@ -384,11 +382,7 @@ fn another_user_on_the_unix_socket_is_refused() -> TestResult {
     }
     assert_eq!(refused.status.code(), Some(2), "{said}");
     assert!(said.contains("uid 65534 may not use this socket"), "{said}");
-    assert!(
-        daemon.log().contains("refused uid 65534"),
-        "{}",
-        daemon.log()
-    );
+    daemon.await_log("refused uid 65534", Duration::from_secs(10))?;
     Ok(())
 }
 

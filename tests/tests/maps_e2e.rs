@@ -342,15 +342,7 @@ fn torn_log_tail_is_cut_and_corruption_before_it_stops_the_daemon() -> TestResul
     bytes.extend_from_slice(&[0x40, 0, 0, 0, 0xde, 0xad]);
     std::fs::write(&path, &bytes)?;
     fleet.spawn(2, None)?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !fleet.daemons[2].log().contains("it was cut") {
-        assert!(
-            Instant::now() < deadline,
-            "no cut reported:\n{}",
-            fleet.daemons[2].log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    fleet.daemons[2].await_log("it was cut", Duration::from_secs(30))?;
     set(&fleet, 0, "hosts", "after", "cut")?;
     converged(&fleet, &[0, 1, 2], "hosts", 7, SETTLE)?;
 

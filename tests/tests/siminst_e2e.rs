@@ -368,7 +368,7 @@ fn a_host_cut_off_mid_transfer_resumes_after_the_merge() -> TestResult {
     }
     let listed = installed(&fleet, 0)?;
     assert_eq!(listed[2].1, ["resume 1.0.0"], "{listed:?}");
-    assert!(fleet.daemons[2].log().contains("siminst done"));
+    fleet.daemons[2].await_log("siminst done", Duration::from_secs(10))?;
     // Only the gaps were sent again: the origin logs how many chunks.
     let origin = fleet.daemons[0].log();
     let resent: u64 = origin
