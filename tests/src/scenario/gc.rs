@@ -20,6 +20,12 @@ pub const VIEW_TIMEOUT: Duration = Duration::from_secs(20);
 /// installed by every running process.
 pub const LIVENESS_BOUND: Duration = VIEW_TIMEOUT;
 
+/// How long the running nodes must keep one view before the liveness check
+/// judges it: longer than a suspicion (0.4 s) plus a failed view change's
+/// consensus timeout (0.6 s), the longest a flap started during the fault
+/// can take to show.
+pub const SETTLE: Duration = Duration::from_millis(1500);
+
 /// What a scenario did and found.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -81,6 +87,8 @@ fn finish(
     healed_at: Time,
 ) -> Result<Outcome, ScenarioError> {
     fleet.wait_quiet(Duration::from_millis(600), Duration::from_secs(20))?;
+    let left = LIVENESS_BOUND.saturating_sub(wall_time().since(healed_at));
+    fleet.wait_settled_view(SETTLE, left)?;
     out.checks.push(fleet.check_live(Some(LivenessPhase {
         healed_at,
         bound: LIVENESS_BOUND,
@@ -270,10 +278,11 @@ pub fn lossy_links(hosts: usize, percent: u8) -> Result<Outcome, ScenarioError> 
     workload(&mut fleet, 12);
     fleet.inject(Fault::ClearLoss)?;
     let at = wall_time();
-    let t = fleet.wait_one_view(VIEW_TIMEOUT)?;
+    let t = fleet.wait_settled_view(SETTLE, VIEW_TIMEOUT)?;
     out.notes.push(format!(
-        "{percent}% loss h1<->h2 during the workload; one view {} after it stopped",
-        secs(t)
+        "{percent}% loss h1<->h2 during the workload; one view {} after it stopped ({} views installed in all)",
+        secs(t),
+        fleet.seen.iter().map(|s| s.views).sum::<u64>()
     ));
     workload(&mut fleet, 4);
     finish(fleet, out, at)

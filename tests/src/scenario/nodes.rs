@@ -258,19 +258,7 @@ impl NodeFleet {
         let start = Instant::now();
         loop {
             self.pump();
-            let ok = components.iter().all(|comp| {
-                let want: Vec<u32> = comp.iter().map(|&h| h as u32 + 1).collect();
-                let mut want = want;
-                want.sort_unstable();
-                let first = comp.first().and_then(|&h| self.seen[h].view.clone());
-                first.is_some_and(|(id, members)| {
-                    members == want
-                        && comp
-                            .iter()
-                            .all(|&h| self.seen[h].view.as_ref().is_some_and(|(i, _)| *i == id))
-                })
-            });
-            if ok {
+            if components.iter().all(|comp| self.in_one_view(comp)) {
                 return Ok(start.elapsed());
             }
             if start.elapsed() >= timeout {
@@ -284,10 +272,66 @@ impl NodeFleet {
         }
     }
 
+    /// Whether the nodes of `component` share one regular view whose
+    /// members are exactly their node ids, as far as their output says.
+    fn in_one_view(&self, component: &[usize]) -> bool {
+        let mut want: Vec<u32> = component.iter().map(|&h| h as u32 + 1).collect();
+        want.sort_unstable();
+        let first = component.first().and_then(|&h| self.seen[h].view.as_ref());
+        first.is_some_and(|(id, members)| {
+            *members == want
+                && component
+                    .iter()
+                    .all(|&h| self.seen[h].view.as_ref().is_some_and(|(i, _)| i == id))
+        })
+    }
+
     /// Waits until every host's node shares one view of all hosts.
     pub fn wait_one_view(&mut self, timeout: Duration) -> Result<Duration, ScenarioError> {
         let all: Vec<usize> = (0..self.procs.len()).collect();
         self.wait_views(&[all], timeout)
+    }
+
+    /// Waits until the running nodes share one view of exactly themselves
+    /// and none has installed another view for `settle`; returns how long
+    /// until that view was first seen. Right after a fault is repaired the
+    /// view the nodes report may still be the one from before it, about
+    /// to change (a suspicion from the faulty period is still running its
+    /// timers), so a single look can see one view that then splits and
+    /// merges again, well within the liveness bound. The checker judges
+    /// the view the fleet settles in, and when it was installed.
+    pub fn wait_settled_view(
+        &mut self,
+        settle: Duration,
+        timeout: Duration,
+    ) -> Result<Duration, ScenarioError> {
+        let start = Instant::now();
+        let mut steady: Option<(Instant, Vec<u64>)> = None;
+        loop {
+            self.pump();
+            let running = self.running();
+            let installs: Vec<u64> = self.seen.iter().map(|s| s.views).collect();
+            if !self.in_one_view(&running) {
+                steady = None;
+            } else {
+                match &steady {
+                    Some((since, seen)) if *seen == installs => {
+                        if since.elapsed() >= settle {
+                            return Ok(since.duration_since(start));
+                        }
+                    }
+                    _ => steady = Some((Instant::now(), installs)),
+                }
+            }
+            if start.elapsed() >= timeout {
+                return Err(ScenarioError::Timeout {
+                    what: format!("one view of the running hosts {running:?}, steady for {settle:?}"),
+                    waited: timeout,
+                    seen: self.describe(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Asks host `h`'s node to multicast `text` to the workload group.
