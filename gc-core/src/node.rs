@@ -1332,7 +1332,13 @@ impl Node {
     /// each other through the hub's summaries.
     fn heard_via(&self) -> Option<Pid> {
         self.hub()
-            .filter(|h| *h != self.me && self.cur.members.len() >= self.cfg.heartbeat_hub_from)
+            .filter(|h| *h != self.me && self.heartbeats_through_hub())
+    }
+
+    /// Whether this view's periodic heartbeats go to the hub alone (the
+    /// hub's included: it hears every member and answers with summaries).
+    fn heartbeats_through_hub(&self) -> bool {
+        self.hub().is_some() && self.cur.members.len() >= self.cfg.heartbeat_hub_from
     }
 
     /// The hub, when it also relays data frames in this view.
@@ -1666,15 +1672,17 @@ impl Node {
         u32::try_from(n / 8).unwrap_or(u32::MAX).max(1)
     }
 
-    /// Up to 31 members the heartbeat and suspicion timers are as
-    /// configured, then they grow with n / 16. The growth was for
-    /// heartbeats from every member to every other (49,000 datagrams a
-    /// second at 50 members, more than a few shared cores could seal, so
-    /// members fell silent for lack of CPU). Views that large now send
-    /// heartbeats through the hub (`heartbeat_hub_from`), so the growth
-    /// only matters with the hub turned off; it stays until the membership
-    /// benchmark at 32 and 50 members is measured without it.
+    /// The heartbeat and suspicion timers, as configured while heartbeats
+    /// go through the hub (`heartbeat_hub_from`): the idle load is then
+    /// about 2n datagrams a period. With heartbeats from every member to
+    /// every other (the hub turned off), from 32 members on they grow with
+    /// n / 16: that load is n (n − 1) datagrams a period, 49,000 a second
+    /// at 50 members, more than a few shared cores could seal, so members
+    /// fell silent for lack of CPU and were suspected.
     fn hb_timer(&self, d: Duration) -> Duration {
+        if self.heartbeats_through_hub() {
+            return d;
+        }
         let n = u32::try_from(self.cur.members.len() / 16).unwrap_or(u32::MAX);
         d.saturating_mul(n.max(1))
     }

@@ -325,7 +325,9 @@ impl NodeFleet {
             }
             if start.elapsed() >= timeout {
                 return Err(ScenarioError::Timeout {
-                    what: format!("one view of the running hosts {running:?}, steady for {settle:?}"),
+                    what: format!(
+                        "one view of the running hosts {running:?}, steady for {settle:?}"
+                    ),
                     waited: timeout,
                     seen: self.describe(),
                 });
