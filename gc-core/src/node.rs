@@ -1024,8 +1024,10 @@ impl Node {
         // data to 19 members otherwise copied each 60 KB datagram 38 times
         // and faulted in fresh pages for 19 of them (most of its CPU).
         let mut built: HashMap<Vec<*const Vec<u8>>, Arc<Vec<u8>>> = HashMap::new();
+        // `per_dest` holds every frame until the end, so no address in
+        // `built` can be freed and reused by another frame meanwhile.
         let mut b = DatagramBuilder::new(self.me);
-        for (dest, frames) in per_dest {
+        for (&dest, frames) in &per_dest {
             let mut first = 0;
             while first < frames.len() {
                 // At least one frame per datagram, however large.
