@@ -225,7 +225,7 @@ struct Slot {
 struct InFlight {
     to: usize,
     from: SocketAddr,
-    bytes: Vec<u8>,
+    bytes: std::sync::Arc<Vec<u8>>,
 }
 
 /// One simulated run.
@@ -437,7 +437,7 @@ impl Sim {
             self.stats.datagrams += 1;
             if let Some(rec) = self.recorded.as_mut() {
                 if rec.len() < 10_000 {
-                    rec.push(tx.payload.clone());
+                    rec.push(tx.payload.to_vec());
                 }
             }
             let Some(to) = self.slots.iter().position(|s| s.addr == tx.dest) else {

@@ -448,10 +448,6 @@ impl DatagramBuilder {
         }
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
     /// Bytes the datagram would have with `extra` more frame bytes.
     pub(crate) fn len_with(&self, extra: usize) -> usize {
         self.header.len() + 3 + self.frames.len() + extra
@@ -460,10 +456,6 @@ impl DatagramBuilder {
     pub(crate) fn push(&mut self, frame: &[u8]) {
         self.frames.extend_from_slice(frame);
         self.count += 1;
-    }
-
-    pub(crate) fn count(&self) -> usize {
-        self.count
     }
 
     /// The finished datagram; the builder is empty afterwards.

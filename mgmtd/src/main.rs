@@ -130,6 +130,7 @@ fn serve(
         "mgmtd starting"
     );
 
+    keep_bulk_buffers_in_the_heap();
     // One thread: the daemon mostly waits, and stays small (the commands
     // it runs are processes of their own).
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -139,6 +140,22 @@ fn serve(
     runtime.block_on(run(config, key))?;
     tracing::info!("mgmtd stopped");
     Ok(())
+}
+
+/// A siminst receiver allocates a 256 KiB buffer per chunk on the runtime
+/// thread and frees it on the writer thread, a few dozen at a time. glibc's
+/// heap starts by giving freed memory above 256 KiB at its top back to the
+/// system (and mapping blocks above 128 KiB of their own), so the same
+/// pages were returned and faulted in again over and over: brk, munmap and
+/// page faults, about a tenth of a receiver's CPU and of the origin's.
+/// glibc raises both thresholds when a mapped block is freed (mallopt(3),
+/// M_MMAP_THRESHOLD), to its size and twice that: freeing one 16 MiB block,
+/// never touched, keeps up to 32 MiB of freed heap for reuse, against the
+/// few MiB a transfer has in flight. (Without unsafe code there is no
+/// mallopt; other allocators ignore this.)
+fn keep_bulk_buffers_in_the_heap() {
+    let block: Vec<u8> = Vec::with_capacity(16 << 20);
+    drop(std::hint::black_box(block));
 }
 
 async fn run(config: Config, key: ClusterKey) -> anyhow::Result<()> {

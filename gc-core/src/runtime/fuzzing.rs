@@ -97,7 +97,7 @@ impl ReceiveHarness {
             while let Some(t) = self.peer.poll_transmit(self.now) {
                 moved = true;
                 if self.samples.len() < MAX_SAMPLES {
-                    self.samples.push(t.payload.clone());
+                    self.samples.push(t.payload.to_vec());
                 }
                 if self.peer_sealer.seal(&t.payload, &mut self.sealed).is_ok() {
                     let _ = super::receive(

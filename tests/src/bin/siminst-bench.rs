@@ -19,6 +19,9 @@
 //!   recorded the package), and the bytes the origin daemon's group core put
 //!   on the wire meanwhile (from its log line `siminst: the origin is done
 //!   serving`);
+//! - **CPU**: CPU seconds (user + system, all threads, from
+//!   `/proc/PID/stat`) the origin daemon and the receivers (mean) used
+//!   from the start of `monitor siminst` to its exit;
 //! - **copy one at a time**: the same file copied over plain TCP on
 //!   loopback to one receiver per host, one connection after the other (no
 //!   ssh, no encryption: a lower bound for scp/pdcp loops), wall time and
@@ -41,6 +44,34 @@ fn arg(name: &str) -> Option<String> {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1).cloned())
+}
+
+/// CPU seconds (user + system, every thread, living or gone) of process
+/// `pid` so far, or 0 if it cannot be read.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The command name (field 2) may hold spaces; the fields after it are
+    // counted from its closing parenthesis: utime and stime are 14 and 15.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    // USER_HZ is 100 on Linux whatever the kernel's tick rate.
+    ticks as f64 / 100.0
+}
+
+fn daemon_cpu(fleet: &Fleet) -> Vec<f64> {
+    fleet
+        .daemons
+        .iter()
+        .map(|d| d.child.as_ref().map_or(0.0, |c| cpu_seconds(c.id())))
+        .collect()
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -96,8 +127,8 @@ fn main() -> Result<(), Error> {
         .map(str::parse)
         .collect::<Result<_, _>>()?;
     let size_mib: usize = arg("--mib").unwrap_or_else(|| "100".into()).parse()?;
-    println!("| hosts | siminst wall (s) | aggregate MiB/s | origin wire MiB | copy loop wall (s) | copy loop MiB sent | ok |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| hosts | siminst wall (s) | aggregate MiB/s | origin wire MiB | origin CPU (s) | receiver CPU (s, mean) | copy loop wall (s) | copy loop MiB sent | ok |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for hosts in sizes {
         let mut options = FleetOptions::new(hosts);
         options.gc = match arg("--suspect") {
@@ -137,6 +168,7 @@ fn main() -> Result<(), Error> {
         let file = fleet.dir.path().join("bench.fpkg");
         fleet.build_package(&src, &file)?;
         let size = std::fs::metadata(&file)?.len();
+        let cpu_before = daemon_cpu(&fleet);
         let start = Instant::now();
         let output = Command::new(&fleet.bin.monitor)
             .env("FLOTILLA_SOCKET", fleet.daemons[0].socket())
@@ -144,6 +176,16 @@ fn main() -> Result<(), Error> {
             .stdin(Stdio::null())
             .output()?;
         let wall = start.elapsed();
+        let cpu: Vec<f64> = daemon_cpu(&fleet)
+            .iter()
+            .zip(&cpu_before)
+            .map(|(after, before)| after - before)
+            .collect();
+        let origin_cpu = cpu.first().copied().unwrap_or(0.0);
+        let receivers_cpu = match cpu.len() {
+            0 | 1 => 0.0,
+            n => cpu[1..].iter().sum::<f64>() / (n - 1) as f64,
+        };
         let report: serde_json::Value = serde_json::from_slice(&output.stdout)?;
         let ok = report["summary"]["ok"].as_u64().unwrap_or(0);
         // The origin logs its counters once every target has reported.
@@ -167,7 +209,7 @@ fn main() -> Result<(), Error> {
         }
         let (copy_wall, copy_bytes) = copy_loop(&file, hosts, fleet.dir.path())?;
         println!(
-            "| {hosts} | {:.2} | {:.0} | {:.1} | {:.2} | {:.1} | {ok}/{hosts} |",
+            "| {hosts} | {:.2} | {:.0} | {:.1} | {origin_cpu:.2} | {receivers_cpu:.2} | {:.2} | {:.1} | {ok}/{hosts} |",
             wall.as_secs_f64(),
             mib(size * hosts as u64) / wall.as_secs_f64(),
             mib(wire),
