@@ -341,7 +341,13 @@ impl Siminst {
                 &mut paused,
             )
             .await;
-            let wire = match (wire_before, group.wire_bytes_sent().await) {
+            // Bounded: the figures must not keep the spool from going.
+            let wire_after =
+                tokio::time::timeout(Duration::from_secs(2), group.wire_bytes_sent()).await;
+            if wire_after.is_err() {
+                tracing::warn!(%job, "the core did not give its counters within 2 s");
+            }
+            let wire = match (wire_before, wire_after.ok().flatten()) {
                 (Some(before), Some(after)) => after.saturating_sub(before),
                 _ => 0,
             };
@@ -363,8 +369,16 @@ impl Siminst {
 
     fn tell(&mut self, job: JobId, event: OriginEvent) {
         if let Some(tx) = self.origins.get(&job) {
-            if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(event) {
-                self.origins.remove(&job);
+            match tx.try_send(event) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.origins.remove(&job);
+                }
+                // A lost report would keep the origin serving until the
+                // install timeout: worth a line.
+                Err(mpsc::error::TrySendError::Full(event)) => {
+                    tracing::warn!(%job, ?event, "siminst: the origin's queue is full; an event is lost");
+                }
             }
         }
     }
@@ -1263,6 +1277,7 @@ async fn origin<G: Group>(
             }
             None if !s.end_sent => {
                 s.end_sent = true;
+                tracing::info!(%job, waiting_for = ?s.pending, "siminst: every chunk sent; waiting for the targets' reports");
                 encode_end(n)
             }
             None => {
@@ -1276,9 +1291,44 @@ async fn origin<G: Group>(
                 continue;
             }
         };
-        if let Err(e) = multicast_with_backoff(group, &ad.group, payload, deadline, paused).await {
-            tracing::warn!(%job, "siminst: stopped sending: {e}");
-            break;
+        // The targets' reports keep coming while the core takes the chunk:
+        // once every target has reported, the chunk (accepted, or still
+        // waiting for room) serves nobody, and the origin must not wait on
+        // it.
+        let asked = Instant::now();
+        let send = multicast_with_backoff(group, &ad.group, payload, deadline, paused);
+        tokio::pin!(send);
+        let sent = loop {
+            tokio::select! {
+                result = &mut send => break Some(result),
+                event = events.recv() => match event {
+                    Some(e) => {
+                        s.apply(e);
+                        if !s.pending.iter().any(|h| h != me) {
+                            break None;
+                        }
+                    }
+                    None => break Some(send.await),
+                },
+            }
+        };
+        match sent {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                tracing::warn!(%job, "siminst: stopped sending: {e}");
+                break;
+            }
+            None => {
+                let waited = asked.elapsed();
+                if waited > Duration::from_secs(1) {
+                    tracing::warn!(
+                        %job,
+                        waited_seconds = waited.as_secs_f64(),
+                        "siminst: every target reported while the core still held a chunk back"
+                    );
+                }
+                break;
+            }
         }
     }
     if s.pending.iter().any(|h| h != me) {

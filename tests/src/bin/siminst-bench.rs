@@ -189,7 +189,7 @@ fn main() -> Result<(), Error> {
         let report: serde_json::Value = serde_json::from_slice(&output.stdout)?;
         let ok = report["summary"]["ok"].as_u64().unwrap_or(0);
         // The origin logs its counters once every target has reported.
-        let mut wire: u64 = 0;
+        let mut wire: Option<u64> = None;
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             let log = fleet.daemons[0].log();
@@ -201,12 +201,27 @@ fn main() -> Result<(), Error> {
                 wire = line
                     .split_whitespace()
                     .find_map(|w| w.strip_prefix("wire_bytes="))
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
+                    .and_then(|v| v.parse().ok());
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+        if wire.is_none() {
+            let log = fleet.daemons[0].log();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            eprintln!(
+                "the origin has not logged its figures 10 s after the monitor exited; its last lines:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        for line in fleet.daemons[0]
+            .log()
+            .lines()
+            .filter(|l| l.contains(" WARN "))
+        {
+            eprintln!("origin: {line}");
+        }
+        let wire = wire.unwrap_or(0);
         let (copy_wall, copy_bytes) = copy_loop(&file, hosts, fleet.dir.path())?;
         println!(
             "| {hosts} | {:.2} | {:.0} | {:.1} | {origin_cpu:.2} | {receivers_cpu:.2} | {:.2} | {:.1} | {ok}/{hosts} |",
