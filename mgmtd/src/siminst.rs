@@ -1252,10 +1252,16 @@ async fn origin<G: Group>(
         }
     }
     tracing::info!(%job, chunks = n, ready = s.ready.len(), "siminst: sending the package");
-    // This server's own result needs nothing from Gp.
-    while s.pending.iter().any(|h| h != me) && Instant::now() < deadline {
+    loop {
+        // Take what came first, then decide: reports drained after the
+        // check left the origin waiting for events when none would come
+        // (it served until the install timeout after the last report).
         while let Ok(e) = events.try_recv() {
             s.apply(e);
+        }
+        // This server's own result needs nothing from Gp.
+        if !s.pending.iter().any(|h| h != me) || Instant::now() >= deadline {
+            break;
         }
         let index = if let Some(i) = s.resend.pop_first() {
             Some(i)
