@@ -695,20 +695,8 @@ impl Node {
                 let suspect_timeout = self.hb_timer(self.cfg.suspect_timeout);
                 let via = self.heard_via();
                 for m in &self.cur.members {
-                    if *m == self.me {
-                        continue;
-                    }
-                    let heard = self.last_heard.get(m).copied().unwrap_or(self.now);
-                    match via {
-                        // Heard of only through the hub: suspected when a
-                        // summary shows it silent, which is news that
-                        // arrives with a datagram, not a deadline.
-                        Some(h) if *m != h => {
-                            if self.summary_at.since(heard) >= suspect_timeout {
-                                at(self.now);
-                            }
-                        }
-                        _ => at(heard.plus(suspect_timeout)),
+                    if *m != self.me {
+                        at(self.silent_from(*m, via, suspect_timeout));
                     }
                 }
             }
@@ -2578,6 +2566,26 @@ impl Node {
         }
     }
 
+    /// When member `m` counts as silent for `timeout` and is suspected:
+    /// the moment it was last heard plus the timeout, or, for a member
+    /// heard of only through the hub (`via`), now if the hub's latest
+    /// summary shows it silent and never otherwise. The hub's vouching is
+    /// news that arrives with a datagram, not a deadline: the mere age of
+    /// the last summary says nothing while summaries are late.
+    fn silent_from(&self, m: Pid, via: Option<Pid>, timeout: Duration) -> Time {
+        let heard = self.last_heard.get(&m).copied().unwrap_or(self.now);
+        match via {
+            Some(h) if m != h => {
+                if self.summary_at.since(heard) >= timeout {
+                    self.now
+                } else {
+                    Time::NEVER
+                }
+            }
+            _ => heard.plus(timeout),
+        }
+    }
+
     fn operational_timeouts(&mut self) {
         let now = self.now;
         let suspect_timeout = self.hb_timer(self.cfg.suspect_timeout);
@@ -2608,18 +2616,7 @@ impl Node {
                 .members
                 .iter()
                 .copied()
-                .filter(|m| {
-                    *m != self.me
-                        && match via {
-                            // Silent in the hub's latest summary: the hub
-                            // vouches for it no more. Its mere age here
-                            // says nothing while summaries are late.
-                            Some(h) if *m != h => {
-                                self.summary_at.since(heard(m)) >= suspect_timeout
-                            }
-                            _ => now.since(heard(m)) >= suspect_timeout,
-                        }
-                })
+                .filter(|m| *m != self.me && self.silent_from(*m, via, suspect_timeout) <= now)
                 .collect(),
         };
         if !suspects.is_empty() {

@@ -464,42 +464,15 @@ impl Driver {
             earliest(timer, self.parked.front().map(|p| p.deadline)),
             self.leaving.as_ref().map(|l| l.deadline),
         );
-        // Both sockets are read whichever woke the driver, before the
-        // node's timers run: with dissemination, data frames come on the
-        // multicast socket and the acks that reveal them on the unicast
-        // one, and an ack handled alone made the node ask for frames still
-        // unread in the other buffer (a retransmission request, and a
-        // unicast resend to every receiver that asked).
         tokio::select! {
             biased;
-            ready = self.socket.readable() => {
-                match ready {
-                    Ok(()) => {
-                        self.drain(true)?;
-                        self.drain(false)?;
-                    }
-                    Err(e) => self.recv_error(e)?,
-                }
-            }
-            ready = readable(self.multicast.as_ref()) => {
-                match ready {
-                    Ok(()) => {
-                        self.drain(true)?;
-                        self.drain(false)?;
-                    }
-                    Err(e) => self.recv_error(e)?,
-                }
-            }
+            ready = self.socket.readable() => self.on_readable(ready)?,
+            ready = readable(self.multicast.as_ref()) => self.on_readable(ready)?,
             command = self.commands.recv(), if self.commands_open => {
                 match command {
                     Some(c) => {
                         self.on_command(c);
-                        for _ in 1..COMMAND_BATCH {
-                            match self.commands.try_recv() {
-                                Ok(c) => self.on_command(c),
-                                Err(_) => break,
-                            }
-                        }
+                        self.take_commands(COMMAND_BATCH - 1);
                     }
                     None => {
                         // Every handle is gone: leave cleanly.
@@ -949,25 +922,13 @@ impl Driver {
     /// answers, and the next question went out in datagrams of its own.)
     async fn flush(&mut self) -> Result<(), Error> {
         self.take_events().await?;
-        // The event log first: a message that leaves this host must already
-        // be in it, or a kill -9 between the two makes the checker see a
-        // delivery nobody sent (found by the nemesis).
-        self.drain_trace();
-        self.write_log();
         if !self.pending.is_empty() && self.events.is_some() {
             let before = self.pending.len();
             self.forward_events();
             if self.pending.len() < before {
                 tokio::task::yield_now().await;
-                for _ in 0..COMMAND_BATCH {
-                    match self.commands.try_recv() {
-                        Ok(c) => self.on_command(c),
-                        Err(_) => break,
-                    }
-                }
+                self.take_commands(COMMAND_BATCH);
                 self.take_events().await?;
-                self.drain_trace();
-                self.write_log();
             }
         }
         let now = self.now();
@@ -985,8 +946,37 @@ impl Driver {
         Ok(())
     }
 
+    /// Both sockets are read whichever woke the driver, before the node's
+    /// timers run: with dissemination, data frames come on the multicast
+    /// socket and the acks that reveal them on the unicast one, and an ack
+    /// handled alone made the node ask for frames still unread in the
+    /// other buffer (a retransmission request, and a unicast resend to
+    /// every receiver that asked).
+    fn on_readable(&mut self, ready: io::Result<()>) -> Result<(), Error> {
+        match ready {
+            Ok(()) => {
+                self.drain(true)?;
+                self.drain(false)
+            }
+            Err(e) => self.recv_error(e),
+        }
+    }
+
+    /// Handles up to `max` commands already queued, without waiting.
+    fn take_commands(&mut self, max: usize) {
+        for _ in 0..max {
+            match self.commands.try_recv() {
+                Ok(c) => self.on_command(c),
+                Err(_) => break,
+            }
+        }
+    }
+
     /// Takes the node's events, saving primary state changes before
-    /// anything else goes out.
+    /// anything else goes out, and writes the event log: a message that
+    /// leaves this host must already be in it, or a kill -9 between the
+    /// two makes the checker see a delivery nobody sent (found by the
+    /// nemesis).
     async fn take_events(&mut self) -> Result<(), Error> {
         while let Some(event) = self.node.poll_event() {
             match event {
@@ -1000,6 +990,8 @@ impl Driver {
                 other => self.pending.push_back(other),
             }
         }
+        self.drain_trace();
+        self.write_log();
         Ok(())
     }
 
