@@ -3,6 +3,47 @@
 //! and the installed packages a `monitor status` report lists.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// What a siminst origin logged when it was done serving a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OriginFigures {
+    /// Bytes of chunks it multicast (re-sent ones included).
+    pub chunk_bytes: u64,
+    /// Bytes its group core put on the wire meanwhile.
+    pub wire_bytes: u64,
+}
+
+/// The figures of the origin's last "the origin is done serving" line,
+/// read from `log` (the daemon's log so far) every 50 ms for up to
+/// `timeout`: the origin learns the last outcome from its group after the
+/// monitor has it, so the line may come a moment after the monitor exits.
+/// None if no such line came, or it lacks a figure.
+pub fn await_origin_figures(log: impl Fn() -> String, timeout: Duration) -> Option<OriginFigures> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = log();
+        if let Some(line) = text
+            .lines()
+            .rev()
+            .find(|l| l.contains("the origin is done serving"))
+        {
+            let field = |name: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(name))
+                    .and_then(|n| n.parse::<u64>().ok())
+            };
+            return Some(OriginFigures {
+                chunk_bytes: field("chunk_bytes=")?,
+                wire_bytes: field("wire_bytes=")?,
+            });
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
 
 /// Pseudo-random bytes that do not compress (an LCG: no dependency).
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {

@@ -6,7 +6,7 @@
 //! daemons do it without starving their heartbeats.
 
 use flotilla_tests::hosts_with;
-use flotilla_tests::package::{packages_by_host, PackageSource};
+use flotilla_tests::package::{await_origin_figures, packages_by_host, PackageSource};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -410,31 +410,6 @@ fn a_remote_monitor_installs_over_tcp() -> TestResult {
     Ok(())
 }
 
-/// The bytes daemon `i`'s core sent while it served its last siminst, from
-/// its log line "the origin is done serving" (logged once every target has
-/// reported, so it may come a little after the monitor's report).
-fn origin_wire_bytes(fleet: &Fleet, i: usize) -> Result<u64, Error> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let log = fleet.daemons[i].log();
-        let line = log
-            .lines()
-            .rev()
-            .find(|l| l.contains("the origin is done serving"));
-        if let Some(line) = line {
-            return line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("wire_bytes="))
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| format!("no wire_bytes in {line:?}").into());
-        }
-        if Instant::now() > deadline {
-            return Err(format!("the origin never logged its figures:\n{log}").into());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// With `multicast.disseminate` on, the origin puts a package on the wire
 /// about once for all four other hosts (unicast: four times), and the
 /// fleet keeps its view through the transfer.
@@ -453,7 +428,14 @@ fn siminst_with_multicast_dissemination_sends_the_package_about_once() -> TestRe
         ["h1", "h2", "h3", "h4", "h5"],
         "{report}"
     );
-    let wire = origin_wire_bytes(&fleet, 0)?;
+    let wire = await_origin_figures(|| fleet.daemons[0].log(), Duration::from_secs(10))
+        .ok_or_else(|| {
+            format!(
+                "the origin never logged its figures:\n{}",
+                fleet.daemons[0].log()
+            )
+        })?
+        .wire_bytes;
     // Unicast would be at least 4 × size; once, plus headers, NACK repairs
     // and the rest of the protocol, stays well under 2 ×.
     assert!(

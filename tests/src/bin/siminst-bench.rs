@@ -32,7 +32,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flotilla_tests::package::PackageSource;
+use flotilla_tests::package::{await_origin_figures, PackageSource};
 use flotilla_tests::{multicast_section, Error, Fleet, FleetOptions};
 
 /// gc timers for many daemons on one small, shared machine (as in the
@@ -189,23 +189,8 @@ fn main() -> Result<(), Error> {
         let report: serde_json::Value = serde_json::from_slice(&output.stdout)?;
         let ok = report["summary"]["ok"].as_u64().unwrap_or(0);
         // The origin logs its counters once every target has reported.
-        let mut wire: Option<u64> = None;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            let log = fleet.daemons[0].log();
-            if let Some(line) = log
-                .lines()
-                .rev()
-                .find(|l| l.contains("the origin is done serving"))
-            {
-                wire = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("wire_bytes="))
-                    .and_then(|v| v.parse().ok());
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let wire = await_origin_figures(|| fleet.daemons[0].log(), Duration::from_secs(10))
+            .map(|f| f.wire_bytes);
         if wire.is_none() {
             let log = fleet.daemons[0].log();
             let tail: Vec<&str> = log.lines().rev().take(20).collect();

@@ -12,7 +12,7 @@ use super::mgmt::{
 };
 use super::ScenarioError;
 use crate::faults::Fault;
-use crate::package::{packages_by_host, PackageSource};
+use crate::package::{await_origin_figures, packages_by_host, OriginFigures, PackageSource};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -261,34 +261,6 @@ pub fn siminst_with_a_host_cut_off(hosts: usize) -> Result<MgmtOutcome, Scenario
     fleet.finish(out)
 }
 
-/// The bytes of chunks and on the wire the origin (host `h`) logged when it
-/// was done serving its last siminst job. The origin learns the last
-/// outcome from its own group after the monitor has it, so the line may
-/// come a moment after the monitor exits: it is awaited for up to 10 s.
-fn origin_wire(fleet: &MgmtFleet, h: usize) -> Option<(u64, u64)> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let line = loop {
-        let log = fleet.daemon_log(h);
-        if let Some(line) = log
-            .lines()
-            .rev()
-            .find(|l| l.contains("the origin is done serving"))
-        {
-            break line.to_owned();
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let field = |name: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(name))
-            .and_then(|n| n.parse::<u64>().ok())
-    };
-    Some((field("chunk_bytes=")?, field("wire_bytes=")?))
-}
-
 /// siminst over IP multicast on the bridge: five hosts with
 /// `multicast.disseminate`, a 6 MiB package from h1. Every host installs,
 /// and the origin puts the package on the wire about once (under twice its
@@ -316,8 +288,11 @@ pub fn siminst_over_multicast(hosts: usize) -> Result<MgmtOutcome, ScenarioError
         expect.insert(h, &["ok"]);
     }
     expect_outcomes(&mut out, "siminst over multicast", &run, &expect);
-    match origin_wire(&fleet, 0) {
-        Some((chunks, wire)) => {
+    match await_origin_figures(|| fleet.daemon_log(0), Duration::from_secs(10)) {
+        Some(OriginFigures {
+            chunk_bytes: chunks,
+            wire_bytes: wire,
+        }) => {
             out.notes.push(format!(
                 "the origin sent {wire} bytes on the wire for {chunks} bytes of chunks ({:.2}x)",
                 wire as f64 / chunks.max(1) as f64
