@@ -8,7 +8,8 @@
 //!   with `--netns`) until the others exclude it, then restored (SIGCONT;
 //!   link up); from the restore to the merged view of all.
 //!
-//! Also the resident memory of the idle nodes after the start.
+//! Also the resident memory of the idle nodes after the start, and the CPU
+//! they use while idle (first trial, over 3 s).
 //!
 //! `--multicast`: discovery and dissemination over IP multicast.
 //!
@@ -65,6 +66,7 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let (mut start, mut kill, mut heal) = (Vec::new(), Vec::new(), Vec::new());
     let mut splits = 0;
     let mut rss = Vec::new();
+    let mut idle_cpu = None;
     for trial in 0..trials {
         fleet.forget_state();
         let t0 = Instant::now();
@@ -92,6 +94,7 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         std::thread::sleep(Duration::from_millis(300));
         if trial == 0 {
             rss = nodes.iter().filter_map(|p| p.rss_kib()).collect();
+            idle_cpu = idle_cpu_share(&nodes, IDLE_SPAN);
         }
 
         // kill -9 the last node.
@@ -166,9 +169,35 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         rss.get(rss.len() / 2).copied().unwrap_or(0),
         rss.last().copied().unwrap_or(0)
     );
+    if let Some(share) = idle_cpu {
+        println!(
+            "# idle cpu: {:.2} % of one core per node, {:.1} % for all {n} nodes",
+            share * 100.0 / n as f64,
+            share * 100.0
+        );
+    }
     println!(
         "nodes: {n}, trials: {trials}, start_p50_ms: {s50}, start_max_ms: {smax}, kill_p50_ms: {k50}, \
          kill_max_ms: {kmax}, heal_p50_ms: {h50}, heal_max_ms: {hmax}"
     );
     Ok(())
+}
+
+/// How long the idle nodes' CPU is measured.
+const IDLE_SPAN: Duration = Duration::from_secs(3);
+
+/// CPU seconds the nodes used per second over `span`, all together (1.0 is
+/// one core busy), or `None` when `/proc` could not be read.
+fn idle_cpu_share(nodes: &[NodeProc], span: Duration) -> Option<f64> {
+    let total = |nodes: &[NodeProc]| -> Option<Duration> {
+        nodes
+            .iter()
+            .map(NodeProc::cpu_time)
+            .sum::<Option<Duration>>()
+    };
+    let before = total(nodes)?;
+    let t0 = Instant::now();
+    std::thread::sleep(span);
+    let used = total(nodes)?.checked_sub(before)?;
+    Some(used.as_secs_f64() / t0.elapsed().as_secs_f64())
 }

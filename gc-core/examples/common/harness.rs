@@ -211,6 +211,11 @@ impl NodeProc {
     pub fn rss_kib(&self) -> Option<u64> {
         vm_rss_kib(self.child.id())
     }
+
+    /// CPU time used so far (user and system).
+    pub fn cpu_time(&self) -> Option<Duration> {
+        cpu_time(self.child.id())
+    }
 }
 
 impl Drop for NodeProc {
@@ -219,6 +224,18 @@ impl Drop for NodeProc {
         let _ = self.signal(nix::sys::signal::Signal::SIGCONT);
         self.kill();
     }
+}
+
+/// CPU time (user + system) a process has used, from `/proc/PID/stat`.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; the fields after it do not.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    // Fields 14 and 15 (utime, stime) are the 12th and 13th after ')'.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // In USER_HZ ticks, which Linux fixes at 100 per second for /proc.
+    Some(Duration::from_millis((utime + stime) * 10))
 }
 
 /// VmRSS of a process, in KiB.

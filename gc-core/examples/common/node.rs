@@ -45,7 +45,8 @@ options:
                          heartbeat_ms, suspect_ms, join_interval_ms,
                          join_timeout_ms, consensus_ms, install_ms, discovery_ms,
                          merge_cooldown_ms, startup_wait_ms, nack_ms, nack_grace_us, window,
-                         send_queue_bytes, event_capacity, socket_buffer, recv_batch
+                         send_queue_bytes, event_capacity, socket_buffer, recv_batch,
+                         busy_poll_us
   env NODE_LOG=error|warn|info|debug|trace (default warn), logs go to stderr
 
 stdin commands:
@@ -213,6 +214,7 @@ fn apply_sets(rc: &mut RuntimeConfig, sets: &[(String, String)]) -> Result<(), S
             "event_capacity" => rc.event_capacity = n as usize,
             "socket_buffer" => rc.socket_buffer = n as usize,
             "recv_batch" => rc.recv_batch = n as usize,
+            "busy_poll_us" => rc.busy_poll = Duration::from_micros(n),
             _ => return Err(format!("--set: unknown knob {k:?}")),
         }
     }

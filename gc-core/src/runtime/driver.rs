@@ -88,6 +88,14 @@ pub(super) struct Driver {
     leaving: Option<Leaving>,
     leave_timeout: Duration,
     recv_batch: usize,
+    /// [`RuntimeConfig::busy_poll`](super::RuntimeConfig::busy_poll).
+    busy_poll: Duration,
+    /// Since the driver last waited, input came (a datagram or a command)
+    /// and datagrams went out in response: an answer may be on its way (see
+    /// [`Driver::poll_briefly`]). A wake-up of the timers alone (a
+    /// heartbeat) does not count, so an idle node does not poll.
+    input_since_wait: bool,
+    sent_since_wait: bool,
     recv_errors_in_a_row: u32,
     outcome: watch::Sender<Outcome>,
     /// One entry per application message in the node's send queue, in its
@@ -136,6 +144,7 @@ pub(super) async fn start(config: RuntimeConfig) -> Result<(Handle, Events), Sta
         leave_timeout,
         socket_buffer,
         recv_batch,
+        busy_poll,
         faults,
     } = config;
     let multicast = multicast.map(|m| with_interface_of(m, bind));
@@ -278,6 +287,9 @@ pub(super) async fn start(config: RuntimeConfig) -> Result<(Handle, Events), Sta
         leaving: None,
         leave_timeout,
         recv_batch,
+        busy_poll,
+        input_since_wait: false,
+        sent_since_wait: false,
         recv_errors_in_a_row: 0,
         outcome: outcome_tx,
         sends: VecDeque::new(),
@@ -464,6 +476,13 @@ impl Driver {
             earliest(timer, self.parked.front().map(|p| p.deadline)),
             self.leaving.as_ref().map(|l| l.deadline),
         );
+        let exchanging =
+            std::mem::take(&mut self.input_since_wait) & std::mem::take(&mut self.sent_since_wait);
+        if exchanging && !self.busy_poll.is_zero() {
+            let until = Instant::now() + self.busy_poll;
+            self.poll_briefly(wake.map_or(until, |w| w.min(until)))
+                .await;
+        }
         tokio::select! {
             biased;
             ready = self.socket.readable() => self.on_readable(ready)?,
@@ -471,6 +490,7 @@ impl Driver {
             command = self.commands.recv(), if self.commands_open => {
                 match command {
                     Some(c) => {
+                        self.input_since_wait = true;
                         self.on_command(c);
                         self.take_commands(COMMAND_BATCH - 1);
                     }
@@ -489,6 +509,32 @@ impl Driver {
         }
         self.after_input();
         Ok(())
+    }
+
+    /// Looks for a datagram or a command until `until` without sleeping in
+    /// the kernel, letting other threads and tasks run between looks (see
+    /// "Polling before sleeping" in the module documentation). It only
+    /// looks: whatever it finds is read by the `select!` that follows,
+    /// whose wait then returns at once.
+    async fn poll_briefly(&mut self, until: Instant) {
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        loop {
+            if has_input(&self.socket, &mut probe, None)
+                || self.multicast.as_ref().is_some_and(|m| {
+                    has_input(
+                        m,
+                        &mut probe,
+                        Some((self.local_addr, &mut self.io.multicast_own_skipped)),
+                    )
+                })
+                || !self.commands.is_empty()
+                || Instant::now() >= until
+            {
+                return;
+            }
+            std::thread::yield_now();
+            tokio::task::yield_now().await;
+        }
     }
 
     /// The application is behind: wait for room in [`Events`], serving
@@ -955,6 +1001,7 @@ impl Driver {
     fn on_readable(&mut self, ready: io::Result<()>) -> Result<(), Error> {
         match ready {
             Ok(()) => {
+                self.input_since_wait = true;
                 self.drain(true)?;
                 self.drain(false)
             }
@@ -1058,6 +1105,7 @@ impl Driver {
     }
 
     async fn send(&mut self, transmit: Transmit) -> Result<(), Error> {
+        self.sent_since_wait = true;
         if super::faults::drops(self.faults.as_ref(), &transmit.dest) {
             return Ok(());
         }
@@ -1227,6 +1275,35 @@ fn route_batch(batch: &[Transmit], others: usize) -> Vec<Route> {
             }
         })
         .collect()
+}
+
+/// Whether a read of `socket` would return something now: a datagram, or
+/// an error that the read reports (either way the driver should read).
+/// With `own`, this node's own group datagrams at the head of the queue
+/// (multicast loopback, which follows every send at once) are taken off
+/// and counted, as [`Driver::drain`] would, rather than ending the poll.
+fn has_input(
+    socket: &UdpSocket,
+    probe: &mut [std::mem::MaybeUninit<u8>],
+    mut own: Option<(SocketAddr, &mut u64)>,
+) -> bool {
+    let socket = socket2::SockRef::from(socket);
+    loop {
+        match socket.peek_from(probe) {
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+            Ok((_, from)) => match own.as_mut() {
+                Some((me, skipped)) if from.as_socket() == Some(*me) => {
+                    // Truncated into the probe: it is discarded unread.
+                    if socket.recv(probe).is_err() {
+                        return true;
+                    }
+                    **skipped += 1;
+                }
+                _ => return true,
+            },
+            Err(_) => return true,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -54,6 +54,22 @@
 //!    [`Storage`] before going on, then seals and sends every datagram the
 //!    node has, then forwards the events to [`Events`].
 //!
+//! # Polling before sleeping
+//! After a wake-up that sent datagrams an answer usually follows within
+//! tens of microseconds (acks, the hub's summary, the answers to a
+//! question). For up to [`RuntimeConfig::busy_poll`] the driver then looks
+//! at its sockets and commands without sleeping, handing the CPU to any
+//! other runnable thread or task between looks (`sched_yield`, then a tokio
+//! yield), and sleeps in the kernel only after that. The reason is the
+//! cost of waking a sleeping CPU: on virtual machines that do not poll
+//! before halting an idle vCPU (this project's 2-vCPU test machine, a
+//! Firecracker guest with `haltpoll.guest_halt_poll_ns=0`) every wake-up of
+//! an idle CPU is an exit to the hypervisor, tens of microseconds, once per
+//! hop of a round. The same idea as the kernel's own halt polling, Aeron's
+//! back-off idle strategy, or `SO_BUSY_POLL`. It costs CPU only right after
+//! this node sent something, never on a quiet node between heartbeats
+//! beyond one short look per heartbeat; BENCHMARKS.md has the figures.
+//!
 //! # Incarnations
 //! A process's [`Pid`] must never repeat under one cluster key: the sealer's
 //! nonces are built from it. At every start the runtime takes
@@ -150,6 +166,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+/// [`RuntimeConfig::busy_poll`] unless set otherwise.
+pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(100);
+
 /// Settings of a [`Runtime`].
 pub struct RuntimeConfig {
     /// The protocol's settings. `node.me.node` is this host's id; the
@@ -188,6 +207,11 @@ pub struct RuntimeConfig {
     /// Most datagrams read in one wake-up before the driver sends what they
     /// caused and looks at its timers and commands.
     pub recv_batch: usize,
+    /// After a wake-up that sent datagrams, how long the driver keeps
+    /// looking for the answer (yielding the CPU between looks) before it
+    /// sleeps in the kernel; zero sleeps at once. See "Polling before
+    /// sleeping" in the module documentation for why and what it costs.
+    pub busy_poll: Duration,
     /// Test-only: peers whose datagrams are dropped both ways (see
     /// [`Faults`]); `None` in production.
     pub faults: Option<Faults>,
@@ -195,7 +219,8 @@ pub struct RuntimeConfig {
 
 impl RuntimeConfig {
     /// Defaults: events 4096, commands 1024, send and leave timeouts 5 s,
-    /// socket buffers 4 MiB, batches of 256 datagrams, no IP multicast.
+    /// socket buffers 4 MiB, batches of 256 datagrams, busy polling
+    /// [`DEFAULT_BUSY_POLL`], no IP multicast.
     pub fn new(
         node: Config,
         bind: SocketAddr,
@@ -215,6 +240,7 @@ impl RuntimeConfig {
             leave_timeout: Duration::from_secs(5),
             socket_buffer: 4 << 20,
             recv_batch: 256,
+            busy_poll: DEFAULT_BUSY_POLL,
             faults: None,
         }
     }
