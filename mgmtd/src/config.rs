@@ -37,7 +37,7 @@
 //! | `exec.output_cap` | no | bytes kept of stdout and of stderr; default `64KiB`, at most `16MiB` |
 //! | `exec.kill_grace` | no | time between `SIGTERM` and `SIGKILL`; default `1s`, at most `60s` |
 //! | `log_level` | no | `error`, `warn`, `info` (default), `debug` or `trace` |
-//! | `gc` | no | tuning knobs of the group-communication core: `heartbeat_interval`, `suspect_timeout`, `discovery_interval`, `startup_wait`, `join_timeout` (durations); `max_datagram` (bytes, 512 to 60000; default 1400) |
+//! | `gc` | no | tuning knobs of the group-communication core: `heartbeat_interval`, `suspect_timeout`, `discovery_interval`, `startup_wait`, `join_timeout` (durations); `max_datagram` (bytes, 512 to 60000; default 1400); `busy_poll` (0s to 1ms, default 100us: how long the core keeps looking for an answer before it sleeps; 0s turns it off) |
 //! | `event_log` | no | a file where the core appends the views it installs and the messages it delivers, for the checker; off by default |
 //! | `maps.hosts` | no | the fleet's hosts (names or node ids) for the replicated maps; no `maps:` section, no maps |
 //! | `maps.render` | no | maps written to files: `map`, `file`, `template` each |

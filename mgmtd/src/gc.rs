@@ -294,9 +294,10 @@ fn group_error(e: gc_core::runtime::Error) -> GroupError {
     }
 }
 
-/// The `gc` knobs the configuration may set, as durations.
+/// The `gc` knobs the configuration may set: durations, `max_datagram` in
+/// bytes, and `busy_poll`, the runtime's.
 fn apply_knobs(
-    node: &mut gc_core::Config,
+    runtime: &mut RuntimeConfig,
     knobs: &BTreeMap<String, serde_yaml::Value>,
     file: &str,
 ) -> Result<(), GcError> {
@@ -314,7 +315,18 @@ fn apply_knobs(
                 .as_u64()
                 .filter(|b| (512..=60_000).contains(b))
                 .ok_or_else(|| bad("expected a number of bytes in 512..=60000".into()))?;
-            node.max_datagram = usize::try_from(bytes).unwrap_or(1400);
+            runtime.node.max_datagram = usize::try_from(bytes).unwrap_or(1400);
+            continue;
+        }
+        if key == "busy_poll" {
+            // The one duration that may be zero (off) and is microseconds
+            // long: how long the driver keeps looking for an answer before
+            // it sleeps (gc_core::runtime, "Polling before sleeping").
+            runtime.busy_poll = value
+                .as_str()
+                .and_then(|text| humantime::parse_duration(text).ok())
+                .filter(|d| *d <= Duration::from_millis(1))
+                .ok_or_else(|| bad("expected a duration in 0s..=1ms, like \"100us\"".into()))?;
             continue;
         }
         let text = value
@@ -328,6 +340,7 @@ fn apply_knobs(
         if duration.is_zero() || duration > Duration::from_secs(60) {
             return Err(bad(format!("{text} is outside 1ms..=60s")));
         }
+        let node = &mut runtime.node;
         match key.as_str() {
             "heartbeat_interval" => node.heartbeat_interval = duration,
             "suspect_timeout" => node.suspect_timeout = duration,
@@ -336,7 +349,7 @@ fn apply_knobs(
             "join_timeout" => node.join_timeout = duration,
             _ => {
                 return Err(bad(
-                    "unknown knob (expected one of: heartbeat_interval, suspect_timeout, discovery_interval, startup_wait, join_timeout, max_datagram)".into(),
+                    "unknown knob (expected one of: heartbeat_interval, suspect_timeout, discovery_interval, startup_wait, join_timeout, max_datagram, busy_poll)".into(),
                 ))
             }
         }
@@ -372,10 +385,14 @@ pub async fn start(
         vec![config.node_id]
     };
     node.primary = PrimaryState::initial(bootstrap);
-    apply_knobs(&mut node, &config.gc, &config.file.display().to_string())?;
     let seal_key = gc_core::seal::ClusterKey::from_bytes(*key.as_bytes());
     let storage = FileStorage::new(config.data_dir.join(STATE_FILE));
     let mut runtime_config = RuntimeConfig::new(node, config.listen, seal_key, storage);
+    apply_knobs(
+        &mut runtime_config,
+        &config.gc,
+        &config.file.display().to_string(),
+    )?;
     runtime_config.event_log = config.event_log.clone();
     if config.testing.fault_control {
         runtime_config.faults = Some(crate::faults::start(&config.data_dir));
@@ -464,4 +481,58 @@ async fn pump(
     // The runtime has stopped (or the server is gone): tell the server
     // once, whatever the reason.
     let _ = mgmt.send(GroupEvent::Left).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime() -> RuntimeConfig {
+        let node = gc_core::Config::new(gc_core::Pid::new(1, 0));
+        let key = gc_core::seal::ClusterKey::from_bytes([7; 32]);
+        let dir = std::env::temp_dir().join("flotilla-gc-knobs-never-written");
+        RuntimeConfig::new(
+            node,
+            "127.0.0.1:0".parse().expect("a literal address"),
+            key,
+            FileStorage::new(dir.join(STATE_FILE)),
+        )
+    }
+
+    fn knobs(yaml: &str) -> BTreeMap<String, serde_yaml::Value> {
+        serde_yaml::from_str(yaml).expect("test YAML")
+    }
+
+    #[test]
+    fn busy_poll_takes_microseconds_and_zero() {
+        let mut rc = runtime();
+        assert_eq!(rc.busy_poll, gc_core::runtime::DEFAULT_BUSY_POLL);
+        apply_knobs(&mut rc, &knobs("busy_poll: 250us"), "f").expect("valid");
+        assert_eq!(rc.busy_poll, Duration::from_micros(250));
+        apply_knobs(&mut rc, &knobs("busy_poll: 0s"), "f").expect("zero turns it off");
+        assert!(rc.busy_poll.is_zero());
+    }
+
+    #[test]
+    fn bad_knobs_name_the_key_and_the_range() {
+        let mut rc = runtime();
+        for (yaml, expect) in [
+            ("busy_poll: 5ms", "0s..=1ms"),
+            ("busy_poll: 100", "0s..=1ms"),
+            ("heartbeat_interval: 0s", "outside"),
+            ("max_datagram: 70000", "512..=60000"),
+            ("no_such_knob: 1s", "unknown knob"),
+        ] {
+            let err = apply_knobs(&mut rc, &knobs(yaml), "f").expect_err(yaml);
+            assert!(err.to_string().contains(expect), "{yaml}: {err}");
+        }
+        apply_knobs(
+            &mut rc,
+            &knobs("heartbeat_interval: 20ms\nmax_datagram: 9000"),
+            "f",
+        )
+        .expect("valid");
+        assert_eq!(rc.node.heartbeat_interval, Duration::from_millis(20));
+        assert_eq!(rc.node.max_datagram, 9000);
+    }
 }
