@@ -1,13 +1,14 @@
 //! The siminst benchmark of issue 7; prints the figures it measured.
 //!
 //! ```text
-//! cargo run --release -p flotilla-tests --bin siminst-bench -- [--hosts 1,5,20] [--mib 100] [--max-datagram 60000] [--suspect 5s] [--heartbeat 50ms] [--multicast]
+//! cargo run --release -p flotilla-tests --bin siminst-bench -- [--hosts 1,5,20] [--mib 100] [--max-datagram 60000] [--suspect 5s] [--heartbeat 50ms] [--busy-poll 100us] [--multicast]
 //! ```
 //!
 //! `--max-datagram` sets the daemons' `gc.max_datagram` (default 1400
 //! bytes: an Ethernet frame); `--suspect 5s` their `gc.suspect_timeout`
 //! (default here 2s), `--heartbeat` their `gc.heartbeat_interval` (default
-//! 50ms); `--multicast` puts every daemon of a fleet on one IP
+//! 50ms), `--busy-poll` their `gc.busy_poll` (default 100us; `0s` turns
+//! it off); `--multicast` puts every daemon of a fleet on one IP
 //! multicast group with `multicast.disseminate: true`, so that what goes to
 //! every member (the package's chunks among it) leaves the origin once.
 //!
@@ -147,6 +148,9 @@ fn main() -> Result<(), Error> {
             options
                 .gc
                 .push_str(&format!("  heartbeat_interval: {period}\n"));
+        }
+        if let Some(poll) = arg("--busy-poll") {
+            options.gc.push_str(&format!("  busy_poll: {poll}\n"));
         }
         if std::env::args().any(|a| a == "--multicast") {
             // A fresh group per fleet: the previous fleet's daemons may
