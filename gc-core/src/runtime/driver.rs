@@ -478,7 +478,11 @@ impl Driver {
         );
         let exchanging =
             std::mem::take(&mut self.input_since_wait) & std::mem::take(&mut self.sent_since_wait);
-        if exchanging && !self.busy_poll.is_zero() {
+        // A sender with a backlog (messages queued behind its flow-control
+        // window, or parked multicasts) is busy, not waiting for an answer:
+        // sleeping lets datagrams gather into larger batches.
+        let backlog = self.node.unsent() > 0 || !self.parked.is_empty();
+        if exchanging && !backlog && !self.busy_poll.is_zero() {
             let until = Instant::now() + self.busy_poll;
             self.poll_briefly(wake.map_or(until, |w| w.min(until)))
                 .await;
