@@ -626,6 +626,12 @@ impl Node {
         matches!(self.phase, Phase::Left)
     }
 
+    /// True while the process is in an installed view and not changing it
+    /// (its messages flow; no membership round is under way).
+    pub fn is_operational(&self) -> bool {
+        matches!(self.phase, Phase::Operational)
+    }
+
     /// Members of a group in the current view.
     pub fn group_members(&self, group: &str) -> Vec<Pid> {
         self.cur
