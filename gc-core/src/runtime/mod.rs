@@ -55,20 +55,23 @@
 //!    node has, then forwards the events to [`Events`].
 //!
 //! # Polling before sleeping
-//! After a wake-up that sent datagrams an answer usually follows within
-//! tens of microseconds (acks, the hub's summary, the answers to a
-//! question). For up to [`RuntimeConfig::busy_poll`] the driver then looks
-//! at its sockets and commands without sleeping, handing the CPU to any
-//! other runnable thread or task between looks (`sched_yield`, then a tokio
-//! yield), and sleeps in the kernel only after that. The reason is the
-//! cost of waking a sleeping CPU: on virtual machines that do not poll
-//! before halting an idle vCPU (this project's 2-vCPU test machine, a
-//! Firecracker guest with `haltpoll.guest_halt_poll_ns=0`) every wake-up of
-//! an idle CPU is an exit to the hypervisor, tens of microseconds, once per
-//! hop of a round. The same idea as the kernel's own halt polling, Aeron's
-//! back-off idle strategy, or `SO_BUSY_POLL`. It costs CPU only right after
-//! this node sent something, never on a quiet node between heartbeats
-//! beyond one short look per heartbeat; BENCHMARKS.md has the figures.
+//! When input came (a datagram or a command) and the node answered it with
+//! datagrams, the next input usually follows within tens of microseconds
+//! (acks, the hub's summary, the answers to a question). For up to
+//! [`RuntimeConfig::busy_poll`] the driver then looks at its sockets and
+//! commands without sleeping, handing the CPU to any other runnable thread
+//! or task between looks (`sched_yield`, then a tokio yield), and sleeps in
+//! the kernel only after that. The reason is the cost of waking a sleeping
+//! CPU: on virtual machines that do not poll before halting an idle vCPU
+//! (this project's 2-vCPU test machine, a Firecracker guest with
+//! `haltpoll.guest_halt_poll_ns=0`) every wake-up of an idle CPU is an exit
+//! to the hypervisor, tens of microseconds, once per hop of a round. The
+//! same idea as the kernel's own halt polling, Aeron's back-off idle
+//! strategy, or `SO_BUSY_POLL`. It does not poll after a wake-up of the
+//! timers alone (an idle node's heartbeats cost nothing more), with a send
+//! backlog (a busy sender's input batches better while it sleeps), or
+//! during a view change (timers of milliseconds). BENCHMARKS.md has the
+//! figures.
 //!
 //! # Incarnations
 //! A process's [`Pid`] must never repeat under one cluster key: the sealer's
@@ -207,9 +210,9 @@ pub struct RuntimeConfig {
     /// Most datagrams read in one wake-up before the driver sends what they
     /// caused and looks at its timers and commands.
     pub recv_batch: usize,
-    /// After a wake-up that sent datagrams, how long the driver keeps
-    /// looking for the answer (yielding the CPU between looks) before it
-    /// sleeps in the kernel; zero sleeps at once. See "Polling before
+    /// After a wake-up that answered input with datagrams, how long the
+    /// driver keeps looking for the next input (yielding the CPU between
+    /// looks) before it sleeps in the kernel; zero sleeps at once. See "Polling before
     /// sleeping" in the module documentation for why and what it costs.
     pub busy_poll: Duration,
     /// Test-only: peers whose datagrams are dropped both ways (see
