@@ -221,13 +221,14 @@ fn main() -> Result<(), Error> {
                 } else {
                     builds.len() - 1 - k
                 };
-                let (_, binaries) = builds[b];
+                let (build, binaries) = builds[b];
                 let f = &mut figures[b];
                 let take = turn.min(runs - f.samples.len());
                 if take == 0 {
                     continue;
                 }
-                let (fleet, form) = start(n, default_gc, binaries)?;
+                let (fleet, form) = start(n, default_gc, binaries)
+                    .map_err(|e| format!("{n} daemons of the build {build:?}: {e}"))?;
                 f.form.push(form);
                 if f.idle.is_none() {
                     f.idle = Some(fleet_rss(&fleet));
