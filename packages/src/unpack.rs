@@ -301,6 +301,7 @@ pub fn unpack<R: Read>(
             hardlinks: 0,
             bytes: 0,
         },
+        buf: Vec::new(),
     };
     match archive::walk(archive, limits, |entry, data| state.apply(entry, data)) {
         Ok(_) => Ok(state.unpacked),
@@ -359,6 +360,8 @@ struct State<'a> {
     /// Regular files unpacked so far: the only valid hardlink targets.
     regular_files: BTreeSet<Vec<String>>,
     unpacked: Unpacked,
+    /// [`copy_exact`]'s buffer, kept from file to file.
+    buf: Vec<u8>,
 }
 
 fn io_error(action: &'static str, path: &str, errno: Errno) -> UnpackError {
@@ -472,7 +475,7 @@ impl State<'_> {
         // of what cleanup removes.
         self.unpacked.files += 1;
         let mut file = File::from(fd);
-        let written = copy_exact(data, &mut file, entry)?;
+        let written = copy_exact(data, &mut file, entry, &mut self.buf)?;
         self.unpacked.bytes += written;
         fchmod(file.as_fd(), self.limits.file_mode(entry.mode))
             .map_err(|e| io_error("set the mode of", &entry.display, e))?;
@@ -552,18 +555,31 @@ impl State<'_> {
     }
 }
 
-/// Copies exactly `entry.size` bytes; fewer means the archive is truncated.
-/// Read errors are the archive's fault, write errors the disk's.
+/// Most bytes [`copy_exact`] moves at a time. Writing the siminst
+/// benchmark's 100 MiB file 64 KiB at a time cost 12 ms more CPU (66 ms
+/// against 54 for the whole unpack), the kernel's cost per write; smaller
+/// files get a buffer their size, allocated once per archive.
+const COPY_BUF: usize = 512 * 1024;
+
+/// Copies exactly `entry.size` bytes through `buf` (grown as needed, up to
+/// [`COPY_BUF`]); fewer means the archive is truncated. Read errors are the
+/// archive's fault, write errors the disk's.
 fn copy_exact(
     data: &mut dyn Read,
     file: &mut File,
     entry: &ArchiveEntry,
+    buf: &mut Vec<u8>,
 ) -> Result<u64, UnpackError> {
-    let mut buf = vec![0u8; 64 * 1024];
+    let want = usize::try_from(entry.size)
+        .unwrap_or(usize::MAX)
+        .min(COPY_BUF);
+    if buf.len() < want {
+        buf.resize(want, 0);
+    }
     let mut data = data.take(entry.size);
     let mut written = 0u64;
     loop {
-        let n = match data.read(&mut buf) {
+        let n = match data.read(buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
