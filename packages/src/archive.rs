@@ -21,10 +21,12 @@ const MAX_PAX_HEADER: u64 = 64 * 1024;
 /// the gzip stream ends. `tar` pads to 10 KiB records; this leaves room.
 const MAX_TRAILER: u64 = 1024 * 1024;
 /// How much of the compressed archive is read at a time. flate2's own
-/// reader reads 32 KiB at a time: unpacking the siminst benchmark's
-/// 100 MiB package took 78 ms of CPU that way, 66 ms with 256 KiB reads,
-/// most of the difference the kernel's cost per call.
-const READ_BUF: usize = 512 * 1024;
+/// reader reads 32 KiB at a time, and the kernel's cost per call was a
+/// good part of unpacking the siminst benchmark's 100 MiB package. Larger
+/// than 128 KiB was no better alone and worse with ten unpacks at once on
+/// two cores: 512 KiB reads made one in ten of them take 2-3 times the CPU
+/// (see `examples/unpack_speed.rs` and BENCHMARKS.md, siminst run 12).
+const READ_BUF: usize = 128 * 1024;
 
 /// What an entry creates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -558,10 +558,10 @@ impl State<'_> {
 
 /// Allocates the blocks of a regular file before its data is written.
 /// Writing into allocated blocks skips ext4's delayed-allocation
-/// bookkeeping per block: unpacking the siminst benchmark's 100 MiB file
-/// took 47 instead of 53 ms of CPU. It also reports a full disk before the
-/// copy starts. File systems without `fallocate` (it is Linux's) simply
-/// allocate as the data comes.
+/// bookkeeping for every 4 KiB block (about a tenth of unpacking the
+/// siminst benchmark's 100 MiB file). It also reports a full disk before
+/// the copy starts. File systems without `fallocate` (it is Linux's)
+/// simply allocate as the data comes.
 fn reserve(file: &File, entry: &ArchiveEntry) -> Result<(), UnpackError> {
     #[cfg(target_os = "linux")]
     if entry.size > 0 {
@@ -578,11 +578,10 @@ fn reserve(file: &File, entry: &ArchiveEntry) -> Result<(), UnpackError> {
     Ok(())
 }
 
-/// Most bytes [`copy_exact`] moves at a time. Writing the siminst
-/// benchmark's 100 MiB file 64 KiB at a time cost 12 ms more CPU (66 ms
-/// against 54 for the whole unpack), the kernel's cost per write; smaller
-/// files get a buffer their size, allocated once per archive.
-const COPY_BUF: usize = 512 * 1024;
+/// Most bytes [`copy_exact`] moves at a time (it was 64 KiB; see
+/// [`crate::archive`]'s `READ_BUF` for the measurements). Smaller files
+/// get a buffer their size, allocated once per archive.
+const COPY_BUF: usize = 128 * 1024;
 
 /// Copies exactly `entry.size` bytes through `buf` (grown as needed, up to
 /// [`COPY_BUF`]); fewer means the archive is truncated. Read errors are the
