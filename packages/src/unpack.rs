@@ -579,8 +579,9 @@ fn reserve(file: &File, entry: &ArchiveEntry) -> Result<(), UnpackError> {
 }
 
 /// Most bytes [`copy_exact`] moves at a time (it was 64 KiB; see
-/// [`crate::archive`]'s `READ_BUF` for the measurements). Smaller files
-/// get a buffer their size, allocated once per archive.
+/// [`crate::archive`]'s `READ_BUF` for the measurements). The buffer is
+/// kept for the whole archive and grows only as far as its largest file
+/// needs, so an archive of small files does not zero a large one.
 const COPY_BUF: usize = 128 * 1024;
 
 /// Copies exactly `entry.size` bytes through `buf` (grown as needed, up to
