@@ -682,8 +682,9 @@ fn install_blocking(
         return failed(e.to_string());
     }
     let root = work.join("root");
+    // No BufReader: the unpacker reads the archive in large blocks itself.
     let archive = match File::open(file) {
-        Ok(f) => std::io::BufReader::new(f),
+        Ok(f) => f,
         Err(e) => return failed(format!("cannot open the received package: {e}")),
     };
     let verify_time = clock.elapsed();

@@ -7,9 +7,9 @@
 //! is bounded in size before it is read into memory (the crate itself would
 //! read a long name of any claimed size).
 
-use std::io::{self, Read};
+use std::io::{self, BufReader, Read};
 
-use flate2::read::GzDecoder;
+use flate2::bufread::GzDecoder;
 use tar::EntryType;
 
 use crate::paths::{self, PathProblem};
@@ -20,6 +20,13 @@ const MAX_PAX_HEADER: u64 = 64 * 1024;
 /// How much decompressed data may follow the end-of-archive marker before
 /// the gzip stream ends. `tar` pads to 10 KiB records; this leaves room.
 const MAX_TRAILER: u64 = 1024 * 1024;
+/// How much of the compressed archive is read at a time. flate2's own
+/// reader reads 32 KiB at a time, and the kernel's cost per call was a
+/// good part of unpacking the siminst benchmark's 100 MiB package. Larger
+/// than 128 KiB was no better alone and worse with ten unpacks at once on
+/// two cores: 512 KiB reads made one in ten of them take 2-3 times the CPU
+/// (see `examples/unpack_speed.rs` and BENCHMARKS.md, siminst run 12).
+const READ_BUF: usize = 128 * 1024;
 
 /// What an entry creates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,7 +136,7 @@ where
     F: FnMut(&ArchiveEntry, &mut dyn Read) -> Result<(), E>,
     E: From<UnpackError>,
 {
-    let mut archive = tar::Archive::new(GzDecoder::new(gzip));
+    let mut archive = tar::Archive::new(GzDecoder::new(BufReader::with_capacity(READ_BUF, gzip)));
     let mut totals = Totals::default();
     let mut pending = Pending::default();
     // Long names carry a NUL terminator.
@@ -366,7 +373,9 @@ fn bump_entries(totals: &mut Totals, limits: &Limits) -> Result<(), UnpackError>
 
 /// Reads what follows the end-of-archive marker up to the end of the gzip
 /// stream, so a damaged gzip checksum is noticed.
-fn archive_rest<R: Read>(archive: tar::Archive<GzDecoder<R>>) -> Result<(), UnpackError> {
+fn archive_rest<R: Read>(
+    archive: tar::Archive<GzDecoder<BufReader<R>>>,
+) -> Result<(), UnpackError> {
     let rest = archive.into_inner();
     let read = io::copy(&mut rest.take(MAX_TRAILER + 1), &mut io::sink())
         .map_err(UnpackError::Malformed)?;

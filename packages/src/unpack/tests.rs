@@ -580,3 +580,40 @@ fn staging_must_be_an_empty_real_directory() {
     assert!(matches!(e, UnpackError::StagingUnusable { .. }), "{e}");
     assert_eq!(fs::read_dir(elsewhere.path()).unwrap().count(), 0);
 }
+
+/// Files larger and smaller than the copy buffer, in turn, through the one
+/// buffer the unpacker keeps per archive (and allocated with `fallocate`
+/// first): every byte lands, and no file is longer than its entry.
+#[test]
+fn files_around_the_buffer_sizes_unpack_exactly() {
+    let big: Vec<u8> = (0..3 * COPY_BUF + 17)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    let edge: Vec<u8> = (0..COPY_BUF + 1).map(|i| (i % 13) as u8).collect();
+    let gz = Hostile::new()
+        .file("big", &big)
+        .file("small", b"small")
+        .file("empty", b"")
+        .file("edge", &edge)
+        .file("big-again", &big)
+        .gz();
+    let scratch = Scratch::new();
+    let unpacked = scratch.unpack(&gz, &Limits::default()).unwrap();
+    assert_eq!(unpacked.files, 5);
+    let staging = scratch.staging();
+    assert_eq!(fs::read(staging.join("big")).unwrap(), big);
+    assert_eq!(fs::read(staging.join("small")).unwrap(), b"small");
+    assert_eq!(fs::read(staging.join("empty")).unwrap(), b"");
+    assert_eq!(fs::read(staging.join("edge")).unwrap(), edge);
+    assert_eq!(fs::read(staging.join("big-again")).unwrap(), big);
+}
+
+/// An archive cut inside a large file: refused, and the file, whose
+/// blocks were allocated before its data came, is gone with the rest.
+#[test]
+fn archive_cut_inside_a_large_file() {
+    let big: Vec<u8> = (0..4 * COPY_BUF).map(|i| (i * 31 % 253) as u8).collect();
+    let good = benign().file("big", &big).gz();
+    let e = refused(good[..good.len() * 3 / 4].to_vec());
+    assert!(matches!(e, UnpackError::Malformed(_)), "{e}");
+}
