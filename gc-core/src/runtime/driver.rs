@@ -538,15 +538,7 @@ impl Driver {
             {
                 return;
             }
-            // Polling pays only on a CPU that would otherwise go idle. A
-            // yield that took long means another process ran: the CPU is
-            // in demand, so stop taking turns at it and sleep (a 50-daemon
-            // fleet on two cores split while every daemon kept polling).
-            let yielded = std::time::Instant::now();
             std::thread::yield_now();
-            if yielded.elapsed() > CONTENDED_YIELD {
-                return;
-            }
             tokio::task::yield_now().await;
         }
     }
@@ -1290,10 +1282,6 @@ fn route_batch(batch: &[Transmit], others: usize) -> Vec<Route> {
         })
         .collect()
 }
-
-/// A `sched_yield` that takes longer than this gave the CPU to another
-/// process (with nothing else to run it returns in a few microseconds).
-const CONTENDED_YIELD: Duration = Duration::from_micros(20);
 
 /// Whether a read of `socket` would return something now: a datagram, or
 /// an error that the read reports (either way the driver should read).
