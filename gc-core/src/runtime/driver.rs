@@ -476,15 +476,17 @@ impl Driver {
             earliest(timer, self.parked.front().map(|p| p.deadline)),
             self.leaving.as_ref().map(|l| l.deadline),
         );
-        let exchanging =
-            std::mem::take(&mut self.input_since_wait) & std::mem::take(&mut self.sent_since_wait);
+        // Both flags start afresh at every wait.
+        let had_input = std::mem::take(&mut self.input_since_wait);
+        let sent = std::mem::take(&mut self.sent_since_wait);
         // A sender with a backlog (messages queued behind its flow-control
         // window, or parked multicasts) is busy, not waiting for an answer:
         // sleeping lets datagrams gather into larger batches. A view change
         // runs on timers of milliseconds, and a whole fleet starting at
         // once on few cores needs every cycle for it.
         let backlog = self.node.unsent() > 0 || !self.parked.is_empty();
-        if exchanging && !backlog && self.node.is_operational() && !self.busy_poll.is_zero() {
+        if had_input && sent && !backlog && self.node.is_operational() && !self.busy_poll.is_zero()
+        {
             let until = Instant::now() + self.busy_poll;
             self.poll_briefly(wake.map_or(until, |w| w.min(until)))
                 .await;
