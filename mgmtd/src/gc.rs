@@ -294,8 +294,8 @@ fn group_error(e: gc_core::runtime::Error) -> GroupError {
     }
 }
 
-/// The `gc` knobs the configuration may set: durations, `max_datagram` in
-/// bytes, and `busy_poll`, the runtime's.
+/// The `gc` knobs the configuration may set: `max_datagram` in bytes, the
+/// rest durations (the protocol's timers, and the runtime's `busy_poll`).
 fn apply_knobs(
     runtime: &mut RuntimeConfig,
     knobs: &BTreeMap<String, serde_yaml::Value>,
@@ -318,41 +318,43 @@ fn apply_knobs(
             runtime.node.max_datagram = usize::try_from(bytes).unwrap_or(1400);
             continue;
         }
-        if key == "busy_poll" {
-            // The one duration that may be zero (off) and is microseconds
-            // long: how long the driver keeps looking for an answer before
-            // it sleeps (gc_core::runtime, "Polling before sleeping").
-            runtime.busy_poll = value
-                .as_str()
-                .and_then(|text| humantime::parse_duration(text).ok())
-                .filter(|d| *d <= Duration::from_millis(1))
-                .ok_or_else(|| bad("expected a duration in 0s..=1ms, like \"100us\"".into()))?;
-            continue;
-        }
-        let text = value
-            .as_str()
-            .ok_or_else(|| bad("expected a duration like \"100ms\"".into()))?;
-        let duration: Duration = humantime::parse_duration(text).map_err(|e| {
-            bad(format!(
-                "expected a duration like \"100ms\", found {text:?}: {e}"
-            ))
-        })?;
-        if duration.is_zero() || duration > Duration::from_secs(60) {
-            return Err(bad(format!("{text} is outside 1ms..=60s")));
-        }
+        // Every other knob is a duration, each with its range. busy_poll
+        // is the runtime's and microseconds long, and zero turns it off
+        // (gc_core::runtime, "Polling before sleeping").
+        const TIMER: (Duration, Duration, &str) = (
+            Duration::from_millis(1),
+            Duration::from_secs(60),
+            "1ms..=60s",
+        );
         let node = &mut runtime.node;
-        match key.as_str() {
-            "heartbeat_interval" => node.heartbeat_interval = duration,
-            "suspect_timeout" => node.suspect_timeout = duration,
-            "discovery_interval" => node.discovery_interval = duration,
-            "startup_wait" => node.startup_wait = duration,
-            "join_timeout" => node.join_timeout = duration,
+        let (slot, (min, max, range)) = match key.as_str() {
+            "heartbeat_interval" => (&mut node.heartbeat_interval, TIMER),
+            "suspect_timeout" => (&mut node.suspect_timeout, TIMER),
+            "discovery_interval" => (&mut node.discovery_interval, TIMER),
+            "startup_wait" => (&mut node.startup_wait, TIMER),
+            "join_timeout" => (&mut node.join_timeout, TIMER),
+            "busy_poll" => (
+                &mut runtime.busy_poll,
+                (Duration::ZERO, Duration::from_millis(1), "0s..=1ms"),
+            ),
             _ => {
                 return Err(bad(
                     "unknown knob (expected one of: heartbeat_interval, suspect_timeout, discovery_interval, startup_wait, join_timeout, max_datagram, busy_poll)".into(),
                 ))
             }
+        };
+        let text = value
+            .as_str()
+            .ok_or_else(|| bad(format!("expected a duration in {range}, like \"100ms\"")))?;
+        let duration: Duration = humantime::parse_duration(text).map_err(|e| {
+            bad(format!(
+                "expected a duration in {range}, like \"100ms\", found {text:?}: {e}"
+            ))
+        })?;
+        if !(min..=max).contains(&duration) {
+            return Err(bad(format!("{text} is outside {range}")));
         }
+        *slot = duration;
     }
     Ok(())
 }
