@@ -24,10 +24,31 @@ pub fn wall_us() -> u64 {
 
 /// `n` free loopback UDP addresses: bound together (so distinct), then
 /// released for the nodes to bind.
+///
+/// The ports are drawn at random from below the kernel's ephemeral range:
+/// a port the kernel picked for a port-0 bind goes back, once released, to
+/// the pool every other process's port-0 binds draw from, and while 50
+/// nodes start one after the other beside other tests, one of them now and
+/// then found its port taken. Below the range only explicit binds land.
 pub fn free_addrs(n: usize) -> std::io::Result<Vec<SocketAddr>> {
-    let sockets: Vec<UdpSocket> = (0..n)
-        .map(|_| UdpSocket::bind("127.0.0.1:0"))
-        .collect::<Result<_, _>>()?;
+    const LOWEST: u32 = 10_000;
+    let ephemeral_low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next().and_then(|p| p.parse().ok()))
+        .unwrap_or(32_768);
+    let mut sockets: Vec<UdpSocket> = Vec::with_capacity(n);
+    let mut draws = 0;
+    while sockets.len() < n && ephemeral_low > LOWEST + 1_000 && draws < 1_000 * n {
+        draws += 1;
+        let offset = getrandom::u32().map_err(std::io::Error::other)? % (ephemeral_low - LOWEST);
+        let port = u16::try_from(LOWEST + offset).map_err(std::io::Error::other)?;
+        if let Ok(s) = UdpSocket::bind(("127.0.0.1", port)) {
+            sockets.push(s);
+        }
+    }
+    while sockets.len() < n {
+        sockets.push(UdpSocket::bind("127.0.0.1:0")?);
+    }
     sockets.iter().map(|s| s.local_addr()).collect()
 }
 
