@@ -23,7 +23,10 @@
 //! [`verify_digest`], [`unpack`] into an empty staging directory, read the
 //! staged manifest with [`Manifest::from_file`], [`run_script`] the install
 //! script from inside the staging directory, and only when all of that
-//! succeeded, [`PackageDb::record`].
+//! succeeded, [`PackageDb::record`]. A server that receives the package in
+//! parts may instead [`unpack_buffered`] as the parts come and verify the
+//! digest of the whole once the last has come; the install script still
+//! runs only after that.
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -75,5 +78,5 @@ pub use paths::SymlinkProblem;
 pub use requirements::{HostFacts, NotEligible, Unmet};
 pub use script::{run_script, Captured, ExitStatus, ScriptError, ScriptOutcome, KILL_GRACE};
 pub use units::{format_bytes, parse_bytes, parse_duration, ParseUnitError};
-pub use unpack::{unpack, Limits, UnpackError, Unpacked};
+pub use unpack::{unpack, unpack_buffered, Limits, UnpackError, Unpacked};
 pub use version::{ParseVersionError, Version};

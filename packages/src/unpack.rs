@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -288,6 +288,37 @@ pub fn unpack<R: Read>(
     staging_root: &Path,
     limits: &Limits,
 ) -> Result<Unpacked, UnpackError> {
+    unpack_with(staging_root, limits, |visit| {
+        archive::walk(archive, limits, visit)
+    })
+}
+
+/// [`unpack`] from a reader that buffers itself, such as a package that
+/// arrives in chunks: the decompressor reads its buffer in place instead of
+/// copying it into a buffer of its own. The same checks, the same cleanup
+/// on error.
+///
+/// Unpacking is only safe as far as the staging root goes: data whose
+/// digest is not yet verified may be unpacked, but nothing in the staging
+/// root may be used (scripts run, files moved into place) before the digest
+/// of the whole archive matched.
+pub fn unpack_buffered<R: BufRead>(
+    archive: R,
+    staging_root: &Path,
+    limits: &Limits,
+) -> Result<Unpacked, UnpackError> {
+    unpack_with(staging_root, limits, |visit| {
+        archive::walk_buffered(archive, limits, visit)
+    })
+}
+
+type Visit<'v> = &'v mut dyn FnMut(&ArchiveEntry, &mut dyn Read) -> Result<(), UnpackError>;
+
+fn unpack_with(
+    staging_root: &Path,
+    limits: &Limits,
+    walk: impl FnOnce(Visit<'_>) -> Result<archive::Totals, UnpackError>,
+) -> Result<Unpacked, UnpackError> {
     let root = open_staging_root(staging_root)?;
     let mut state = State {
         root,
@@ -303,7 +334,7 @@ pub fn unpack<R: Read>(
         },
         buf: Vec::new(),
     };
-    match archive::walk(archive, limits, |entry, data| state.apply(entry, data)) {
+    match walk(&mut |entry, data| state.apply(entry, data)) {
         Ok(_) => Ok(state.unpacked),
         Err(error) => match empty_dir(staging_root) {
             Ok(()) => Err(error),
