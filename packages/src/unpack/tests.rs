@@ -709,3 +709,116 @@ fn unpack_buffered_refuses_and_cleans_up_the_same() {
     assert!(matches!(error, UnpackError::Malformed(_)), "{error}");
     scratch.assert_clean();
 }
+
+fn digest_of(data: &[u8]) -> Sha256Digest {
+    crate::sha256_reader(data).unwrap().0
+}
+
+fn verified(
+    gz: &[u8],
+    expected: &Sha256Digest,
+) -> (Scratch, Result<Unpacked, VerifiedUnpackError>) {
+    let scratch = Scratch::new();
+    let result = unpack_verified(
+        Trickle {
+            data: gz,
+            piece: 4096,
+        },
+        &scratch.staging(),
+        &Limits::default(),
+        expected,
+    );
+    (scratch, result)
+}
+
+#[test]
+fn unpack_verified_unpacks_what_has_the_expected_digest() {
+    let gz = benign().file("data", b"payload").gz();
+    let (scratch, result) = verified(&gz, &digest_of(&gz));
+    assert_eq!(result.unwrap().files, 3);
+    assert_eq!(
+        fs::read(scratch.staging().join("data")).unwrap(),
+        b"payload"
+    );
+}
+
+/// A wrong digest empties the staging root even though the archive
+/// unpacked, and is reported as a wrong digest even when the archive is
+/// hostile too.
+#[test]
+fn unpack_verified_with_a_wrong_digest_leaves_nothing() {
+    let gz = benign().file("data", b"payload").gz();
+    let mut wrong = digest_of(&gz);
+    wrong.0[31] ^= 1;
+    let (scratch, result) = verified(&gz, &wrong);
+    let e = result.unwrap_err();
+    assert!(
+        matches!(e, VerifiedUnpackError::Digest(VerifyError::Mismatch(_))),
+        "{e}"
+    );
+    scratch.assert_clean();
+    let hostile = benign().file("../escape", b"x").gz();
+    let (scratch, result) = verified(&hostile, &wrong);
+    let e = result.unwrap_err();
+    assert!(
+        matches!(e, VerifiedUnpackError::Digest(VerifyError::Mismatch(_))),
+        "{e}"
+    );
+    scratch.assert_clean();
+}
+
+/// A hostile archive with the expected digest (the sender meant it) is the
+/// unpacker's refusal, and leaves nothing either.
+#[test]
+fn unpack_verified_refuses_a_hostile_archive_whatever_its_digest() {
+    let hostile = benign().symlink("out", "../..").gz();
+    let (scratch, result) = verified(&hostile, &digest_of(&hostile));
+    let e = result.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            VerifiedUnpackError::Unpack(UnpackError::SymlinkEscape { .. })
+        ),
+        "{e}"
+    );
+    scratch.assert_clean();
+}
+
+/// The digest covers the whole data, not just the gzip stream the
+/// unpacker reads: whatever follows it is hashed too.
+#[test]
+fn unpack_verified_hashes_what_follows_the_archive() {
+    let mut data = benign().gz();
+    let archive_only = digest_of(&data);
+    data.extend_from_slice(&[7; 100_000]);
+    let (_, result) = verified(&data, &digest_of(&data));
+    assert!(result.is_ok());
+    let (scratch, result) = verified(&data, &archive_only);
+    assert!(matches!(result, Err(VerifiedUnpackError::Digest(_))));
+    scratch.assert_clean();
+}
+
+/// A staging directory that is not empty is refused before anything is
+/// read, and what was in it stays.
+#[test]
+fn unpack_verified_leaves_a_staging_directory_it_refused_alone() {
+    let gz = benign().gz();
+    let scratch = Scratch::new();
+    fs::create_dir(scratch.staging()).unwrap();
+    fs::write(scratch.staging().join("theirs"), b"keep").unwrap();
+    let e = unpack_verified(
+        &gz[..],
+        &scratch.staging(),
+        &Limits::default(),
+        &digest_of(&gz),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            VerifiedUnpackError::Unpack(UnpackError::StagingNotEmpty { .. })
+        ),
+        "{e}"
+    );
+    assert_eq!(fs::read(scratch.staging().join("theirs")).unwrap(), b"keep");
+}
