@@ -22,13 +22,16 @@
 //!    by a partition, or joined late) says so again after the merge; the
 //!    origin re-sends just those chunks. It serves until every target has
 //!    reported or the job's timeout passes.
-//! 5. A receiver with every chunk verifies the digest, unpacks into its
-//!    staging directory with the safe unpacker, checks the manifest is the
-//!    advertised one, runs the install script with its timeout, moves the
-//!    package to `DATA_DIR/packages/NAME` and only then records it in the
-//!    installed-packages database. Any failure removes the staging
-//!    directory and leaves the previous installation as it was. Installs
-//!    and removals of one package name on one host run one at a time.
+//! 5. A receiver unpacks the package into its staging directory with the
+//!    safe unpacker as the chunks come, in order (chunks that come before
+//!    their turn wait in a spill file), and hashes it on the way. With every
+//!    chunk it checks the digest of the whole package; only then does it
+//!    check that the manifest is the advertised one, run the install script
+//!    with its timeout, move the package to `DATA_DIR/packages/NAME` and
+//!    record it in the installed-packages database. Any failure, a wrong
+//!    digest first, removes the staging directory and leaves the previous
+//!    installation as it was. Installs and removals of one package name on
+//!    one host run one at a time.
 //!
 //! The origin, when it is a target itself, installs from its spool and does
 //! not receive the chunks it sends.
@@ -46,9 +49,7 @@ use flotilla_client::message::{
 };
 use flotilla_client::outcome::{Captured, PackageOutcome, PackageStatus};
 use flotilla_client::{JobId, Request, ServerConnection};
-use packages::{
-    HostFacts, InstallOutcome, InstalledPackage, Manifest, PackageDb, Sha256Digest, Sha256Stream,
-};
+use packages::{HostFacts, InstallOutcome, InstalledPackage, Manifest, PackageDb, Sha256Digest};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -465,7 +466,7 @@ impl Siminst {
             // its spool whenever it is done serving.
             let spool = spool_path(&self.paths.data_dir, job);
             match fs::hard_link(&spool, &file).or_else(|_| fs::copy(&spool, &file).map(drop)) {
-                Ok(()) => true,
+                Ok(()) => Some(Staged::File(file)),
                 Err(e) => {
                     let _ = fs::remove_dir_all(&work);
                     return quick(PackageStatus::Failed(format!(
@@ -474,7 +475,7 @@ impl Siminst {
                 }
             }
         } else {
-            false
+            None
         };
         let context = Context {
             paths: self.paths.clone(),
@@ -484,18 +485,21 @@ impl Siminst {
         let done = self.done.clone();
         let host = host.to_owned();
         tokio::spawn(async move {
-            let status = if local {
-                Ok(None)
-            } else {
-                receive(&group, job, &ad, &file, &host, started)
+            let status = match local {
+                Some(staged) => Ok(staged),
+                None => receive(&group, job, &ad, &work, &host, started)
                     .await
-                    .map(Some)
+                    .map(|()| Staged::Unpacked),
             };
             let outcome = match status {
-                Ok(hashed) => {
-                    progress(&group, job, &host, "verifying and installing".into());
+                Ok(staged) => {
+                    let state = match staged {
+                        Staged::File(_) => "verifying and installing",
+                        Staged::Unpacked => "installing",
+                    };
+                    progress(&group, job, &host, state.into());
                     context
-                        .install(job, &ad, manifest, &work, &file, hashed, started)
+                        .install(job, &ad, manifest, &work, staged, started)
                         .await
                 }
                 Err(reason) => PackageOutcome {
@@ -568,17 +572,16 @@ impl Context {
         ad: &Advertisement,
         manifest: Manifest,
         work: &Path,
-        file: &Path,
-        hashed: Option<Sha256Stream>,
+        staged: Staged,
         started: Instant,
     ) -> PackageOutcome {
         let name_lock = self.name_lock(&ad.name);
         let _serial = name_lock.lock().await;
         let paths = self.paths.clone();
         let db = self.db.clone();
-        let (ad2, work, file) = (ad.clone(), work.to_owned(), file.to_owned());
+        let (ad2, work) = (ad.clone(), work.to_owned());
         let result = tokio::task::spawn_blocking(move || {
-            install_blocking(&paths, &db, &ad2, &manifest, &work, &file, hashed)
+            install_blocking(&paths, &db, &ad2, &manifest, &work, staged)
         })
         .await;
         let (status, stdout, stderr) = match result {
@@ -651,18 +654,24 @@ fn failed(reason: String) -> Finished {
     )
 }
 
-/// Verify, unpack, check, run the install script, move into place, record.
-/// `hashed` is the digest of the received chunks, computed as they were
-/// written to `file`; without it (the origin's spooled copy) the file is
-/// read to verify it.
+/// What an install starts from.
+enum Staged {
+    /// The package file, not verified yet: the origin's spooled copy.
+    File(PathBuf),
+    /// Received, unpacked into `WORK/root` as the chunks came, and verified
+    /// ([`unpack_stream`]).
+    Unpacked,
+}
+
+/// Verify and unpack (unless the receiver did both already), check, run
+/// the install script, move into place, record.
 fn install_blocking(
     paths: &Paths,
     db: &Mutex<PackageDb>,
     ad: &Advertisement,
     manifest: &Manifest,
     work: &Path,
-    file: &Path,
-    hashed: Option<Sha256Stream>,
+    staged: Staged,
 ) -> Finished {
     // Another job may have installed this very package meanwhile.
     if !ad.force && is_installed(&lock(db), ad) {
@@ -672,29 +681,28 @@ fn install_blocking(
             Captured::default(),
         );
     }
-    let expected = Sha256Digest(ad.sha256);
-    let clock = std::time::Instant::now();
-    let verified = match hashed {
-        Some(stream) => stream.verify(&expected),
-        None => packages::verify_file_digest(file, &expected),
-    };
-    if let Err(e) = verified {
-        return failed(e.to_string());
-    }
     let root = work.join("root");
-    // No BufReader: the unpacker reads the archive in large blocks itself.
-    let archive = match File::open(file) {
-        Ok(f) => f,
-        Err(e) => return failed(format!("cannot open the received package: {e}")),
-    };
-    let verify_time = clock.elapsed();
-    if let Err(e) = packages::unpack(archive, &root, &packages::Limits::default()) {
-        return failed(e.to_string());
+    let clock = std::time::Instant::now();
+    let mut unpack_time = Duration::ZERO;
+    if let Staged::File(file) = staged {
+        let expected = Sha256Digest(ad.sha256);
+        let archive = match File::open(&file) {
+            Ok(f) => f,
+            Err(e) => return failed(format!("cannot open the received package: {e}")),
+        };
+        // One pass over the file for the digest and the unpack. 128 KiB
+        // reads: larger ones gave a slow tail with many unpacks at once
+        // (BENCHMARKS.md, siminst run 12).
+        let archive = std::io::BufReader::with_capacity(128 * 1024, archive);
+        let limits = packages::Limits::default();
+        if let Err(e) = packages::unpack_verified(archive, &root, &limits, &expected) {
+            return failed(e.to_string());
+        }
+        unpack_time = clock.elapsed();
+        // The package file is no longer needed: give its space back before
+        // the script runs.
+        let _ = fs::remove_file(&file);
     }
-    let unpack_time = clock.elapsed() - verify_time;
-    // The package file is no longer needed: give its space back before
-    // the script runs.
-    let _ = fs::remove_file(file);
     let staged = match Manifest::from_file(&root.join(packages::MANIFEST_FILE)) {
         Ok(m) => m,
         Err(e) => return failed(format!("the package's manifest: {e}")),
@@ -711,9 +719,8 @@ fn install_blocking(
     // Where an install's time goes (the siminst benchmark's per-stage view).
     tracing::info!(
         package = %ad.name,
-        verify_seconds = verify_time.as_secs_f64(),
         unpack_seconds = unpack_time.as_secs_f64(),
-        script_seconds = (clock.elapsed() - verify_time - unpack_time).as_secs_f64(),
+        script_seconds = (clock.elapsed() - unpack_time).as_secs_f64(),
         "siminst: verified, unpacked and ran the install script"
     );
     if !outcome.success() {
@@ -899,37 +906,33 @@ fn missing_ranges(have: &[bool]) -> Vec<(u32, u32)> {
     ranges
 }
 
-/// Receives the package into `file`: joins Gp, says what it misses at
-/// every view, and hands the chunks to a writer thread ([`write_chunks`]),
-/// which writes them and hashes them in order as they come, so that
-/// verifying needs no second pass over the file. Returns the digest of the
-/// whole package; the error is for the report.
+/// Receives the package and unpacks it into `WORK/root` as it comes: joins
+/// Gp, says what it misses at every view, and hands the chunks to a thread
+/// of their own ([`unpack_stream`]), which hashes them in order and feeds
+/// them to the safe unpacker, then checks the digest of the whole package.
+/// Returns once the package is verified and unpacked; the error is for the
+/// report, and nothing is left in the staging root after one.
 ///
-/// The daemon runs on one thread with the group core: the writing and
-/// hashing stay off it, or heartbeats and the socket wait behind them (and
-/// the receive buffer overflows into resends).
+/// The daemon runs on one thread with the group core: the hashing and
+/// unpacking stay off it, or heartbeats and the socket wait behind them
+/// (and the receive buffer overflows into resends).
 async fn receive<G: Group>(
     group: &Arc<G>,
     job: JobId,
     ad: &Advertisement,
-    file: &Path,
+    work: &Path,
     host: &str,
     started: Instant,
-) -> Result<Sha256Stream, String> {
+) -> Result<(), String> {
     let deadline = started + ad.timeout;
-    let out = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(file)
-        .map_err(|e| format!("cannot create the staging file: {e}"))?;
-    // Reserve the space now: a full disk is reported before the transfer.
-    if let Err(e) = nix::fcntl::posix_fallocate(&out, 0, i64::try_from(ad.size).unwrap_or(i64::MAX))
-    {
-        if e != nix::errno::Errno::EOPNOTSUPP && e != nix::errno::Errno::EINVAL {
+    // Without a file the size of the package to reserve, a full disk would
+    // only show in the unpack: say it before the transfer when it is plain.
+    if let Ok(fs) = nix::sys::statvfs::statvfs(work) {
+        let free = fs.blocks_available().saturating_mul(fs.fragment_size());
+        if free < ad.size {
             return Err(format!(
-                "cannot reserve {} for the package: {e}",
+                "the server has {} free for a package of {}",
+                packages::format_bytes(free),
                 packages::format_bytes(ad.size)
             ));
         }
@@ -945,10 +948,11 @@ async fn receive<G: Group>(
         .join_group(&ad.group)
         .await
         .map_err(|e| format!("cannot join the installation group: {e}"))?;
-    let (to_writer, chunks) = mpsc::channel(WRITER_QUEUE);
-    let writer = {
+    let (to_unpacker, chunks) = mpsc::channel(CHUNK_QUEUE);
+    let unpacker = {
         let ad = ad.clone();
-        tokio::task::spawn_blocking(move || write_chunks(&out, &ad, chunks))
+        let work = work.to_owned();
+        tokio::task::spawn_blocking(move || unpack_stream(&ad, &work, chunks))
     };
     let result = loop {
         if held == n {
@@ -967,7 +971,7 @@ async fn receive<G: Group>(
             Some(SubgroupEvent::View { .. }) => send_have(group, job, host, &have),
             Some(SubgroupEvent::Deliver { payload, .. }) => {
                 // Where the chunk's data starts, so that the payload itself
-                // goes to the writer, uncopied.
+                // goes to the unpacker, uncopied.
                 let decoded = decode_gp(&payload).map(|m| match m {
                     GpMessage::Chunk(index, data) => Some((index, payload.len() - data.len())),
                     GpMessage::End => None,
@@ -986,8 +990,16 @@ async fn receive<G: Group>(
                             tracing::warn!(%job, index, "a chunk of the wrong size; ignored");
                             continue;
                         }
-                        if to_writer.send((index, payload, data_start)).await.is_err() {
-                            // The writer stopped on an error, which it returns.
+                        if to_unpacker
+                            .send(Chunk {
+                                index,
+                                payload,
+                                data_start,
+                            })
+                            .await
+                            .is_err()
+                        {
+                            // The unpacker stopped on an error, which it returns.
                             break Ok(());
                         }
                         *slot = true;
@@ -1009,96 +1021,244 @@ async fn receive<G: Group>(
             }
         }
     };
+    let received = Instant::now();
     drop(events);
     if let Err(e) = group.leave_group(&ad.group).await {
         tracing::debug!(%job, "leaving the installation group: {e}");
     }
-    // The writer finishes what it was given and closes the file before
-    // anyone removes the staging directory.
-    drop(to_writer);
-    let written = writer
+    // The unpacker finishes what it was given (or sees the stream cut
+    // short, and cleans up) before anyone removes the staging directory.
+    drop(to_unpacker);
+    let unpacked = unpacker
         .await
-        .map_err(|e| format!("the writer task failed: {e}"));
+        .map_err(|e| format!("the unpacking task failed: {e}"));
     result?;
-    let hash = written??;
+    let figures = unpacked??;
     tracing::info!(
         %job,
         chunks = n,
+        early_chunks = figures.spilled,
         seconds = started.elapsed().as_secs_f64(),
-        "siminst: received and hashed the package"
+        after_last_chunk_seconds = received.elapsed().as_secs_f64(),
+        "siminst: received, unpacked and verified the package"
     );
-    // Every chunk is held, so every chunk was hashed, in order.
-    if hash.next != n {
-        return Err(format!(
-            "a bug: {} of {n} chunks hashed with all of them received",
-            hash.next
-        ));
-    }
-    Ok(hash.stream)
+    Ok(())
 }
 
-/// Chunks queued for the writer thread (at most 1 MiB each).
-const WRITER_QUEUE: usize = 32;
+/// Chunks queued for the unpacker thread (at most 1 MiB each).
+const CHUNK_QUEUE: usize = 32;
 
-/// The writer thread of [`receive`]: writes each chunk (index, payload,
-/// where its data starts) into `out` and hashes the chunks in order.
-fn write_chunks(
-    out: &File,
+/// A chunk on its way to the unpacker: the payload as the core delivered
+/// it, and where the chunk's data starts in it.
+#[derive(Debug)]
+struct Chunk {
+    index: u32,
+    payload: Vec<u8>,
+    data_start: usize,
+}
+
+/// What [`unpack_stream`] reports for the log.
+#[derive(Debug)]
+struct StreamFigures {
+    /// Chunks that came before a missing one and went through the spill
+    /// file.
+    spilled: u32,
+}
+
+/// The unpacker thread of [`receive`]: unpacks the package from its chunks
+/// as they come, in order, into `WORK/root`, then reads whatever follows
+/// the archive and checks the digest of the whole package
+/// ([`packages::unpack_verified`]). A digest that does not match wins over
+/// any unpacking error (the archive was not the advertised one), a
+/// transfer cut short over both; the unpacked files are removed on any
+/// error.
+///
+/// Unpacking before the digest is known is as safe as after: the unpacker
+/// takes every archive as hostile and creates nothing outside the staging
+/// root. What waits for the digest is using the staging root: the install
+/// script runs, and anything is moved or recorded, only after `Ok`.
+fn unpack_stream(
     ad: &Advertisement,
-    mut chunks: mpsc::Receiver<(u32, Vec<u8>, usize)>,
-) -> Result<InOrderHash, String> {
-    let mut written = vec![false; ad.chunks() as usize];
-    let mut hash = InOrderHash::default();
-    while let Some((index, payload, data_start)) = chunks.blocking_recv() {
-        let Some(data) = payload.get(data_start..) else {
-            continue;
-        };
-        let (offset, _) = ad.range(index);
-        out.write_all_at(data, offset)
-            .map_err(|e| format!("cannot write the package: {e}"))?;
-        if let Some(slot) = written.get_mut(index as usize) {
-            *slot = true;
+    work: &Path,
+    chunks: mpsc::Receiver<Chunk>,
+) -> Result<StreamFigures, String> {
+    let root = work.join("root");
+    let mut stream = ChunkStream::new(ad, work.join("package"), chunks);
+    let expected = Sha256Digest(ad.sha256);
+    let limits = packages::Limits::default();
+    let result = packages::unpack_verified(&mut stream, &root, &limits, &expected)
+        // The unpacker sees the stream's own failures as the archive's.
+        .map_err(|e| stream.failure.take().unwrap_or_else(|| e.to_string()));
+    let spilled = stream.spilled;
+    stream.remove_spill();
+    if result.is_err() {
+        if let Err(e) = fs::remove_dir_all(&root) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(root = %root.display(), "cannot remove the unpacked files: {e}");
+            }
         }
-        hash.written(index, data, &written, out, ad)
-            .map_err(|e| format!("cannot read the package back to hash it: {e}"))?;
     }
-    Ok(hash)
+    result.map(|_| StreamFigures { spilled })
 }
 
-/// The SHA-256 of the package's chunks `0..next`, all received.
-#[derive(Default)]
-struct InOrderHash {
-    stream: Sha256Stream,
-    /// The first chunk not hashed: not received yet.
+/// The package's bytes in order, from chunks that come in any order: the
+/// next chunk is handed over as delivered (no copy, no file); a chunk that
+/// comes before it (after a gap: a partition, a late join) is written to a
+/// spill file and read back when its turn comes.
+struct ChunkStream<'a> {
+    ad: &'a Advertisement,
+    chunks: mpsc::Receiver<Chunk>,
+    spill_path: PathBuf,
+    spill: Option<File>,
+    /// Chunks in the spill file.
+    in_spill: Vec<bool>,
+    spilled: u32,
+    /// The next chunk to take.
     next: u32,
-    /// For chunks hashed from the file.
-    buf: Vec<u8>,
+    /// The chunk being read, and where its unread bytes start.
+    current: Vec<u8>,
+    pos: usize,
+    /// Why the stream stopped short; the unpacker sees only an I/O error.
+    failure: Option<String>,
 }
 
-impl InOrderHash {
-    /// Chunk `index` (`data`) was just written to `file`: hashes it if it is
-    /// the next one, and after it every following chunk already held.
-    fn written(
-        &mut self,
-        index: u32,
-        data: &[u8],
-        have: &[bool],
-        file: &File,
-        ad: &Advertisement,
-    ) -> std::io::Result<()> {
-        if index != self.next {
+impl<'a> ChunkStream<'a> {
+    fn new(ad: &'a Advertisement, spill_path: PathBuf, chunks: mpsc::Receiver<Chunk>) -> Self {
+        ChunkStream {
+            ad,
+            chunks,
+            spill_path,
+            spill: None,
+            in_spill: vec![false; ad.chunks() as usize],
+            spilled: 0,
+            next: 0,
+            current: Vec::new(),
+            pos: 0,
+            failure: None,
+        }
+    }
+
+    /// Makes the next chunk current; `false` after the last.
+    fn advance(&mut self) -> Result<bool, String> {
+        let n = self.ad.chunks();
+        if self.next >= n {
+            return Ok(false);
+        }
+        let (offset, len) = self.ad.range(self.next);
+        if self
+            .in_spill
+            .get(self.next as usize)
+            .copied()
+            .unwrap_or(false)
+        {
+            let Some(file) = &self.spill else {
+                return Err("a bug: a chunk marked spilled without a spill file".into());
+            };
+            self.current.clear();
+            self.current.resize(len, 0);
+            file.read_exact_at(&mut self.current, offset)
+                .map_err(|e| format!("cannot read back a chunk that came early: {e}"))?;
+            self.pos = 0;
+        } else {
+            loop {
+                let Some(chunk) = self.chunks.blocking_recv() else {
+                    return Err(format!(
+                        "the transfer stopped with {} of {n} chunks unpacked",
+                        self.next
+                    ));
+                };
+                if chunk.index == self.next {
+                    self.current = chunk.payload;
+                    self.pos = chunk.data_start;
+                    break;
+                }
+                self.keep_for_later(&chunk)?;
+            }
+        }
+        if self.current.len().saturating_sub(self.pos) != len {
+            return Err(format!("chunk {} has the wrong size", self.next));
+        }
+        self.next += 1;
+        Ok(true)
+    }
+
+    /// Writes a chunk that came before its turn to the spill file.
+    fn keep_for_later(&mut self, chunk: &Chunk) -> Result<(), String> {
+        let Some(slot) = self.in_spill.get_mut(chunk.index as usize) else {
+            return Ok(());
+        };
+        // Taken already, or kept already: the receiver passes each chunk
+        // once, but nothing here relies on it.
+        if *slot || chunk.index < self.next {
             return Ok(());
         }
-        self.stream.update(data);
-        self.next += 1;
-        while have.get(self.next as usize).copied().unwrap_or(false) {
-            let (offset, len) = ad.range(self.next);
-            self.buf.resize(len, 0);
-            file.read_exact_at(&mut self.buf, offset)?;
-            self.stream.update(&self.buf);
-            self.next += 1;
+        let (offset, len) = self.ad.range(chunk.index);
+        let Some(data) = chunk.payload.get(chunk.data_start..) else {
+            return Ok(());
+        };
+        if data.len() != len {
+            return Ok(());
         }
+        let file = match &self.spill {
+            Some(file) => file,
+            None => {
+                let file = fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&self.spill_path)
+                    .map_err(|e| format!("cannot create the staging file: {e}"))?;
+                self.spill.insert(file)
+            }
+        };
+        file.write_all_at(data, offset)
+            .map_err(|e| format!("cannot write the package: {e}"))?;
+        *slot = true;
+        self.spilled += 1;
         Ok(())
+    }
+
+    fn remove_spill(&mut self) {
+        if self.spill.take().is_some() {
+            if let Err(e) = fs::remove_file(&self.spill_path) {
+                tracing::warn!(file = %self.spill_path.display(), "cannot remove the staging file: {e}");
+            }
+        }
+    }
+}
+
+impl std::io::BufRead for ChunkStream<'_> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        while self.pos >= self.current.len() {
+            if let Some(failure) = &self.failure {
+                return Err(std::io::Error::other(failure.clone()));
+            }
+            match self.advance() {
+                Ok(true) => {}
+                Ok(false) => return Ok(&[]),
+                Err(e) => {
+                    self.failure = Some(e.clone());
+                    return Err(std::io::Error::other(e));
+                }
+            }
+        }
+        Ok(&self.current[self.pos..])
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.pos = self.pos.saturating_add(amount).min(self.current.len());
+    }
+}
+
+impl std::io::Read for ChunkStream<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::BufRead;
+        let available = self.fill_buf()?;
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
     }
 }
 
@@ -1518,5 +1678,163 @@ mod tests {
         assert_eq!(ad.range(0), (0, 1024));
         assert_eq!(ad.range(2), (2048, 5));
         assert!(ad.check().is_ok());
+    }
+
+    /// A small package built the way `monitor package build` does, in
+    /// 1 KiB chunks: its advertisement, its bytes, and the file inside.
+    fn small_package(dir: &Path) -> (Advertisement, Vec<u8>, Vec<u8>) {
+        let src = dir.join("src");
+        fs::create_dir_all(&src).unwrap();
+        fs::write(
+            src.join(packages::MANIFEST_FILE),
+            "name: streamed\nversion: 1.0.0\ninstall: install.sh\n",
+        )
+        .unwrap();
+        fs::write(src.join("install.sh"), "true\n").unwrap();
+        // Incompressible, so the package has many chunks.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let data: Vec<u8> = (0..40_000)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        fs::write(src.join("data.bin"), &data).unwrap();
+        let file = dir.join("streamed.fpkg");
+        let built = packages::build(&src, &file).unwrap();
+        let bytes = fs::read(&file).unwrap();
+        let ad = Advertisement {
+            name: "streamed".into(),
+            version: "1.0.0".into(),
+            size: bytes.len() as u64,
+            sha256: built.sha256.0,
+            manifest: String::new(),
+            group: "pkg/x".into(),
+            chunk_size: 1024,
+            force: false,
+            timeout: Duration::from_secs(10),
+        };
+        (ad, bytes, data)
+    }
+
+    /// Runs [`unpack_stream`] over the chunks of `bytes` in `order` (a
+    /// prefix of it when the stream is cut short), as [`receive`] passes
+    /// them: each chunk in a payload behind a 6-byte header.
+    fn stream(
+        ad: &Advertisement,
+        bytes: &[u8],
+        order: &[u32],
+        work: &Path,
+    ) -> Result<StreamFigures, String> {
+        fs::create_dir_all(work).unwrap();
+        let (tx, rx) = mpsc::channel(order.len().max(1));
+        for &index in order {
+            let (offset, len) = ad.range(index);
+            let offset = offset as usize;
+            let payload = encode_chunk(index, &bytes[offset..offset + len]);
+            tx.try_send(Chunk {
+                index,
+                payload,
+                data_start: 6,
+            })
+            .unwrap();
+        }
+        drop(tx);
+        unpack_stream(ad, work, rx)
+    }
+
+    fn left_in(work: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(work)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_package_streamed_in_order_unpacks_without_a_staging_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ad, bytes, data) = small_package(dir.path());
+        let n = ad.chunks();
+        assert!(n > 20, "{n} chunks");
+        let work = dir.path().join("work");
+        let order: Vec<u32> = (0..n).collect();
+        let figures = stream(&ad, &bytes, &order, &work).unwrap();
+        assert_eq!(figures.spilled, 0);
+        assert_eq!(fs::read(work.join("root/data.bin")).unwrap(), data);
+        assert_eq!(left_in(&work), ["root"]);
+    }
+
+    #[test]
+    fn chunks_out_of_order_and_after_a_gap_unpack_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ad, bytes, data) = small_package(dir.path());
+        let n = ad.chunks();
+        // A gap (chunks 3 to 9 come last, as after a partition), the last
+        // chunk first, and a pair swapped.
+        let mut order: Vec<u32> = vec![n - 1];
+        order.extend([0, 2, 1]);
+        order.extend(10..n - 1);
+        order.extend((3..10).rev());
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..n).collect::<Vec<_>>());
+        let work = dir.path().join("work");
+        let figures = stream(&ad, &bytes, &order, &work).unwrap();
+        assert!(figures.spilled > 0);
+        assert_eq!(fs::read(work.join("root/data.bin")).unwrap(), data);
+        // The spill file is gone with the package verified.
+        assert_eq!(left_in(&work), ["root"]);
+    }
+
+    #[test]
+    fn a_digest_mismatch_after_streaming_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ad, bytes, _) = small_package(dir.path());
+        ad.sha256[0] ^= 1;
+        let n = ad.chunks();
+        let work = dir.path().join("work");
+        // Out of order too, so that a spill file was made.
+        let mut order: Vec<u32> = (0..n).collect();
+        order.swap(1, 5);
+        let error = stream(&ad, &bytes, &order, &work).unwrap_err();
+        assert!(error.contains("sha256 mismatch"), "{error}");
+        assert!(left_in(&work).is_empty(), "{:?}", left_in(&work));
+    }
+
+    #[test]
+    fn a_hostile_archive_with_the_right_digest_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ad, mut bytes, _) = small_package(dir.path());
+        // Damage the data (the gzip checksum no longer matches) and
+        // advertise the damaged package's digest: the digest passes, the
+        // unpacker refuses, and what it wrote goes.
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        let (digest, _) = packages::sha256_reader(&bytes[..]).unwrap();
+        ad.sha256 = digest.0;
+        let order: Vec<u32> = (0..ad.chunks()).collect();
+        let work = dir.path().join("work");
+        let error = stream(&ad, &bytes, &order, &work).unwrap_err();
+        assert!(error.contains("damaged"), "{error}");
+        assert!(left_in(&work).is_empty(), "{:?}", left_in(&work));
+    }
+
+    #[test]
+    fn a_stream_cut_short_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ad, bytes, _) = small_package(dir.path());
+        let n = ad.chunks();
+        // Most of the package, then the sender goes (the receive loop gave
+        // up), with a chunk waiting in the spill file.
+        let mut order: Vec<u32> = (0..n - 3).collect();
+        order.push(n - 1);
+        let work = dir.path().join("work");
+        let error = stream(&ad, &bytes, &order, &work).unwrap_err();
+        assert!(error.contains("transfer stopped"), "{error}");
+        assert!(left_in(&work).is_empty(), "{:?}", left_in(&work));
     }
 }

@@ -7,7 +7,7 @@
 //! is bounded in size before it is read into memory (the crate itself would
 //! read a long name of any claimed size).
 
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read};
 
 use flate2::bufread::GzDecoder;
 use tar::EntryType;
@@ -130,13 +130,25 @@ pub(crate) fn path_error(display: String, problem: PathProblem) -> UnpackError {
 /// bytes of file data in total; non-file entries that carry data; over-long
 /// extension headers. After the last entry it reads the rest of the gzip
 /// stream (a bounded amount), so the gzip checksum is verified too.
-pub(crate) fn walk<R, F, E>(gzip: R, limits: &Limits, mut visit: F) -> Result<Totals, E>
+pub(crate) fn walk<R, F, E>(gzip: R, limits: &Limits, visit: F) -> Result<Totals, E>
 where
     R: Read,
     F: FnMut(&ArchiveEntry, &mut dyn Read) -> Result<(), E>,
     E: From<UnpackError>,
 {
-    let mut archive = tar::Archive::new(GzDecoder::new(BufReader::with_capacity(READ_BUF, gzip)));
+    walk_buffered(BufReader::with_capacity(READ_BUF, gzip), limits, visit)
+}
+
+/// [`walk`] over a reader that buffers itself: the decompressor reads from
+/// its buffer in place (a package arriving in chunks is inflated straight
+/// from the chunks, without another copy).
+pub(crate) fn walk_buffered<R, F, E>(gzip: R, limits: &Limits, mut visit: F) -> Result<Totals, E>
+where
+    R: BufRead,
+    F: FnMut(&ArchiveEntry, &mut dyn Read) -> Result<(), E>,
+    E: From<UnpackError>,
+{
+    let mut archive = tar::Archive::new(GzDecoder::new(gzip));
     let mut totals = Totals::default();
     let mut pending = Pending::default();
     // Long names carry a NUL terminator.
@@ -373,9 +385,7 @@ fn bump_entries(totals: &mut Totals, limits: &Limits) -> Result<(), UnpackError>
 
 /// Reads what follows the end-of-archive marker up to the end of the gzip
 /// stream, so a damaged gzip checksum is noticed.
-fn archive_rest<R: Read>(
-    archive: tar::Archive<GzDecoder<BufReader<R>>>,
-) -> Result<(), UnpackError> {
+fn archive_rest<R: BufRead>(archive: tar::Archive<GzDecoder<R>>) -> Result<(), UnpackError> {
     let rest = archive.into_inner();
     let read = io::copy(&mut rest.take(MAX_TRAILER + 1), &mut io::sink())
         .map_err(UnpackError::Malformed)?;

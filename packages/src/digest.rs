@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -178,6 +178,63 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// Wraps a buffered reader and hashes everything its reader consumes, as
+/// it is handed out: bytes handed out but not consumed come back first at
+/// the next `fill_buf` (the `BufRead` contract) and are not hashed twice.
+pub(crate) struct HashingBufReader<R> {
+    inner: R,
+    stream: Sha256Stream,
+    /// Bytes at the start of the inner buffer already hashed.
+    ahead: usize,
+}
+
+impl<R: BufRead> HashingBufReader<R> {
+    pub(crate) fn new(inner: R) -> Self {
+        HashingBufReader {
+            inner,
+            stream: Sha256Stream::new(),
+            ahead: 0,
+        }
+    }
+
+    /// Reads whatever is left, then returns the digest and byte count of
+    /// everything.
+    pub(crate) fn drain(mut self) -> io::Result<(Sha256Digest, u64)> {
+        loop {
+            let len = self.fill_buf()?.len();
+            if len == 0 {
+                return Ok(self.stream.finish());
+            }
+            self.consume(len);
+        }
+    }
+}
+
+impl<R: BufRead> BufRead for HashingBufReader<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        let buf = self.inner.fill_buf()?;
+        let new = buf.get(self.ahead..).unwrap_or_default();
+        self.stream.update(new);
+        self.ahead = buf.len();
+        Ok(buf)
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.inner.consume(amount);
+        self.ahead = self.ahead.saturating_sub(amount);
+    }
+}
+
+impl<R: BufRead> Read for HashingBufReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
 /// The SHA-256 digest and length of everything `reader` yields.
 pub fn sha256_reader<R: Read>(reader: R) -> io::Result<(Sha256Digest, u64)> {
     HashingReader::new(reader).drain()
@@ -259,7 +316,11 @@ impl Sha256Stream {
     }
 }
 
-fn check(expected: &Sha256Digest, actual: Sha256Digest, size: u64) -> Result<(), VerifyError> {
+pub(crate) fn check(
+    expected: &Sha256Digest,
+    actual: Sha256Digest,
+    size: u64,
+) -> Result<(), VerifyError> {
     if actual == *expected {
         Ok(())
     } else {

@@ -23,7 +23,9 @@
 //! [`verify_digest`], [`unpack`] into an empty staging directory, read the
 //! staged manifest with [`Manifest::from_file`], [`run_script`] the install
 //! script from inside the staging directory, and only when all of that
-//! succeeded, [`PackageDb::record`].
+//! succeeded, [`PackageDb::record`]. [`unpack_verified`] does the first two
+//! in one pass over the data (a package arriving in parts is unpacked as
+//! they come); the script still runs only after its digest matched.
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -75,5 +77,7 @@ pub use paths::SymlinkProblem;
 pub use requirements::{HostFacts, NotEligible, Unmet};
 pub use script::{run_script, Captured, ExitStatus, ScriptError, ScriptOutcome, KILL_GRACE};
 pub use units::{format_bytes, parse_bytes, parse_duration, ParseUnitError};
-pub use unpack::{unpack, Limits, UnpackError, Unpacked};
+pub use unpack::{
+    unpack, unpack_buffered, unpack_verified, Limits, UnpackError, Unpacked, VerifiedUnpackError,
+};
 pub use version::{ParseVersionError, Version};

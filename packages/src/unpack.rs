@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -21,6 +21,7 @@ use nix::sys::stat::{fchmod, fstatat, mkdirat, Mode, SFlag};
 use nix::unistd::{linkat, symlinkat};
 
 use crate::archive::{self, ArchiveEntry, Kind};
+use crate::digest::{self, HashingBufReader, Sha256Digest, VerifyError};
 use crate::paths::{self, SymlinkProblem};
 
 /// Bounds on what [`unpack`] accepts.
@@ -288,6 +289,110 @@ pub fn unpack<R: Read>(
     staging_root: &Path,
     limits: &Limits,
 ) -> Result<Unpacked, UnpackError> {
+    unpack_with(staging_root, limits, |visit| {
+        archive::walk(archive, limits, visit)
+    })
+}
+
+/// [`unpack`] from a reader that buffers itself, such as a package that
+/// arrives in chunks: the decompressor reads its buffer in place instead of
+/// copying it into a buffer of its own. The same checks, the same cleanup
+/// on error.
+///
+/// Unpacking is only safe as far as the staging root goes: data whose
+/// digest is not yet verified may be unpacked, but nothing in the staging
+/// root may be used (scripts run, files moved into place) before the digest
+/// of the whole archive matched.
+pub fn unpack_buffered<R: BufRead>(
+    archive: R,
+    staging_root: &Path,
+    limits: &Limits,
+) -> Result<Unpacked, UnpackError> {
+    unpack_with(staging_root, limits, |visit| {
+        archive::walk_buffered(archive, limits, visit)
+    })
+}
+
+/// Why [`unpack_verified`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifiedUnpackError {
+    /// The archive's digest is not the expected one (whatever the unpacker
+    /// made of it), or reading it to its end failed. Nothing unpacked is
+    /// left.
+    #[error(transparent)]
+    Digest(#[from] VerifyError),
+    /// The digest matched, but the unpacker refused the archive or failed;
+    /// see [`UnpackError`] for what is left.
+    #[error(transparent)]
+    Unpack(#[from] UnpackError),
+    /// The digest did not match, and emptying the staging directory of what
+    /// had been unpacked failed: it needs a look.
+    #[error("{original}; also, cleaning up staging directory {} failed: {source}", path.display())]
+    Cleanup {
+        /// The mismatch.
+        original: VerifyError,
+        /// The staging directory.
+        path: PathBuf,
+        /// Why cleaning up failed.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// [`unpack_buffered`] in the same pass as checking the SHA-256 digest of
+/// the whole archive, for data that must not be read twice (a package
+/// arriving over the network): hashes every byte as the unpacker takes it,
+/// reads `archive` to its end after the archive's last entry, and checks
+/// the digest against `expected` before returning.
+///
+/// The digest comes first: a mismatch is reported as such whatever the
+/// unpacker made of the data, and empties the staging root. Only `Ok` says
+/// the staging root holds the expected package; nothing in it may be used
+/// (scripts run, files moved into place) before that.
+pub fn unpack_verified<R: BufRead>(
+    archive: R,
+    staging_root: &Path,
+    limits: &Limits,
+    expected: &Sha256Digest,
+) -> Result<Unpacked, VerifiedUnpackError> {
+    let mut hashing = HashingBufReader::new(archive);
+    let unpacked = unpack_buffered(&mut hashing, staging_root, limits);
+    if let Err(e @ (UnpackError::StagingNotEmpty { .. } | UnpackError::StagingUnusable { .. })) =
+        unpacked
+    {
+        // Refused before anything was unpacked: the directory is not ours
+        // to empty.
+        return Err(e.into());
+    }
+    let verified = hashing
+        .drain()
+        .map_err(|source| VerifyError::Read {
+            what: "the package data".to_owned(),
+            source,
+        })
+        .and_then(|(actual, size)| digest::check(expected, actual, size));
+    match (verified, unpacked) {
+        (Ok(()), unpacked) => Ok(unpacked?),
+        // The unpacker emptied the staging root on its error.
+        (Err(mismatch), Err(_)) => Err(mismatch.into()),
+        (Err(mismatch), Ok(_)) => match empty_dir(staging_root) {
+            Ok(()) => Err(mismatch.into()),
+            Err(source) => Err(VerifiedUnpackError::Cleanup {
+                original: mismatch,
+                path: staging_root.to_owned(),
+                source,
+            }),
+        },
+    }
+}
+
+type Visit<'v> = &'v mut dyn FnMut(&ArchiveEntry, &mut dyn Read) -> Result<(), UnpackError>;
+
+fn unpack_with(
+    staging_root: &Path,
+    limits: &Limits,
+    walk: impl FnOnce(Visit<'_>) -> Result<archive::Totals, UnpackError>,
+) -> Result<Unpacked, UnpackError> {
     let root = open_staging_root(staging_root)?;
     let mut state = State {
         root,
@@ -303,7 +408,7 @@ pub fn unpack<R: Read>(
         },
         buf: Vec::new(),
     };
-    match archive::walk(archive, limits, |entry, data| state.apply(entry, data)) {
+    match walk(&mut |entry, data| state.apply(entry, data)) {
         Ok(_) => Ok(state.unpacked),
         Err(error) => match empty_dir(staging_root) {
             Ok(()) => Err(error),

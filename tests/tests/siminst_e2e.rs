@@ -275,7 +275,9 @@ fn spawn_siminst(fleet: &Fleet, file: &Path) -> Result<std::process::Child, Erro
         .spawn()?)
 }
 
-/// Waits until daemon `i` has received part of a package.
+/// Waits until daemon `i` has received part of a package: a receiver
+/// unpacks as the chunks come, and the manifest is the package's first
+/// entry.
 fn wait_receiving(fleet: &Fleet, i: usize, limit: Duration) -> Result<(), Error> {
     let deadline = Instant::now() + limit;
     let staging = fleet.daemons[i].home.join("data/siminst/staging");
@@ -284,7 +286,7 @@ fn wait_receiving(fleet: &Fleet, i: usize, limit: Duration) -> Result<(), Error>
             .into_iter()
             .flatten()
             .flatten()
-            .any(|e| e.path().join("package").exists());
+            .any(|e| e.path().join("root/flotilla.yaml").exists());
         if receiving {
             return Ok(());
         }

@@ -617,3 +617,208 @@ fn archive_cut_inside_a_large_file() {
     let e = refused(good[..good.len() * 3 / 4].to_vec());
     assert!(matches!(e, UnpackError::Malformed(_)), "{e}");
 }
+
+/// Hands out an archive a few bytes at a time through its own buffer, as
+/// a package arriving in small parts would.
+struct Trickle<'a> {
+    data: &'a [u8],
+    piece: usize,
+}
+
+impl io::Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.fill_buf()?.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for Trickle<'_> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        Ok(&self.data[..self.piece.min(self.data.len())])
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.data = &self.data[amount.min(self.data.len())..];
+    }
+}
+
+/// The buffered entry point unpacks from the caller's buffer, whatever the
+/// size of its pieces, exactly what [`unpack`] does from a reader.
+#[test]
+fn unpack_buffered_in_small_pieces_matches_unpack() {
+    let big: Vec<u8> = (0..2 * COPY_BUF + 5).map(|i| (i * 7 % 251) as u8).collect();
+    let gz = benign().file("big", &big).file("small", b"small").gz();
+    for piece in [1, 511, 4096, COPY_BUF + 3] {
+        let scratch = Scratch::new();
+        let unpacked = unpack_buffered(
+            Trickle { data: &gz, piece },
+            &scratch.staging(),
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(unpacked.files, 4, "pieces of {piece}");
+        let staging = scratch.staging();
+        assert_eq!(fs::read(staging.join("big")).unwrap(), big);
+        assert_eq!(fs::read(staging.join("ok/a.txt")).unwrap(), b"hello");
+        assert_eq!(
+            fs::read_link(staging.join("ok/link")).unwrap(),
+            Path::new("a.txt")
+        );
+    }
+}
+
+/// The buffered entry point refuses what [`unpack`] refuses, and cleans up
+/// the same way.
+#[test]
+fn unpack_buffered_refuses_and_cleans_up_the_same() {
+    let archives = [
+        benign().file("../escape", b"x").gz(),
+        benign().symlink("out", "../..").gz(),
+        benign().raw(EntryType::Char, b"dev", b"", 0o644, b"").gz(),
+    ];
+    for gz in archives {
+        let scratch = Scratch::new();
+        let error = unpack_buffered(
+            Trickle {
+                data: &gz,
+                piece: 1000,
+            },
+            &scratch.staging(),
+            &Limits::default(),
+        )
+        .unwrap_err();
+        let plain = refused(gz.clone());
+        assert_eq!(error.to_string(), plain.to_string());
+        scratch.assert_clean();
+    }
+    let big: Vec<u8> = (0..4 * COPY_BUF).map(|i| (i * 31 % 253) as u8).collect();
+    let good = benign().file("big", &big).gz();
+    let cut = &good[..good.len() * 3 / 4];
+    let scratch = Scratch::new();
+    let error = unpack_buffered(
+        Trickle {
+            data: cut,
+            piece: 4096,
+        },
+        &scratch.staging(),
+        &Limits::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(error, UnpackError::Malformed(_)), "{error}");
+    scratch.assert_clean();
+}
+
+fn digest_of(data: &[u8]) -> Sha256Digest {
+    crate::sha256_reader(data).unwrap().0
+}
+
+fn verified(
+    gz: &[u8],
+    expected: &Sha256Digest,
+) -> (Scratch, Result<Unpacked, VerifiedUnpackError>) {
+    let scratch = Scratch::new();
+    let result = unpack_verified(
+        Trickle {
+            data: gz,
+            piece: 4096,
+        },
+        &scratch.staging(),
+        &Limits::default(),
+        expected,
+    );
+    (scratch, result)
+}
+
+#[test]
+fn unpack_verified_unpacks_what_has_the_expected_digest() {
+    let gz = benign().file("data", b"payload").gz();
+    let (scratch, result) = verified(&gz, &digest_of(&gz));
+    assert_eq!(result.unwrap().files, 3);
+    assert_eq!(
+        fs::read(scratch.staging().join("data")).unwrap(),
+        b"payload"
+    );
+}
+
+/// A wrong digest empties the staging root even though the archive
+/// unpacked, and is reported as a wrong digest even when the archive is
+/// hostile too.
+#[test]
+fn unpack_verified_with_a_wrong_digest_leaves_nothing() {
+    let gz = benign().file("data", b"payload").gz();
+    let mut wrong = digest_of(&gz);
+    wrong.0[31] ^= 1;
+    let (scratch, result) = verified(&gz, &wrong);
+    let e = result.unwrap_err();
+    assert!(
+        matches!(e, VerifiedUnpackError::Digest(VerifyError::Mismatch(_))),
+        "{e}"
+    );
+    scratch.assert_clean();
+    let hostile = benign().file("../escape", b"x").gz();
+    let (scratch, result) = verified(&hostile, &wrong);
+    let e = result.unwrap_err();
+    assert!(
+        matches!(e, VerifiedUnpackError::Digest(VerifyError::Mismatch(_))),
+        "{e}"
+    );
+    scratch.assert_clean();
+}
+
+/// A hostile archive with the expected digest (the sender meant it) is the
+/// unpacker's refusal, and leaves nothing either.
+#[test]
+fn unpack_verified_refuses_a_hostile_archive_whatever_its_digest() {
+    let hostile = benign().symlink("out", "../..").gz();
+    let (scratch, result) = verified(&hostile, &digest_of(&hostile));
+    let e = result.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            VerifiedUnpackError::Unpack(UnpackError::SymlinkEscape { .. })
+        ),
+        "{e}"
+    );
+    scratch.assert_clean();
+}
+
+/// The digest covers the whole data, not just the gzip stream the
+/// unpacker reads: whatever follows it is hashed too.
+#[test]
+fn unpack_verified_hashes_what_follows_the_archive() {
+    let mut data = benign().gz();
+    let archive_only = digest_of(&data);
+    data.extend_from_slice(&[7; 100_000]);
+    let (_, result) = verified(&data, &digest_of(&data));
+    assert!(result.is_ok());
+    let (scratch, result) = verified(&data, &archive_only);
+    assert!(matches!(result, Err(VerifiedUnpackError::Digest(_))));
+    scratch.assert_clean();
+}
+
+/// A staging directory that is not empty is refused before anything is
+/// read, and what was in it stays.
+#[test]
+fn unpack_verified_leaves_a_staging_directory_it_refused_alone() {
+    let gz = benign().gz();
+    let scratch = Scratch::new();
+    fs::create_dir(scratch.staging()).unwrap();
+    fs::write(scratch.staging().join("theirs"), b"keep").unwrap();
+    let e = unpack_verified(
+        &gz[..],
+        &scratch.staging(),
+        &Limits::default(),
+        &digest_of(&gz),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            VerifiedUnpackError::Unpack(UnpackError::StagingNotEmpty { .. })
+        ),
+        "{e}"
+    );
+    assert_eq!(fs::read(scratch.staging().join("theirs")).unwrap(), b"keep");
+}
