@@ -1022,6 +1022,11 @@ async fn receive<G: Group>(
         }
     };
     let received = Instant::now();
+    if result.is_ok() && held == n {
+        // The unpacker still has the tail of the package to unpack and
+        // the digest to check before the host installs.
+        progress(group, job, host, "verifying".into());
+    }
     drop(events);
     if let Err(e) = group.leave_group(&ad.group).await {
         tracing::debug!(%job, "leaving the installation group: {e}");

@@ -152,7 +152,7 @@ pub(crate) async fn install(
         );
     }
     // Per host: what its last progress line said (receiving 40%,
-    // verifying and installing).
+    // verifying, installing).
     let mut states: BTreeMap<String, String> = BTreeMap::new();
     let report = follow(&mut connection, |event, tracker| {
         if let FollowEvent::Output { host, line, .. } = event {
