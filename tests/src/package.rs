@@ -5,6 +5,18 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// Whether a daemon whose siminst staging directory is `staging`
+/// (`DATA_DIR/siminst/staging`) has a package arriving: a receiver unpacks
+/// as the chunks come, and the manifest is a package's first entry, so it
+/// is there once the first chunk is.
+pub fn package_arriving(staging: &Path) -> bool {
+    std::fs::read_dir(staging)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.path().join("root/flotilla.yaml").exists())
+}
+
 /// What a siminst origin logged when it was done serving a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OriginFigures {

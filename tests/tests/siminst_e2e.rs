@@ -6,7 +6,9 @@
 //! daemons do it without starving their heartbeats.
 
 use flotilla_tests::hosts_with;
-use flotilla_tests::package::{await_origin_figures, packages_by_host, PackageSource};
+use flotilla_tests::package::{
+    await_origin_figures, package_arriving, packages_by_host, PackageSource,
+};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -282,12 +284,7 @@ fn wait_receiving(fleet: &Fleet, i: usize, limit: Duration) -> Result<(), Error>
     let deadline = Instant::now() + limit;
     let staging = fleet.daemons[i].home.join("data/siminst/staging");
     loop {
-        let receiving = std::fs::read_dir(&staging)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|e| e.path().join("root/flotilla.yaml").exists());
-        if receiving {
+        if package_arriving(&staging) {
             return Ok(());
         }
         if Instant::now() > deadline {

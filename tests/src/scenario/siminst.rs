@@ -77,14 +77,9 @@ pub fn build_package(
     Ok(file)
 }
 
-/// Whether host `h` has a package in progress (a `staging/*/package`
-/// file).
+/// Whether host `h` has a package arriving.
 fn receiving(fleet: &MgmtFleet, h: usize) -> bool {
-    std::fs::read_dir(fleet.data_dir(h).join("siminst/staging"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|e| e.path().join("package").exists())
+    crate::package::package_arriving(&fleet.data_dir(h).join("siminst/staging"))
 }
 
 /// The packages `monitor status` lists for each host ("name version").
@@ -146,14 +141,14 @@ pub fn siminst_with_a_host_cut_off(hosts: usize) -> Result<MgmtOutcome, Scenario
     let chunks = size.div_ceil(CHUNK);
     let pending = fleet.spawn_monitor(0, &["siminst", "--timeout", "120s", &file_arg])?;
     let start = Instant::now();
-    // The staging file appears (at its full size: it is reserved up front)
-    // when the host joins the installation group; the chunks follow.
+    // The unpacked manifest appears with the first chunk, when the host
+    // has joined the installation group; the other chunks follow.
     while !receiving(&fleet, cut_host) {
         if start.elapsed() > Duration::from_secs(60) {
             return Err(ScenarioError::Timeout {
                 what: format!("h{} to start receiving the package", cut_host + 1),
                 waited: Duration::from_secs(60),
-                seen: "no staging file".into(),
+                seen: "no package arriving (no unpacked manifest)".into(),
             });
         }
         std::thread::sleep(Duration::from_millis(5));
