@@ -66,16 +66,22 @@ fn fleet_rss(fleet: &Fleet) -> (f64, f64) {
 
 fn simex_once(fleet: &Fleet, command: &str) -> Result<Duration, Error> {
     let start = Instant::now();
-    let status = Command::new(&fleet.bin.monitor)
+    // The report is read only when the simex failed, after the time is
+    // taken; a report of 50 hosts fits the pipe.
+    let output = Command::new(&fleet.bin.monitor)
         .env("FLOTILLA_SOCKET", fleet.daemons[0].socket())
         .args(["simex", "--", command])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?;
+        .output()?;
     let elapsed = start.elapsed();
-    if !status.success() {
-        return Err(format!("monitor simex -- {command} exited with {status}").into());
+    if !output.status.success() {
+        return Err(format!(
+            "monitor simex -- {command} exited with {}; its report:\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
     }
     Ok(elapsed)
 }
