@@ -26,7 +26,7 @@ const MAX_TRAILER: u64 = 1024 * 1024;
 /// than 128 KiB was no better alone and worse with ten unpacks at once on
 /// two cores: 512 KiB reads made one in ten of them take 2-3 times the CPU
 /// (see `examples/unpack_speed.rs` and BENCHMARKS.md, siminst run 12).
-const READ_BUF: usize = 128 * 1024;
+pub(crate) const READ_BUF: usize = 128 * 1024;
 
 /// What an entry creates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

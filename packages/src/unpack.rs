@@ -289,9 +289,11 @@ pub fn unpack<R: Read>(
     staging_root: &Path,
     limits: &Limits,
 ) -> Result<Unpacked, UnpackError> {
-    unpack_with(staging_root, limits, |visit| {
-        archive::walk(archive, limits, visit)
-    })
+    unpack_buffered(
+        std::io::BufReader::with_capacity(archive::READ_BUF, archive),
+        staging_root,
+        limits,
+    )
 }
 
 /// [`unpack`] from a reader that buffers itself, such as a package that
@@ -308,9 +310,32 @@ pub fn unpack_buffered<R: BufRead>(
     staging_root: &Path,
     limits: &Limits,
 ) -> Result<Unpacked, UnpackError> {
-    unpack_with(staging_root, limits, |visit| {
-        archive::walk_buffered(archive, limits, visit)
-    })
+    let root = open_staging_root(staging_root)?;
+    let mut state = State {
+        root,
+        limits,
+        regular_files: BTreeSet::new(),
+        unpacked: Unpacked {
+            root: staging_root.to_owned(),
+            files: 0,
+            directories: 0,
+            symlinks: 0,
+            hardlinks: 0,
+            bytes: 0,
+        },
+        buf: Vec::new(),
+    };
+    match archive::walk_buffered(archive, limits, |entry, data| state.apply(entry, data)) {
+        Ok(_) => Ok(state.unpacked),
+        Err(error) => match empty_dir(staging_root) {
+            Ok(()) => Err(error),
+            Err(source) => Err(UnpackError::Cleanup {
+                original: Box::new(error),
+                path: staging_root.to_owned(),
+                source,
+            }),
+        },
+    }
 }
 
 /// Why [`unpack_verified`] failed.
@@ -379,41 +404,6 @@ pub fn unpack_verified<R: BufRead>(
             Ok(()) => Err(mismatch.into()),
             Err(source) => Err(VerifiedUnpackError::Cleanup {
                 original: mismatch,
-                path: staging_root.to_owned(),
-                source,
-            }),
-        },
-    }
-}
-
-type Visit<'v> = &'v mut dyn FnMut(&ArchiveEntry, &mut dyn Read) -> Result<(), UnpackError>;
-
-fn unpack_with(
-    staging_root: &Path,
-    limits: &Limits,
-    walk: impl FnOnce(Visit<'_>) -> Result<archive::Totals, UnpackError>,
-) -> Result<Unpacked, UnpackError> {
-    let root = open_staging_root(staging_root)?;
-    let mut state = State {
-        root,
-        limits,
-        regular_files: BTreeSet::new(),
-        unpacked: Unpacked {
-            root: staging_root.to_owned(),
-            files: 0,
-            directories: 0,
-            symlinks: 0,
-            hardlinks: 0,
-            bytes: 0,
-        },
-        buf: Vec::new(),
-    };
-    match walk(&mut |entry, data| state.apply(entry, data)) {
-        Ok(_) => Ok(state.unpacked),
-        Err(error) => match empty_dir(staging_root) {
-            Ok(()) => Err(error),
-            Err(source) => Err(UnpackError::Cleanup {
-                original: Box::new(error),
                 path: staging_root.to_owned(),
                 source,
             }),
