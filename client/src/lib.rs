@@ -9,6 +9,8 @@
 //!   [`auth`], and the session is sealed);
 //! - [`tracker`]: the M and NR sets of a command, pure and tested;
 //! - [`follow`]: following a job's answer to its report;
+//! - [`loopback`]: free ports for fleets on one machine (`monitor demo`,
+//!   the tests);
 //! - the vocabulary both sides share: [`JobId`], [`Outcome`], and the
 //!   cluster key file ([`key`]).
 //!
@@ -40,6 +42,7 @@ pub mod follow;
 pub mod frame;
 pub mod job;
 pub mod key;
+pub mod loopback;
 pub mod message;
 pub mod outcome;
 pub mod report_error;

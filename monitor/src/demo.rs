@@ -8,7 +8,6 @@
 //! `mgmtd` is looked for beside this executable; when `monitor` runs under
 //! `cargo run` and it is not there yet, it is built first.
 
-use std::net::UdpSocket;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -86,8 +85,8 @@ fn find_mgmtd() -> anyhow::Result<PathBuf> {
 }
 
 fn free_udp_port() -> anyhow::Result<u16> {
-    let socket = UdpSocket::bind("127.0.0.1:0").context("cannot find a free UDP port")?;
-    Ok(socket.local_addr()?.port())
+    flotilla_client::loopback::free_port(flotilla_client::loopback::Protocol::Udp)
+        .context("cannot find a free UDP port on 127.0.0.1")
 }
 
 impl Fleet {

@@ -7,13 +7,12 @@
 //! dropping the fleet kills every daemon it started, so a failing test
 //! leaves nothing running. Every wait is bounded.
 
-use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use flotilla_client::ClusterKey;
+use flotilla_client::{loopback, ClusterKey};
 
 /// Any error, for tests.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -89,50 +88,10 @@ fn build(force_release: bool) -> Result<Binaries, Error> {
 }
 
 /// A UDP port on loopback that is free now (bound and released; the
-/// daemon binds it a moment later). See [`free_port`] for where it comes
-/// from.
+/// daemon binds it a moment later), from below the ephemeral range (see
+/// [`flotilla_client::loopback`] for why).
 pub fn free_udp_port() -> Result<u16, Error> {
-    free_port(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok()).map_or_else(
-        || Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port()),
-        Ok,
-    )
-}
-
-/// Ports [`free_port`] handed out in this process: the tests of one binary
-/// run on threads of one process, each picking ports for a whole fleet.
-static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-    std::sync::Mutex::new(std::collections::BTreeSet::new());
-
-/// A port, at random from below the kernel's ephemeral range, that `free`
-/// says is free and that this process has not handed out before; `None`
-/// when there is no such range or no luck in a thousand draws.
-///
-/// Not port 0: a port the kernel picked for a port-0 bind and that was then
-/// released goes back to the pool that every other process's port-0 binds
-/// (and connects) draw from. A fleet of 50 daemons is started one after
-/// the other over a second or more, and with other tests and benchmarks
-/// running beside it, another process took one of its ports now and then:
-/// one daemon exited with "Address already in use" and the fleet never
-/// formed (one member short). Below the ephemeral range only explicit
-/// binds land.
-fn free_port(free: impl Fn(u16) -> bool) -> Option<u16> {
-    const LOWEST: u16 = 10_000;
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next().and_then(|p| p.parse().ok()))
-        .unwrap_or(32_768u16);
-    if ephemeral_low < LOWEST + 1_000 {
-        return None;
-    }
-    let mut handed_out = HANDED_OUT
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    (0..1_000)
-        .map(|_| fastrand::u16(LOWEST..ephemeral_low))
-        .find(|&p| !handed_out.contains(&p) && free(p))
-        .inspect(|&p| {
-            handed_out.insert(p);
-        })
+    Ok(loopback::free_port(loopback::Protocol::Udp)?)
 }
 
 /// A `multicast:` section for [`FleetOptions::extra`], on a group and port
@@ -146,16 +105,9 @@ pub fn multicast_section(disseminate: bool) -> Result<String, Error> {
     ))
 }
 
-/// A free TCP port on loopback (see [`free_port`]).
+/// A free TCP port on loopback (see [`free_udp_port`]).
 pub fn free_tcp_port() -> Result<u16, Error> {
-    free_port(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()).map_or_else(
-        || {
-            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port())
-        },
-        Ok,
-    )
+    Ok(loopback::free_port(loopback::Protocol::Tcp)?)
 }
 
 /// One daemon.
