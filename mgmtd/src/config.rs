@@ -27,6 +27,8 @@
 //! | `seeds` | no | peers to contact, `HOST:PORT` each (a host name is resolved when used) |
 //! | `multicast.group`, `multicast.port` | no | IP multicast discovery |
 //! | `multicast.disseminate` | no | `true`: also send what goes to every member once to the group instead of once per member (every daemon of the fleet must then be on the same group); default `false` |
+//! | `multicast.interface` | no | the IPv4 address of the interface to join the group on and send to it from; default: the `listen` address when that is a specific one, else the system's choice (the default route's interface) |
+//! | `multicast.ttl` | no | hops a group datagram may cross, 1 (default: the local network) to 255 |
 //! | `cluster_key` | yes | the key file written by `mgmtd keygen` |
 //! | `data_dir` | yes | where the server keeps its state, job outcomes and audit log |
 //! | `attributes` | no | free-form `key: value` host attributes; `os`, `arch` and `hostname` are detected, and a value given here overrides the detected one |
@@ -51,7 +53,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -108,6 +110,12 @@ seeds:
 #   # data such as siminst packages) once to the group rather than once per
 #   # member. Every server of the fleet must use the same group. Default false.
 #   disseminate: true
+#   # The interface for the group, by its IPv4 address, on a host with
+#   # several networks (default: the listen address, or the default route's
+#   # interface when listening on 0.0.0.0).
+#   interface: 10.0.0.1
+#   # Routers a group datagram may cross (default 1: the local network).
+#   ttl: 1
 
 # The fleet's shared secret, written by `mgmtd keygen FILE` (mode 0600).
 cluster_key: /etc/flotilla/cluster.key
@@ -225,6 +233,12 @@ pub struct Multicast {
     /// Whether what goes to every member is sent once to the group rather
     /// than once per member (`multicast.disseminate`, default false).
     pub disseminate: bool,
+    /// The IPv4 address of the interface to join and send on
+    /// (`multicast.interface`); `None`: the listen address's interface, or
+    /// the system's choice.
+    pub interface: Option<Ipv4Addr>,
+    /// Time to live of group datagrams (`multicast.ttl`, 1 to 255, default 1).
+    pub ttl: u8,
 }
 
 /// Where monitors connect.
@@ -654,12 +668,14 @@ struct RawConfig {
 #[derive(Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with group, port and disseminate"
+    expecting = "a mapping with group, port, disseminate, interface and ttl"
 )]
 struct RawMulticast {
     group: Option<MulticastGroup>,
     port: Option<Port>,
     disseminate: Option<Switch>,
+    interface: Option<MulticastInterface>,
+    ttl: Option<Ttl>,
 }
 
 #[derive(Deserialize)]
@@ -719,8 +735,25 @@ impl RawConfig {
                     .ok_or_else(|| ConfigError::missing(file, "multicast.port", EXPECT_PORT))?
                     .0,
                 disseminate: raw.disseminate.is_some_and(|d| d.0),
+                interface: raw.interface.map(|i| i.0),
+                ttl: raw.ttl.map_or(1, |t| t.0),
             }),
         };
+        if let Some(interface) = multicast.and_then(|m| m.interface) {
+            // Group datagrams leave from the unicast socket with its
+            // address as their source; out of another interface, that
+            // source is martian to the receivers' kernels and dropped.
+            if !listen.ip().is_unspecified() && listen.ip() != IpAddr::V4(interface) {
+                return Err(ConfigError::invalid(
+                    file,
+                    "multicast.interface",
+                    format!(
+                        "{interface} is not the listen address {}: group datagrams are sent from the listen socket, so listen on {interface} or on 0.0.0.0",
+                        listen.ip()
+                    ),
+                ));
+            }
+        }
         let cluster_key = self
             .cluster_key
             .ok_or_else(|| ConfigError::missing(file, "cluster_key", EXPECT_KEY_FILE))?
@@ -1046,6 +1079,28 @@ scalar_type!(
     EXPECT_PORT,
     |v| match v {
         Scalar::Int(n) => u16::try_from(*n).ok().filter(|&p| p != 0),
+        _ => None,
+    }
+);
+
+const EXPECT_INTERFACE: &str =
+    "the IPv4 address of one of this host's interfaces, like \"10.0.0.1\"";
+scalar_type!(
+    /// `multicast.interface`.
+    MulticastInterface(Ipv4Addr),
+    EXPECT_INTERFACE,
+    |v| v
+        .as_str()
+        .and_then(|s| s.trim().parse::<Ipv4Addr>().ok())
+        .filter(|a| !a.is_unspecified() && !a.is_multicast() && !a.is_broadcast())
+);
+
+scalar_type!(
+    /// `multicast.ttl`.
+    Ttl(u8),
+    "a hop count from 1 to 255",
+    |v| match v {
+        Scalar::Int(n) => u8::try_from(*n).ok().filter(|&t| t != 0),
         _ => None,
     }
 );

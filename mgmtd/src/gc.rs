@@ -407,6 +407,10 @@ pub async fn start(
                     multicast.port,
                 ));
                 m.disseminate = multicast.disseminate;
+                m.ttl = u32::from(multicast.ttl);
+                if let Some(interface) = multicast.interface {
+                    m.interface = interface;
+                }
                 runtime_config.multicast = Some(m);
             }
             std::net::IpAddr::V6(_) => {

@@ -54,3 +54,8 @@ fn siminst_over_ip_multicast_on_the_bridge() {
 fn e_rolling_restart_while_simex_runs() {
     run(|| mgmt::rolling_restart(4));
 }
+
+#[test]
+fn discovery_through_multicast_on_the_named_interface() {
+    run(|| mgmt::discovery_on_the_named_interface(3));
+}

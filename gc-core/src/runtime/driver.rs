@@ -1155,7 +1155,17 @@ impl Driver {
             Err(e) => {
                 self.io.send_errors += 1;
                 if let Some(n) = self.logs.send_error.hit(std::time::Instant::now()) {
-                    warn!(dest = %transmit.dest, errors = n, error = %e, "UDP send failed");
+                    if transmit.dest.ip().is_multicast()
+                        && e.kind() == std::io::ErrorKind::NetworkUnreachable
+                    {
+                        // A host with no default route and no route for
+                        // 224.0.0.0/4 has no interface for the group
+                        // unless the configuration names one.
+                        warn!(dest = %transmit.dest, errors = n, error = %e,
+                            "UDP send to the multicast group failed: no route for the group; name the interface to use (MulticastConfig::interface, mgmtd's multicast.interface)");
+                    } else {
+                        warn!(dest = %transmit.dest, errors = n, error = %e, "UDP send failed");
+                    }
                 }
             }
         }

@@ -112,6 +112,8 @@ multicast:
   group: 239.255.70.76
   port: 7947
   disseminate: true
+  interface: 10.0.0.3
+  ttl: 4
 attributes:
   os: plan9
   gpus: 2
@@ -138,6 +140,8 @@ gc:
             group: "239.255.70.76".parse()?,
             port: 7947,
             disseminate: true,
+            interface: Some(Ipv4Addr::new(10, 0, 0, 3)),
+            ttl: 4,
         })
     );
     let attributes: Vec<(&str, &str)> = config
@@ -231,7 +235,7 @@ fn unknown_keys_are_refused_with_the_keys_expected() {
     );
     assert_eq!(
         error(&with("multicast:\n  group: 239.1.1.1\n  prot: 1\n")),
-        "mgmtd.yaml: multicast: unknown key \"prot\" (expected one of: group, port, disseminate) (line 7, column 3)"
+        "mgmtd.yaml: multicast: unknown key \"prot\" (expected one of: group, port, disseminate, interface, ttl) (line 7, column 3)"
     );
 }
 
@@ -444,6 +448,47 @@ fn multicast_dissemination_is_off_unless_asked() -> TestResult {
             "multicast:\n  group: 239.255.70.76\n  port: 7947\n  disseminate: yes please\n"
         )),
         "mgmtd.yaml: multicast.disseminate: expected true or false, found \"yes please\" (line 8, column 16)"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_multicast_interface_and_ttl_are_checked() -> TestResult {
+    let default = parse(&with("multicast:\n  group: 239.255.70.76\n  port: 7947\n"))?;
+    assert_eq!(
+        default.multicast.map(|m| (m.interface, m.ttl)),
+        Some((None, 1))
+    );
+    let group = "multicast:\n  group: 239.255.70.76\n  port: 7947\n";
+    assert_eq!(
+        error(&with(&format!("{group}  interface: eth0\n"))),
+        "mgmtd.yaml: multicast.interface: expected the IPv4 address of one of this host's interfaces, like \"10.0.0.1\", found \"eth0\" (line 8, column 14)"
+    );
+    assert_eq!(
+        error(&with(&format!("{group}  interface: 0.0.0.0\n"))),
+        "mgmtd.yaml: multicast.interface: expected the IPv4 address of one of this host's interfaces, like \"10.0.0.1\", found \"0.0.0.0\" (line 8, column 14)"
+    );
+    assert_eq!(
+        error(&with(&format!("{group}  ttl: 0\n"))),
+        "mgmtd.yaml: multicast.ttl: expected a hop count from 1 to 255, found 0 (line 8, column 8)"
+    );
+    assert_eq!(
+        error(&with(&format!("{group}  ttl: 256\n"))),
+        "mgmtd.yaml: multicast.ttl: expected a hop count from 1 to 255, found 256 (line 8, column 8)"
+    );
+    // A listen address on another interface would be the source of the
+    // group datagrams sent out of this one.
+    let on_one_address = format!(
+        "name: web-1\nlisten: 10.0.0.2:7946\ncluster_key: k\ndata_dir: d\n{group}  interface: 10.0.0.3\n"
+    );
+    assert_eq!(
+        error(&on_one_address),
+        "mgmtd.yaml: multicast.interface: 10.0.0.3 is not the listen address 10.0.0.2: group datagrams are sent from the listen socket, so listen on 10.0.0.3 or on 0.0.0.0"
+    );
+    let matching = on_one_address.replace("10.0.0.2", "10.0.0.3");
+    assert_eq!(
+        parse(&matching)?.multicast.and_then(|m| m.interface),
+        Some(Ipv4Addr::new(10, 0, 0, 3))
     );
     Ok(())
 }

@@ -225,6 +225,11 @@ pub struct MgmtOptions {
     /// IP multicast over the bridge: discovery and dissemination
     /// (`multicast: {group, port, disseminate: true}`).
     pub multicast: bool,
+    /// With [`MgmtOptions::multicast`]: the daemons listen on 0.0.0.0, know
+    /// no seeds and name the interface for the group
+    /// (`multicast.interface`), on hosts without a multicast route, where
+    /// the system has no interface to choose for the group by itself.
+    pub multicast_interface: bool,
 }
 
 impl MgmtOptions {
@@ -236,6 +241,7 @@ impl MgmtOptions {
             maps: false,
             gc: String::new(),
             multicast: false,
+            multicast_interface: false,
         }
     }
 }
@@ -302,6 +308,10 @@ impl MgmtFleet {
         } else {
             String::new()
         };
+        let by_interface = opts.multicast && opts.multicast_interface;
+        if by_interface {
+            vlan.remove_multicast_routes()?;
+        }
         let mut procs = Vec::new();
         for h in vlan.hosts() {
             let home = host_dir(&run, &h.name);
@@ -309,15 +319,26 @@ impl MgmtFleet {
             let seeds: Vec<String> = vlan
                 .hosts()
                 .iter()
-                .filter(|o| o.index != h.index)
+                .filter(|o| o.index != h.index && !by_interface)
                 .map(|o| format!("  - {}:{MGMT_PORT}", o.addr))
                 .collect();
+            let (listen, seeds, multicast) = if by_interface {
+                (
+                    "0.0.0.0".to_owned(),
+                    "[]".to_owned(),
+                    format!("{multicast}  interface: {}\n", h.addr),
+                )
+            } else {
+                (
+                    h.addr.to_string(),
+                    format!("\n{}", seeds.join("\n")),
+                    multicast.clone(),
+                )
+            };
             let config = format!(
-                "name: {name}\nlisten: {addr}:{MGMT_PORT}\nseeds:\n{seeds}\ncluster_key: {key}\ndata_dir: {data}\nattributes:\n  role: {role}\nclient:\n  socket: {sock}\nexec:\n  timeout: 30s\n  kill_grace: 200ms\nlog_level: info\nevent_log: {events}\n{maps}{multicast}{gc}",
+                "name: {name}\nlisten: {listen}:{MGMT_PORT}\nseeds: {seeds}\ncluster_key: {key}\ndata_dir: {data}\nattributes:\n  role: {role}\nclient:\n  socket: {sock}\nexec:\n  timeout: 30s\n  kill_grace: 200ms\nlog_level: info\nevent_log: {events}\n{maps}{multicast}{gc}",
                 gc = opts.gc,
                 name = h.name,
-                addr = h.addr,
-                seeds = seeds.join("\n"),
                 key = key.display(),
                 data = home.join("data").display(),
                 role = if h.index == 0 { "db" } else { "web" },
@@ -684,6 +705,28 @@ pub fn simex_during_partition(hosts: usize) -> Result<MgmtOutcome, ScenarioError
     let expect: BTreeMap<String, &[&str]> =
         names(all).into_iter().map(|h| (h, &["ok"][..])).collect();
     expect_outcomes(&mut out, "simex after the heal", &run, &expect);
+    fleet.finish(out)
+}
+
+/// Daemons that know no seeds and listen on 0.0.0.0, on hosts without a
+/// multicast route, find each other through the group on the interface
+/// their configuration names (`multicast.interface`), and serve a simex.
+pub fn discovery_on_the_named_interface(hosts: usize) -> Result<MgmtOutcome, ScenarioError> {
+    let mut out = MgmtOutcome {
+        name: "discovery through IP multicast on the named interface".into(),
+        ..MgmtOutcome::default()
+    };
+    let mut opts = MgmtOptions::new(hosts);
+    opts.multicast = true;
+    opts.multicast_interface = true;
+    // Returns once every daemon has every host in M.
+    let fleet = MgmtFleet::start_with(&opts)?;
+    let run = fleet.monitor(hosts - 1, &["simex", "--", "true"])?;
+    let expect: BTreeMap<String, &[&str]> = names(0..hosts)
+        .into_iter()
+        .map(|h| (h, &["ok"][..]))
+        .collect();
+    expect_outcomes(&mut out, "simex over the discovered fleet", &run, &expect);
     fleet.finish(out)
 }
 

@@ -268,6 +268,15 @@ impl Vlan {
         Ok(())
     }
 
+    /// Removes the hosts' route for 224.0.0.0/4: a socket that sends to a
+    /// group without naming its interface then has none (ENETUNREACH).
+    pub fn remove_multicast_routes(&self) -> Result<(), VlanError> {
+        for h in &self.hosts {
+            cmd::ip(&["-n", &h.ns, "route", "del", "224.0.0.0/4", "dev", "eth0"])?;
+        }
+        Ok(())
+    }
+
     /// The hosts.
     pub fn hosts(&self) -> &[Host] {
         &self.hosts
