@@ -38,6 +38,17 @@ pub enum GcError {
     /// The runtime did not start.
     #[error("cannot start the group-communication runtime")]
     Start(#[from] StartError),
+    /// The runtime could not use the multicast group of the configuration.
+    #[error(
+        "{file}: multicast: cannot use the group (multicast.interface names the interface for it)"
+    )]
+    Multicast {
+        /// The configuration file.
+        file: String,
+        /// The runtime's error.
+        #[source]
+        source: StartError,
+    },
     /// The `mgmt` (or `maps`) group could not be joined.
     #[error("cannot join the mgmt group: {0}")]
     Join(String),
@@ -418,7 +429,15 @@ pub async fn start(
             }
         }
     }
-    let (handle, events) = Runtime::start(runtime_config).await?;
+    let (handle, events) = Runtime::start(runtime_config)
+        .await
+        .map_err(|source| match source {
+            StartError::Multicast { .. } => GcError::Multicast {
+                file: config.file.display().to_string(),
+                source,
+            },
+            other => GcError::Start(other),
+        })?;
     let me = member(handle.pid());
     // The maps group is joined now, with mgmt (both commands reach the
     // driver in the same wake-up), before the first view with the others

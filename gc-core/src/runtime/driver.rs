@@ -149,13 +149,22 @@ pub(super) async fn start(config: RuntimeConfig) -> Result<(Handle, Events), Sta
     } = config;
     let multicast = multicast.map(|m| with_interface_of(m, bind));
 
-    let socket = bind_unicast(bind, socket_buffer, multicast.as_ref())
+    let socket = bind_unicast(bind, socket_buffer)
         .map_err(|source| StartError::Bind { addr: bind, source })?;
+    if let Some(m) = &multicast {
+        send_to_group_from(&socket, m).map_err(|source| StartError::Multicast {
+            group: m.group,
+            interface: m.interface,
+            source,
+        })?;
+    }
+    let socket: std::net::UdpSocket = socket.into();
     let multicast_socket = match &multicast {
         Some(m) => {
             Some(
                 bind_multicast(m, socket_buffer).map_err(|source| StartError::Multicast {
                     group: m.group,
+                    interface: m.interface,
                     source,
                 })?,
             )
@@ -213,6 +222,7 @@ pub(super) async fn start(config: RuntimeConfig) -> Result<(Handle, Events), Sta
             Some(
                 UdpSocket::from_std(s).map_err(|source| StartError::Multicast {
                     group: m.group,
+                    interface: m.interface,
                     source,
                 })?,
             )
@@ -336,11 +346,7 @@ fn with_interface_of(mut m: MulticastConfig, bind: SocketAddr) -> MulticastConfi
     m
 }
 
-fn bind_unicast(
-    addr: SocketAddr,
-    buffer: usize,
-    multicast: Option<&MulticastConfig>,
-) -> io::Result<std::net::UdpSocket> {
+fn bind_unicast(addr: SocketAddr, buffer: usize) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if buffer > 0 {
         // Best effort: the kernel caps these at net.core.{r,w}mem_max.
@@ -349,12 +355,14 @@ fn bind_unicast(
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    if let Some(m) = multicast {
-        socket.set_multicast_if_v4(&m.interface)?;
-        socket.set_multicast_ttl_v4(m.ttl)?;
-        socket.set_multicast_loop_v4(m.loopback)?;
-    }
-    Ok(socket.into())
+    Ok(socket)
+}
+
+/// Group datagrams leave from the unicast socket (see [`with_interface_of`]).
+fn send_to_group_from(socket: &Socket, m: &MulticastConfig) -> io::Result<()> {
+    socket.set_multicast_if_v4(&m.interface)?;
+    socket.set_multicast_ttl_v4(m.ttl)?;
+    socket.set_multicast_loop_v4(m.loopback)
 }
 
 fn bind_multicast(m: &MulticastConfig, buffer: usize) -> io::Result<std::net::UdpSocket> {

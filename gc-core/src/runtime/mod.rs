@@ -345,10 +345,12 @@ pub enum StartError {
         source: std::io::Error,
     },
     /// Joining the IP multicast group failed.
-    #[error("cannot join multicast group {group}")]
+    #[error("cannot join multicast group {group} {}", on_interface(*.interface))]
     Multicast {
         /// The group.
         group: SocketAddrV4,
+        /// The interface asked for (`0.0.0.0`: the system's choice).
+        interface: Ipv4Addr,
         /// The operating system's error.
         #[source]
         source: std::io::Error,
@@ -372,6 +374,18 @@ pub enum StartError {
     /// The stored incarnation is `u64::MAX`: there is no fresh one left.
     #[error("the stored incarnation is the largest possible; no fresh incarnation is left")]
     IncarnationsExhausted,
+}
+
+/// Where a join was tried, and what to do about it: the usual failure is a
+/// host with no route for 224.0.0.0/4 (no default route either), where the
+/// system has no interface to choose.
+fn on_interface(interface: Ipv4Addr) -> String {
+    if interface.is_unspecified() {
+        "on the interface the system chose for it (a host without a route for 224.0.0.0/4 has none)"
+            .to_owned()
+    } else {
+        format!("on interface {interface} (it must be an address of this host)")
+    }
 }
 
 /// Why a request through a [`Handle`] failed, or why the runtime stopped.
