@@ -4,7 +4,7 @@
 //! bound waits in the kernel's backlog. A refused client is logged.
 
 use std::io;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -20,18 +20,14 @@ use crate::server::ServerHandle;
 pub const MAX_CONNECTIONS: usize = 256;
 
 /// Binds the Unix socket at `path`, mode 0600. A socket left by an earlier
-/// run is removed; anything else at the path is refused.
-pub fn bind_unix(path: &Path) -> io::Result<UnixListener> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
-        Ok(_) => {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("{} exists and is not a socket", path.display()),
-            ))
+/// run is removed; a socket another server still answers on, or anything
+/// else at the path, is refused.
+pub fn bind_unix(path: &Path) -> io::Result<(UnixListener, SocketFile)> {
+    check_unix_free(path)?;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_socket() {
+            std::fs::remove_file(path)?;
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
     }
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
@@ -40,7 +36,60 @@ pub fn bind_unix(path: &Path) -> io::Result<UnixListener> {
     // Peer credentials are the real check; the mode keeps others from even
     // connecting.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    let meta = std::fs::symlink_metadata(path)?;
+    Ok((
+        listener,
+        SocketFile {
+            path: path.to_owned(),
+            identity: (meta.dev(), meta.ino()),
+        },
+    ))
+}
+
+/// Fails unless `path` is free for this server's socket: absent, or a
+/// socket nobody answers on (left by a run that was killed). Checked before
+/// the daemon joins the group too, so that a second daemon configured with
+/// a running one's socket leaves no trace in the fleet.
+pub fn check_unix_free(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!(
+                        "another server is listening on {}: each mgmtd needs a client.socket of its own",
+                        path.display()
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} exists and is not a socket", path.display()),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The socket file this server bound, to remove when it stops: only if it
+/// is still this server's (another daemon may have replaced it since).
+#[derive(Debug)]
+pub struct SocketFile {
+    path: std::path::PathBuf,
+    identity: (u64, u64),
+}
+
+impl SocketFile {
+    /// Removes the socket file if it is still the one this server bound.
+    pub fn remove(&self) {
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
+            if (meta.dev(), meta.ino()) == self.identity {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
 }
 
 /// Serves the Unix socket until the task is dropped. Only the uid `owner`

@@ -117,6 +117,14 @@ fn serve(
         .mode(0o700)
         .create(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    // Held until the process ends: the kernel releases it even on kill -9.
+    let _data_dir_lock = lock_data_dir(&config.data_dir)?;
+    listener::check_unix_free(&config.client.socket).with_context(|| {
+        format!(
+            "cannot listen on the client socket {}",
+            config.client.socket.display()
+        )
+    })?;
     if !config.exec.shell.exists() {
         tracing::warn!(shell = %config.exec.shell.display(), "the configured shell does not exist; every command will fail to start");
     }
@@ -179,7 +187,7 @@ async fn run(config: Config, key: ClusterKey) -> anyhow::Result<()> {
         None => (mgmtd::maps::MapsHandle::disabled(), None),
     };
     let (server, core) = Server::start(group, events, server_config)?;
-    let unix = listener::bind_unix(&config.client.socket).with_context(|| {
+    let (unix, socket_file) = listener::bind_unix(&config.client.socket).with_context(|| {
         format!(
             "cannot listen on the client socket {}",
             config.client.socket.display()
@@ -237,7 +245,7 @@ async fn run(config: Config, key: ClusterKey) -> anyhow::Result<()> {
     // The monitors' handlers end once the core has: give them a moment to
     // send their last answers (an `exit` reports before the leave).
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let _ = std::fs::remove_file(&config.client.socket);
+    socket_file.remove();
     if let Some(reason) = failure {
         bail!("the replicated maps failed: {reason}");
     }
@@ -287,4 +295,48 @@ fn init_logging(level: LogLevel, from_command_line: bool) -> anyhow::Result<()> 
         bail!("cannot set up logging: {e}");
     }
     Ok(())
+}
+
+/// Locks `DATA_DIR/mgmtd.lock` for this process, with its pid in the file.
+/// Two daemons on one data directory would interleave the job store, the
+/// maps' write-ahead log and the group state, and the second would remove
+/// the first's socket.
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("mgmtd.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            // Bounded: a pid is a few digits; the file is ours to read.
+            let _ = (&mut file).take(32).read_to_string(&mut holder);
+            let holder = holder.trim();
+            let who = if holder.chars().all(|c| c.is_ascii_digit()) && !holder.is_empty() {
+                format!("another mgmtd (pid {holder})")
+            } else {
+                "another mgmtd".to_owned()
+            };
+            bail!(
+                "data_dir {} is in use by {who}: each daemon needs a data_dir of its own",
+                data_dir.display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+        }
+    }
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{}", std::process::id()))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(file)
 }

@@ -21,11 +21,24 @@ fn stderr(output: &Output) -> String {
 }
 
 fn write_config(dir: &Path, key: &Path) -> Result<std::path::PathBuf, std::io::Error> {
-    let path = dir.join("mgmtd.yaml");
+    write_named_config(dir, "mgmtd.yaml", key, "state", "")
+}
+
+/// A configuration file `file` in `dir` on a free port, with `data_dir` and
+/// `extra` lines.
+fn write_named_config(
+    dir: &Path,
+    file: &str,
+    key: &Path,
+    data_dir: &str,
+    extra: &str,
+) -> Result<std::path::PathBuf, std::io::Error> {
+    let path = dir.join(file);
+    let port = flotilla_client::loopback::free_port(flotilla_client::loopback::Protocol::Udp)?;
     std::fs::write(
         &path,
         format!(
-            "name: test-1\nlisten: 127.0.0.1:7946\ncluster_key: {}\ndata_dir: state\n",
+            "name: test-1\nlisten: 127.0.0.1:{port}\ncluster_key: {}\ndata_dir: {data_dir}\n{extra}",
             key.display()
         ),
     )?;
@@ -165,6 +178,35 @@ fn the_server_prepares_its_state_and_stops_on_sigterm() -> TestResult {
         .permissions()
         .mode();
     assert_eq!(state_mode & 0o777, 0o700);
+
+    // A second daemon on the same data directory, or on the same client
+    // socket, is refused before it touches anything of the first.
+    let socket = dir.path().join("state/mgmtd.sock");
+    let same_dir = write_named_config(dir.path(), "same-dir.yaml", &key, "state", "")?;
+    let second = mgmtd(&["--config", same_dir.to_str().ok_or("path")?])?;
+    assert_eq!(second.status.code(), Some(1), "{}", stderr(&second));
+    let message = format!(
+        "data_dir {} is in use by another mgmtd (pid {pid})",
+        dir.path().join("state").display()
+    );
+    assert!(stderr(&second).contains(&message), "{}", stderr(&second));
+    let same_socket = write_named_config(
+        dir.path(),
+        "same-socket.yaml",
+        &key,
+        "other-state",
+        &format!("client:\n  socket: {}\n", socket.display()),
+    )?;
+    let third = mgmtd(&["--config", same_socket.to_str().ok_or("path")?])?;
+    assert_eq!(third.status.code(), Some(1), "{}", stderr(&third));
+    assert!(
+        stderr(&third).contains("another server is listening on"),
+        "{}",
+        stderr(&third)
+    );
+    assert!(socket.exists(), "the first daemon's socket was removed");
+    assert!(std::os::unix::net::UnixStream::connect(&socket).is_ok());
+
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
 
     let deadline = Instant::now() + Duration::from_secs(10);
