@@ -641,6 +641,11 @@ impl Node {
             .unwrap_or_default()
     }
 
+    /// The address a process was last heard from, if it was.
+    pub fn address_of(&self, pid: Pid) -> Option<SocketAddr> {
+        self.addrs.get(&pid).copied()
+    }
+
     /// The counters.
     pub fn counters(&self) -> &Counters {
         &self.counters

@@ -352,6 +352,57 @@ fn a_node_with_the_wrong_key_never_enters_and_is_counted() -> R {
     Ok(())
 }
 
+/// A second process started with a running node's id (two daemons given
+/// one name) takes its place in the group; the peers cannot tell which is
+/// right, but they must say loudly that two live processes carry one id.
+#[test]
+fn two_live_processes_with_one_node_id_are_reported() -> R {
+    let cluster = Cluster::new("gc-udp-one-id", 3)?;
+    let mut nodes = [cluster.spawn(1)?, cluster.spawn(2)?];
+    {
+        let mut refs: Vec<&mut NodeProc> = nodes.iter_mut().collect();
+        assert!(
+            wait_until(&mut refs, Duration::from_secs(5), |n| one_view(n, &[1, 2])),
+            "nodes 1 and 2 did not form a view"
+        );
+    }
+    // Node 2 again, at the third address, with a state of its own.
+    let addr = cluster.addrs[2];
+    let args: Vec<String> = vec![
+        "--id".into(),
+        "2".into(),
+        "--bind".into(),
+        addr.to_string(),
+        "--key".into(),
+        cluster.key.display().to_string(),
+        "--state".into(),
+        cluster.dir.join("twin.state").display().to_string(),
+        "--seed".into(),
+        cluster.addrs[0].to_string(),
+        "--groups".into(),
+        "g".into(),
+    ];
+    let log = cluster.dir.join("twin.log");
+    let mut twin = NodeProc::spawn(&node_exe()?, &args, 2, addr, Some(&log))?;
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut conflicts = 0;
+    while Instant::now() < until && conflicts == 0 {
+        twin.pump();
+        nodes[1].pump();
+        let c = counters(&mut nodes[0]).ok_or("no counters")?;
+        conflicts = c["identity_conflicts"].as_u64().unwrap_or(0);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(conflicts > 0, "node 1 counted no identity conflict");
+    let text = std::fs::read_to_string(cluster.dir.join("node1.log"))?;
+    let line = text
+        .lines()
+        .find(|l| l.contains("two live processes claim one node id"));
+    assert!(line.is_some(), "node 1 did not log the conflict:\n{text}");
+    eprintln!("{}", line.unwrap_or_default());
+    Ok(())
+}
+
 #[test]
 fn ip_multicast_discovers_without_seeds_and_disseminates() -> R {
     multicast_cluster("gc-udp-multicast", Some("127.0.0.1"))

@@ -788,5 +788,6 @@ pub fn counters_json(c: &RuntimeCounters) -> Value {
         "state_saves": c.io.state_saves,
         "multicast_out": c.io.multicast_out,
         "multicast_own_skipped": c.io.multicast_own_skipped,
+        "identity_conflicts": c.io.identity_conflicts,
     })
 }

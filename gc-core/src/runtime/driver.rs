@@ -19,7 +19,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Multicasts waiting for room in the node's send queue, at most.
 const MAX_PARKED: usize = 1024;
@@ -970,7 +970,34 @@ impl Driver {
             from,
             datagram,
         ) {
+            if let OpenError::Stale { sender, newest } = e {
+                self.check_identity(sender, newest, from);
+            }
             log_drop(&mut self.logs, &e, from);
+        }
+    }
+
+    /// A datagram of an old incarnation is the normal leftover of a
+    /// restart when it comes from the address of the newest one. From
+    /// another address, while the newest is alive too, two processes carry
+    /// one node id: the newer one took the older one's place in the group
+    /// and the older one is fenced off for good, which nobody would see
+    /// but in these logs.
+    fn check_identity(&mut self, sender: crate::Pid, newest: u64, from: SocketAddr) {
+        let newest_pid = crate::Pid::new(sender.node, newest);
+        let Some(newest_addr) = self.node.address_of(newest_pid) else {
+            return;
+        };
+        if newest_addr == from {
+            return;
+        }
+        self.io.identity_conflicts += 1;
+        if let Some(n) = self.logs.identity.hit(std::time::Instant::now()) {
+            error!(
+                node = %sender.node, older = %from, newer = %newest_addr, datagrams = n,
+                "two live processes claim one node id: the one at {from} (incarnation {}) was replaced in the group by the one at {newest_addr} (incarnation {newest}) and is cut off; two daemons were given the same name or node_id: stop one and give it a name of its own",
+                sender.incarnation
+            );
         }
     }
 

@@ -492,6 +492,11 @@ pub struct IoCounters {
     /// This node's own group datagrams received back on the multicast
     /// socket (multicast loopback) and discarded unopened.
     pub multicast_own_skipped: u64,
+    /// Datagrams from an older incarnation of a node that came from
+    /// another address than the node's newest incarnation: two live
+    /// processes with one node id (two daemons given the same name or
+    /// node id), where the older one is cut off from the group.
+    pub identity_conflicts: u64,
     /// Datagrams the kernel dropped because the node's sockets' receive
     /// buffers were full (Linux: the `drops` column of `/proc/net/udp`;
     /// 0 where unknown). The driver never saw them.

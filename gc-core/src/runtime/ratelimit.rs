@@ -35,6 +35,7 @@ pub(super) struct Logs {
     pub(super) authentication: Limiter,
     pub(super) replay: Limiter,
     pub(super) stale: Limiter,
+    pub(super) identity: Limiter,
     pub(super) refused: Limiter,
     pub(super) send_error: Limiter,
     pub(super) recv_error: Limiter,
