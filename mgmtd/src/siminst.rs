@@ -1561,8 +1561,9 @@ enum UploadStop {
 }
 
 /// Reads the package file of `request` from the monitor into `spool`:
-/// exactly `request.size` bytes in [`flotilla_client::Request::PackageData`] frames. The
-/// error is for the monitor; the spool is removed on error.
+/// exactly `request.size` bytes in
+/// [`flotilla_client::Request::PackageData`] frames. The error is for the
+/// monitor; the spool is removed on error.
 ///
 /// Frames are read in place into recycled buffers and handed to one
 /// blocking thread that writes them with `std::fs`: the runtime thread
@@ -1599,7 +1600,12 @@ pub async fn receive_upload(
             .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
             .map_err(|e| format!("cannot write the spool file: {e}"));
         match received {
-            Ok(()) | Err(UploadStop::WriterGone) => written,
+            Ok(()) => written,
+            // The writer only stops early on an error; never let a short
+            // spool pass for a complete one.
+            Err(UploadStop::WriterGone) => Err(written.err().unwrap_or_else(|| {
+                "cannot write the spool file: the writer stopped early".to_owned()
+            })),
             Err(UploadStop::Refused(message)) => Err(message),
         }
     }
