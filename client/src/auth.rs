@@ -228,13 +228,21 @@ impl Session {
 
     /// Seals a frame body in place: encrypts it and appends the tag.
     pub fn seal(&mut self, body: &mut Vec<u8>) -> Result<(), FrameError> {
+        self.seal_from(body, 0)
+    }
+
+    /// Seals the frame body that starts at `start` in `buf` in place and
+    /// appends its tag, so that a frame's length prefix can sit before it
+    /// in the same buffer. A `start` past the end seals an empty body.
+    pub fn seal_from(&mut self, buf: &mut Vec<u8>, start: usize) -> Result<(), FrameError> {
         let nonce = self.send.next_nonce()?;
+        let start = start.min(buf.len());
         let tag = self
             .send
             .aead
-            .encrypt_in_place_detached(&nonce, &[PROTOCOL_VERSION], body)
+            .encrypt_in_place_detached(&nonce, &[PROTOCOL_VERSION], &mut buf[start..])
             .map_err(|_| FrameError::Encode("the frame is too large to seal".into()))?;
-        body.extend_from_slice(&tag);
+        buf.extend_from_slice(&tag);
         Ok(())
     }
 

@@ -14,12 +14,13 @@
 //! panics on any input.
 
 use std::io;
+use std::ops::Range;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::message::MAX_FRAME;
+use crate::message::{MAX_FRAME, PACKAGE_DATA_TAG};
 
 /// The protocol version, the first byte of every frame's body.
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -102,19 +103,86 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     Ok(message)
 }
 
+/// Where the data of a [`Request::PackageData`] body lies in it, found
+/// without copying the data out (a package upload is thousands of such
+/// frames). `Ok(None)` when the body holds another request: decode it with
+/// [`decode`]. The body is checked as [`decode`] checks it (version, a
+/// length that fits, nothing after the message), with the same errors.
+///
+/// [`Request::PackageData`]: crate::message::Request::PackageData
+pub fn package_data_range(body: &[u8]) -> Result<Option<Range<usize>>, FrameError> {
+    let Some((&version, rest)) = body.split_first() else {
+        return Err(FrameError::Empty);
+    };
+    if version != PROTOCOL_VERSION {
+        return Err(FrameError::UnsupportedVersion { found: version });
+    }
+    let Some((&PACKAGE_DATA_TAG, fields)) = rest.split_first() else {
+        return Ok(None);
+    };
+    let (data, extra): (&[u8], &[u8]) =
+        postcard::take_from_bytes(fields).map_err(|e| FrameError::Decode(e.to_string()))?;
+    if !extra.is_empty() {
+        return Err(FrameError::Decode(format!(
+            "{} bytes after the message",
+            extra.len()
+        )));
+    }
+    let end = body.len();
+    Ok(Some(end - data.len()..end))
+}
+
+/// Encodes a [`Request::PackageData`] holding `data` as a frame body
+/// appended to `out`, as [`encode`] would, without first copying `data`
+/// into a message.
+///
+/// [`Request::PackageData`]: crate::message::Request::PackageData
+pub fn encode_package_data_into(data: &[u8], out: &mut Vec<u8>) -> Result<(), FrameError> {
+    let start = out.len();
+    let mut body = std::mem::take(out);
+    body.extend_from_slice(&[PROTOCOL_VERSION, PACKAGE_DATA_TAG]);
+    *out = postcard::to_extend(serde_bytes::Bytes::new(data), body)
+        .map_err(|e| FrameError::Encode(e.to_string()))?;
+    let len = out.len() - start;
+    if len > MAX_FRAME {
+        out.truncate(start);
+        return Err(FrameError::TooLarge {
+            len,
+            max: MAX_FRAME,
+        });
+    }
+    Ok(())
+}
+
 /// Reads one frame's body of at most `max` bytes. `Ok(None)` when the
 /// connection ends cleanly before a frame.
 pub async fn read_body<R: AsyncRead + Unpin>(
     reader: &mut R,
     max: usize,
 ) -> Result<Option<Vec<u8>>, FrameError> {
+    let mut body = Vec::new();
+    Ok(read_body_into(reader, max, &mut body)
+        .await?
+        .then_some(body))
+}
+
+/// Reads one frame's body of at most `max` bytes into `body`, replacing
+/// its contents but keeping its allocation, so that a stream of large
+/// frames (a package upload) costs no allocation, zeroing or page faults
+/// per frame. `Ok(false)` when the connection ends cleanly before a frame.
+/// The length is checked before `body` grows.
+pub async fn read_body_into<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+    body: &mut Vec<u8>,
+) -> Result<bool, FrameError> {
     let mut len = [0; 4];
     let mut got = 0;
     while got < len.len() {
         let n = reader.read(&mut len[got..]).await?;
         if n == 0 {
             return if got == 0 {
-                Ok(None)
+                Ok(false)
             } else {
                 Err(FrameError::Truncated)
             };
@@ -128,9 +196,11 @@ pub async fn read_body<R: AsyncRead + Unpin>(
     if len > max {
         return Err(FrameError::TooLarge { len, max });
     }
-    let mut body = vec![0; len];
-    match reader.read_exact(&mut body).await {
-        Ok(_) => Ok(Some(body)),
+    // Only bytes past the old length are zeroed: none when frames of one
+    // size follow each other.
+    body.resize(len, 0);
+    match reader.read_exact(body).await {
+        Ok(_) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(FrameError::Truncated),
         Err(e) => Err(FrameError::Io(e)),
     }
@@ -224,7 +294,90 @@ mod tests {
         assert!(matches!(encode(&message), Err(FrameError::TooLarge { .. })));
     }
 
+    #[test]
+    fn the_package_data_tag_is_its_variant_index() -> Result<(), FrameError> {
+        let body = encode(&Request::PackageData(vec![7, 8]))?;
+        assert_eq!(body, [PROTOCOL_VERSION, PACKAGE_DATA_TAG, 2, 7, 8]);
+        Ok(())
+    }
+
+    #[test]
+    fn package_data_is_found_in_place_and_built_as_encode_builds_it() -> Result<(), FrameError> {
+        // Over 127 bytes: a two-byte length.
+        let data: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+        let mut body = encode(&Request::PackageData(data.clone()))?;
+        let mut built = vec![0xaa];
+        encode_package_data_into(&data, &mut built)?;
+        assert_eq!(built[0], 0xaa);
+        assert_eq!(built[1..], body[..]);
+        let range = package_data_range(&body)?;
+        assert_eq!(range.map(|r| body[r].to_vec()), Some(data));
+        assert_eq!(package_data_range(&encode(&Request::Status)?)?, None);
+        let cut = &body[..body.len() - 1];
+        assert!(matches!(
+            package_data_range(cut),
+            Err(FrameError::Decode(_))
+        ));
+        body.push(0);
+        assert!(matches!(
+            package_data_range(&body),
+            Err(FrameError::Decode(_))
+        ));
+        body[0] = 9;
+        assert!(matches!(
+            package_data_range(&body),
+            Err(FrameError::UnsupportedVersion { found: 9 })
+        ));
+        assert!(matches!(package_data_range(&[]), Err(FrameError::Empty)));
+        Ok(())
+    }
+
+    #[test]
+    fn package_data_larger_than_a_frame_is_not_built() {
+        let mut out = vec![1, 2];
+        assert!(matches!(
+            encode_package_data_into(&vec![0; MAX_FRAME], &mut out),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert_eq!(out, [1, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_reused_buffer_holds_exactly_each_frame() -> Result<(), FrameError> {
+        let mut stream = Vec::new();
+        for body in [&[1u8, 2, 3, 4, 5][..], &[6, 7], &[8, 9, 10]] {
+            stream.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            stream.extend_from_slice(body);
+        }
+        let mut reader: &[u8] = &stream;
+        let mut buffer = Vec::new();
+        let mut bodies = Vec::new();
+        while read_body_into(&mut reader, MAX_FRAME, &mut buffer).await? {
+            bodies.push(buffer.clone());
+        }
+        assert_eq!(bodies, [vec![1, 2, 3, 4, 5], vec![6, 7], vec![8, 9, 10]]);
+        Ok(())
+    }
+
     proptest! {
+        #[test]
+        fn the_quick_look_agrees_with_decode(body in proptest::collection::vec(any::<u8>(), 0..512), tag in any::<bool>()) {
+            let mut framed = vec![PROTOCOL_VERSION];
+            if tag {
+                framed.push(PACKAGE_DATA_TAG);
+            }
+            framed.extend_from_slice(&body);
+            match package_data_range(&framed) {
+                Ok(Some(range)) => prop_assert_eq!(
+                    decode::<Request>(&framed).ok(),
+                    Some(Request::PackageData(framed[range].to_vec()))
+                ),
+                Ok(None) => {}
+                Err(_) => prop_assert!(decode::<Request>(&framed).is_err()),
+            }
+        }
+
+
         #[test]
         fn garbage_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode::<Request>(&body);

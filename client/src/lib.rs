@@ -63,5 +63,6 @@ pub use outcome::{
 pub use report_error::error_chain;
 pub use tracker::{resolve_targets, HostState, Tracker};
 pub use transport::{
-    AcceptError, ClientError, ClientIdentity, Connection, Endpoint, ServerConnection,
+    AcceptError, ClientError, ClientIdentity, Connection, Endpoint, PackageData, ServerConnection,
+    UploadFrame,
 };

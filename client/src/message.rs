@@ -124,6 +124,11 @@ pub enum Request {
 pub const MAX_PACKAGE_SIZE: u64 = 2 << 30;
 /// The most bytes of package data in one [`Request::PackageData`].
 pub const MAX_PACKAGE_DATA: usize = 256 * 1024;
+/// The postcard tag of [`Request::PackageData`] (its variant's index, a
+/// one-byte varint), which [`crate::frame::package_data_range`] looks for
+/// to find a package's data in a frame without decoding it into a copy.
+/// A test checks it against the encoding of the enum.
+pub const PACKAGE_DATA_TAG: u8 = 9;
 /// The longest manifest carried in a [`Siminst`].
 pub const MAX_MANIFEST: usize = 64 * 1024;
 /// The longest package name.

@@ -46,11 +46,18 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> ByteStream for T {}
 struct Channel {
     io: Box<dyn ByteStream>,
     session: Option<Session>,
+    /// The frame being written by [`Channel::send_package_data`], kept
+    /// between frames so that an upload allocates it once.
+    out: Vec<u8>,
 }
 
 impl Channel {
     fn new(io: Box<dyn ByteStream>) -> Channel {
-        Channel { io, session: None }
+        Channel {
+            io,
+            session: None,
+            out: Vec::new(),
+        }
     }
 
     async fn send<T: Serialize>(&mut self, message: &T) -> Result<(), FrameError> {
@@ -61,18 +68,95 @@ impl Channel {
         frame::write_body(&mut self.io, &body).await
     }
 
-    async fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+    /// Sends a [`Request::PackageData`] holding `data`, built with its
+    /// length prefix in one reused buffer: no copy of `data` into a
+    /// message, and one write per frame.
+    async fn send_package_data(&mut self, data: &[u8]) -> Result<(), FrameError> {
+        use tokio::io::AsyncWriteExt;
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        out.extend_from_slice(&[0; 4]);
+        frame::encode_package_data_into(data, &mut out)?;
+        if let Some(session) = &mut self.session {
+            session.seal_from(&mut out, 4)?;
+        }
+        let len = u32::try_from(out.len() - 4).map_err(|_| FrameError::TooLarge {
+            len: out.len() - 4,
+            max: u32::MAX as usize,
+        })?;
+        out[..4].copy_from_slice(&len.to_be_bytes());
+        let written = async {
+            self.io.write_all(&out).await?;
+            self.io.flush().await
+        }
+        .await;
+        self.out = out;
+        Ok(written?)
+    }
+
+    /// Reads one frame's body into `body` (reusing its allocation) and
+    /// opens it when the session is sealed: nothing in `body` is used
+    /// before it has been authenticated. `Ok(false)` when the connection
+    /// ended cleanly before a frame.
+    async fn recv_body(&mut self, body: &mut Vec<u8>) -> Result<bool, FrameError> {
         let max = match self.session {
             Some(_) => MAX_FRAME + TAG_LEN,
             None => MAX_FRAME,
         };
-        let Some(mut body) = frame::read_body(&mut self.io, max).await? else {
-            return Ok(None);
-        };
+        if !frame::read_body_into(&mut self.io, max, body).await? {
+            return Ok(false);
+        }
         if let Some(session) = &mut self.session {
-            session.open(&mut body)?;
+            session.open(body)?;
+        }
+        Ok(true)
+    }
+
+    async fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+        let mut body = Vec::new();
+        if !self.recv_body(&mut body).await? {
+            return Ok(None);
         }
         frame::decode(&body).map(Some)
+    }
+}
+
+/// One frame of a package upload, as [`ServerConnection::recv_upload`]
+/// reads it.
+#[derive(Debug)]
+pub enum UploadFrame {
+    /// A [`Request::PackageData`], its bytes left where they were read.
+    Data(PackageData),
+    /// Any other request.
+    Other(Request),
+}
+
+/// The data of a [`Request::PackageData`], inside the (authenticated)
+/// frame body it arrived in.
+pub struct PackageData {
+    body: Vec<u8>,
+    data: std::ops::Range<usize>,
+}
+
+impl fmt::Debug for PackageData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PackageData")
+            .field("len", &self.data.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PackageData {
+    /// The package's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        // The range was found inside this body, which has not changed
+        // since; `get` keeps even a broken invariant from panicking.
+        self.body.get(self.data.clone()).unwrap_or_default()
+    }
+
+    /// The frame's buffer, to read the next frame into.
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.body
     }
 }
 
@@ -267,6 +351,22 @@ impl Connection {
             Ok(()) => Ok(()),
             // The server may have refused and closed already: its reason
             // is worth more than the broken pipe.
+            Err(FrameError::Io(e)) => match self.recv().await {
+                Ok(Some(ServerMessage::Error { kind, message })) => {
+                    Err(ClientError::Refused { kind, message })
+                }
+                _ => Err(FrameError::Io(e).into()),
+            },
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Sends one [`Request::PackageData`] holding `data` (at most
+    /// [`crate::message::MAX_PACKAGE_DATA`] bytes) without copying it
+    /// into a message first. Errors as [`Connection::send`].
+    pub async fn send_package_data(&mut self, data: &[u8]) -> Result<(), ClientError> {
+        match self.channel.send_package_data(data).await {
+            Ok(()) => Ok(()),
             Err(FrameError::Io(e)) => match self.recv().await {
                 Ok(Some(ServerMessage::Error { kind, message })) => {
                     Err(ClientError::Refused { kind, message })
@@ -515,7 +615,48 @@ impl ServerConnection {
     /// and a malformed one with [`ErrorKind::BadRequest`] before the error
     /// is returned.
     pub async fn recv_request(&mut self) -> Result<Option<Request>, FrameError> {
-        let received = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.channel.recv()).await {
+        let received = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.channel.recv()).await;
+        self.answer_errors(received).await
+    }
+
+    /// Reads the next frame of a package upload into `buffer` (whose
+    /// allocation it reuses; give it [`PackageData::into_buffer`] of an
+    /// earlier frame), with the time limit and the answers to bad frames of
+    /// [`ServerConnection::recv_request`]. The data of a
+    /// [`Request::PackageData`] is left in the buffer, not copied out.
+    pub async fn recv_upload(
+        &mut self,
+        mut buffer: Vec<u8>,
+    ) -> Result<Option<UploadFrame>, FrameError> {
+        let read = async {
+            if !self.channel.recv_body(&mut buffer).await? {
+                return Ok(None);
+            }
+            match frame::package_data_range(&buffer)? {
+                Some(data) => Ok(Some(UploadFrame::Data(PackageData { body: buffer, data }))),
+                // A package's data the quick look missed (a tag in a
+                // longer varint) is still data, as it always was.
+                None => match frame::decode(&buffer)? {
+                    Request::PackageData(body) => {
+                        let data = 0..body.len();
+                        Ok(Some(UploadFrame::Data(PackageData { body, data })))
+                    }
+                    other => Ok(Some(UploadFrame::Other(other))),
+                },
+            }
+        };
+        let received = tokio::time::timeout(HANDSHAKE_TIMEOUT, read).await;
+        self.answer_errors(received).await
+    }
+
+    /// Answers a frame that could not be read as a request (another
+    /// protocol version, malformed, too large, or too late) before the
+    /// error is returned.
+    async fn answer_errors<T>(
+        &mut self,
+        received: Result<Result<Option<T>, FrameError>, tokio::time::error::Elapsed>,
+    ) -> Result<Option<T>, FrameError> {
+        let received = match received {
             Ok(received) => received,
             Err(_) => {
                 return Err(FrameError::Io(io::Error::new(

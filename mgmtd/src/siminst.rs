@@ -48,7 +48,7 @@ use flotilla_client::message::{
     MAX_PACKAGE_SIZE, MAX_TIMEOUT,
 };
 use flotilla_client::outcome::{Captured, PackageOutcome, PackageStatus};
-use flotilla_client::{JobId, Request, ServerConnection};
+use flotilla_client::{JobId, PackageData, ServerConnection, UploadFrame};
 use packages::{HostFacts, InstallOutcome, InstalledPackage, Manifest, PackageDb, Sha256Digest};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -1546,15 +1546,34 @@ async fn multicast_with_backoff<G: Group>(
 
 // ----- the monitor's upload -----
 
+/// How many received frames may wait for the spool writer: enough to keep
+/// reading the socket while a write is in the kernel, few enough that an
+/// upload holds at most a few MiB (frames are at most
+/// [`flotilla_client::MAX_FRAME`]).
+const SPOOL_QUEUE: usize = 4;
+
+/// Why the upload stopped before the writer's end.
+enum UploadStop {
+    /// The monitor's fault or the connection's: the message for the monitor.
+    Refused(String),
+    /// The spool writer stopped (a write failed); its error says why.
+    WriterGone,
+}
+
 /// Reads the package file of `request` from the monitor into `spool`:
-/// exactly `request.size` bytes in [`Request::PackageData`] frames. The
-/// error is for the monitor; the spool is removed on error.
+/// exactly `request.size` bytes in
+/// [`flotilla_client::Request::PackageData`] frames. The error is for the
+/// monitor; the spool is removed on error.
+///
+/// Frames are read in place into recycled buffers and handed to one
+/// blocking thread that writes them with `std::fs`: the runtime thread
+/// (which also runs the group core) neither copies the data nor hands off
+/// one write per frame.
 pub async fn receive_upload(
     connection: &mut ServerConnection,
     request: &SiminstRequest,
     spool: &Path,
 ) -> Result<(), String> {
-    use tokio::io::AsyncWriteExt;
     let dir = spool.parent().unwrap_or(Path::new("."));
     let free = free_disk(dir);
     if free < request.size {
@@ -1565,38 +1584,90 @@ pub async fn receive_upload(
         ));
     }
     let result = async {
-        let mut out = tokio::fs::File::create(spool)
+        let path = spool.to_owned();
+        let out = tokio::task::spawn_blocking(move || File::create(path))
             .await
+            .map_err(|e| format!("cannot create the spool file: {e}"))?
             .map_err(|e| format!("cannot create the spool file: {e}"))?;
-        let mut received: u64 = 0;
-        while received < request.size {
-            let data = match connection.recv_request().await {
-                Ok(Some(Request::PackageData(data))) => data,
-                Ok(Some(_)) => return Err("expected the package's data".to_owned()),
-                Ok(None) => return Err("the monitor closed before sending the package".into()),
-                Err(e) => return Err(format!("receiving the package: {e}")),
-            };
-            received += data.len() as u64;
-            if received > request.size {
-                return Err(format!(
-                    "more package data than the {} bytes announced",
-                    request.size
-                ));
-            }
-            out.write_all(&data)
-                .await
-                .map_err(|e| format!("cannot write the spool file: {e}"))?;
-        }
-        out.flush()
+        let (frames, queued) = mpsc::channel::<PackageData>(SPOOL_QUEUE);
+        // Room for every buffer in flight, so the writer never waits here.
+        let (recycle, mut recycled) = mpsc::channel::<Vec<u8>>(SPOOL_QUEUE + 2);
+        let writer = tokio::task::spawn_blocking(move || write_spool(out, queued, recycle));
+        let received = receive_frames(connection, request.size, &frames, &mut recycled).await;
+        drop(frames);
+        let written = writer
             .await
-            .map_err(|e| format!("cannot write the spool file: {e}"))?;
-        Ok(())
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+            .map_err(|e| format!("cannot write the spool file: {e}"));
+        match received {
+            Ok(()) => written,
+            // The writer only stops early on an error; never let a short
+            // spool pass for a complete one.
+            Err(UploadStop::WriterGone) => Err(written.err().unwrap_or_else(|| {
+                "cannot write the spool file: the writer stopped early".to_owned()
+            })),
+            Err(UploadStop::Refused(message)) => Err(message),
+        }
     }
     .await;
     if result.is_err() {
         let _ = fs::remove_file(spool);
     }
     result
+}
+
+/// Reads the upload's frames and queues their data for the spool writer,
+/// checking that exactly `size` bytes arrive.
+async fn receive_frames(
+    connection: &mut ServerConnection,
+    size: u64,
+    frames: &mpsc::Sender<PackageData>,
+    recycled: &mut mpsc::Receiver<Vec<u8>>,
+) -> Result<(), UploadStop> {
+    let mut received: u64 = 0;
+    while received < size {
+        let buffer = recycled.try_recv().unwrap_or_default();
+        let data = match connection.recv_upload(buffer).await {
+            Ok(Some(UploadFrame::Data(data))) => data,
+            Ok(Some(UploadFrame::Other(_))) => {
+                return Err(UploadStop::Refused(
+                    "expected the package's data".to_owned(),
+                ))
+            }
+            Ok(None) => {
+                return Err(UploadStop::Refused(
+                    "the monitor closed before sending the package".into(),
+                ))
+            }
+            Err(e) => return Err(UploadStop::Refused(format!("receiving the package: {e}"))),
+        };
+        received += data.bytes().len() as u64;
+        if received > size {
+            return Err(UploadStop::Refused(format!(
+                "more package data than the {size} bytes announced"
+            )));
+        }
+        if frames.send(data).await.is_err() {
+            return Err(UploadStop::WriterGone);
+        }
+    }
+    Ok(())
+}
+
+/// The spool writer: writes the queued frames' data in order until the
+/// queue closes, and hands each buffer back for the next frame.
+fn write_spool(
+    mut out: File,
+    mut queued: mpsc::Receiver<PackageData>,
+    recycle: mpsc::Sender<Vec<u8>>,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    while let Some(data) = queued.blocking_recv() {
+        out.write_all(data.bytes())?;
+        // A full or closed pool only costs an allocation.
+        let _ = recycle.try_send(data.into_buffer());
+    }
+    out.flush()
 }
 
 /// Serves a monitor's `siminst`: the upload into the spool, then the job
@@ -1841,5 +1912,111 @@ mod tests {
         let error = stream(&ad, &bytes, &order, &work).unwrap_err();
         assert!(error.contains("transfer stopped"), "{error}");
         assert!(left_in(&work).is_empty(), "{:?}", left_in(&work));
+    }
+
+    use flotilla_client::Request;
+
+    /// Runs [`receive_upload`] of a `size`-byte package against a monitor
+    /// that sends `frames` (sealed, as over TCP) and then closes.
+    fn upload(size: u64, frames: Vec<Request>, spool: &Path) -> Result<(), String> {
+        use flotilla_client::{ClusterKey, Connection, Targets};
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let key = ClusterKey::from_bytes([3; 32]);
+            let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+            let monitor_key = key.clone();
+            let monitor = tokio::spawn(async move {
+                let mut connection =
+                    Connection::handshake(Box::new(client_io), "test".into(), &monitor_key)
+                        .await
+                        .unwrap();
+                for frame in frames {
+                    let sent = match &frame {
+                        Request::PackageData(data) => connection.send_package_data(data).await,
+                        other => connection.send(other).await,
+                    };
+                    if sent.is_err() {
+                        break;
+                    }
+                }
+            });
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+            let mut connection = ServerConnection::handshake(Box::new(server_io), addr, &key)
+                .await
+                .unwrap();
+            let request = SiminstRequest {
+                job: JobId::from_bytes([1; 16]),
+                targets: Targets::All,
+                manifest: String::new(),
+                size,
+                sha256: String::new(),
+                force: false,
+                timeout: None,
+            };
+            let result = receive_upload(&mut connection, &request, spool).await;
+            drop(connection);
+            let _ = monitor.await;
+            result
+        })
+    }
+
+    fn data_frames(bytes: &[u8], frame: usize) -> Vec<Request> {
+        bytes
+            .chunks(frame)
+            .map(|c| Request::PackageData(c.to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn an_upload_of_the_announced_size_lands_in_the_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("job.spool");
+        let bytes: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        // Uneven frames, an empty one among them.
+        let mut frames = data_frames(&bytes[..300_000], 100_000);
+        frames.push(Request::PackageData(Vec::new()));
+        frames.extend(data_frames(&bytes[300_000..], 70_001));
+        upload(bytes.len() as u64, frames, &spool).unwrap();
+        assert_eq!(fs::read(&spool).unwrap(), bytes);
+    }
+
+    #[test]
+    fn a_longer_or_shorter_upload_fails_and_leaves_no_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("job.spool");
+        let bytes = vec![5u8; 600_000];
+        let longer = upload(599_999, data_frames(&bytes, 200_000), &spool);
+        assert_eq!(
+            longer,
+            Err("more package data than the 599999 bytes announced".to_owned())
+        );
+        assert!(!spool.exists());
+        let shorter = upload(600_001, data_frames(&bytes, 200_000), &spool);
+        assert_eq!(
+            shorter,
+            Err("the monitor closed before sending the package".to_owned())
+        );
+        assert!(!spool.exists());
+        let mut frames = data_frames(&bytes, 200_000);
+        frames.insert(1, Request::Status);
+        let other = upload(600_000, frames, &spool);
+        assert_eq!(other, Err("expected the package's data".to_owned()));
+        assert!(!spool.exists());
+    }
+
+    #[test]
+    fn an_uncreatable_spool_is_refused_before_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory where the spool file would be.
+        let spool = dir.path().join("job.spool");
+        fs::create_dir(&spool).unwrap();
+        let result = upload(10, data_frames(&[1; 10], 10), &spool);
+        assert!(
+            matches!(&result, Err(m) if m.starts_with("cannot create the spool file: ")),
+            "{result:?}"
+        );
     }
 }

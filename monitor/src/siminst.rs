@@ -118,10 +118,7 @@ pub(crate) async fn install(
         let n = n.min(usize::try_from(inspection.size - sent).unwrap_or(usize::MAX));
         // The server may refuse (and close) before taking everything: its
         // answer is read below.
-        if let Err(e) = connection
-            .send(&Request::PackageData(buf[..n].to_vec()))
-            .await
-        {
+        if let Err(e) = connection.send_package_data(&buf[..n]).await {
             upload_error = Some(e);
             break;
         }

@@ -169,3 +169,48 @@ fn nix_uid() -> u32 {
         .map(|m| m.uid())
         .unwrap_or(0)
 }
+
+#[tokio::test]
+async fn upload_frames_are_read_in_place_from_a_sealed_session() -> TestResult {
+    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+    let server = tokio::spawn(async move {
+        let mut connection =
+            ServerConnection::handshake(Box::new(server_io), addr(), &key(7)).await?;
+        let mut got = Vec::new();
+        let mut buffer = Vec::new();
+        loop {
+            match connection.recv_upload(buffer).await? {
+                Some(UploadFrame::Data(data)) => {
+                    got.push(data.bytes().to_vec());
+                    buffer = data.into_buffer();
+                }
+                Some(UploadFrame::Other(request)) => {
+                    got.push(format!("{request:?}").into_bytes());
+                    buffer = Vec::new();
+                }
+                None => break,
+            }
+        }
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(got)
+    });
+    let mut client = Connection::handshake(Box::new(client_io), "test".into(), &key(7)).await?;
+    client.send_package_data(&[1, 2, 3]).await?;
+    // Either way of sending arrives the same.
+    client.send(&Request::PackageData(vec![4; 300])).await?;
+    client.send(&Request::Status).await?;
+    client.send_package_data(&[]).await?;
+    client.send_package_data(&[5; 100]).await?;
+    drop(client);
+    let got = server.await?.map_err(|e| e.to_string())?;
+    assert_eq!(
+        got,
+        [
+            vec![1, 2, 3],
+            vec![4; 300],
+            b"Status".to_vec(),
+            vec![],
+            vec![5; 100]
+        ]
+    );
+    Ok(())
+}
