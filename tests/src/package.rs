@@ -17,6 +17,41 @@ pub fn package_arriving(staging: &Path) -> bool {
         .any(|e| e.path().join("root/flotilla.yaml").exists())
 }
 
+/// Whether a receiver whose staging directory is `staging` has unpacked a
+/// package file (of a [`PackageSource`], whose payload is noise) past
+/// `offset` bytes. Not by the file's size: the unpacker reserves each
+/// file's whole length (fallocate) before it writes, and the reserved
+/// part reads as zeros, where 4 KiB of noise never are.
+pub fn package_written_past(staging: &Path, offset: u64) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    fn written(path: &Path, offset: u64) -> bool {
+        let mut block = [0u8; 4096];
+        std::fs::File::open(path)
+            .and_then(|mut f| {
+                f.seek(SeekFrom::Start(offset))?;
+                f.read_exact(&mut block)
+            })
+            .is_ok_and(|()| block.iter().any(|&b| b != 0))
+    }
+    fn walk(dir: &Path, offset: u64, depth: usize) -> bool {
+        depth > 0
+            && std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => walk(&e.path(), offset, depth - 1),
+                    Ok(t) if t.is_file() => written(&e.path(), offset),
+                    _ => false,
+                })
+    }
+    std::fs::read_dir(staging)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| walk(&e.path().join("root"), offset, 8))
+}
+
 /// What a siminst origin logged when it was done serving a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OriginFigures {

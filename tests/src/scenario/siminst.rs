@@ -28,8 +28,8 @@ const RESUME_TIMEOUT: Duration = Duration::from_secs(90);
 /// The size of a package chunk (mgmtd's siminst): to count what was re-sent.
 const CHUNK: u64 = 256 << 10;
 
-/// How long after the cut host starts receiving the cut comes.
-const CUT_AFTER: Duration = Duration::from_millis(300);
+/// How much of the package the cut host has unpacked when the cut comes.
+const CUT_AFTER_BYTES: u64 = 1 << 20;
 
 /// Writes a package directory under `dir` (a manifest, an install script
 /// that checks its payload, `payload` bytes of noise) and builds it with
@@ -153,9 +153,20 @@ pub fn siminst_with_a_host_cut_off(hosts: usize) -> Result<MgmtOutcome, Scenario
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    // Into the transfer (a few MiB/s on this LAN), so that the cut host
-    // holds some chunks and misses others.
-    std::thread::sleep(CUT_AFTER);
+    // Into the transfer, so that the cut host holds some chunks and misses
+    // others: by what it has unpacked, not by a delay, which on a quiet
+    // machine can outlast the whole transfer.
+    let staging = fleet.data_dir(cut_host).join("siminst/staging");
+    while !crate::package::package_written_past(&staging, CUT_AFTER_BYTES) {
+        if start.elapsed() > Duration::from_secs(60) {
+            return Err(ScenarioError::Timeout {
+                what: format!("h{} to unpack 1 MiB of the package", cut_host + 1),
+                waited: Duration::from_secs(60),
+                seen: "less unpacked".into(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
     fleet.inject(Fault::Partition(vec![rest.clone(), vec![cut_host]]))?;
     out.notes.push(format!(
         "h{} cut off {:.2} s after the monitor started ({size} bytes, {chunks} chunks)",
