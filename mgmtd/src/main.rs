@@ -34,7 +34,8 @@ use tracing_subscriber::EnvFilter;
     name = "mgmtd",
     version,
     args_conflicts_with_subcommands = true,
-    subcommand_negates_reqs = true
+    subcommand_negates_reqs = true,
+    after_help = "Every configuration key, with its default, is in the commented example that `mgmtd example-config` prints."
 )]
 struct Cli {
     /// The configuration file (YAML).
@@ -66,6 +67,12 @@ enum Command {
         /// Where to write the key.
         file: PathBuf,
     },
+    /// Print a complete configuration file, every key commented with its
+    /// meaning and default.
+    ///
+    /// Start from it: `mgmtd example-config > /etc/flotilla/mgmtd.yaml`,
+    /// then set `name`, `listen`, `seeds` and the paths.
+    ExampleConfig,
 }
 
 fn parse_level(text: &str) -> Result<LogLevel, String> {
@@ -76,6 +83,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match (cli.command, cli.config) {
         (Some(Command::Keygen { file }), _) => keygen(&file),
+        (Some(Command::ExampleConfig), _) => {
+            use std::io::Write;
+            // A closed pipe (`| head`) is the reader's choice, not an error.
+            let _ = std::io::stdout().write_all(Config::example().as_bytes());
+            Ok(())
+        }
         (None, Some(config)) => serve(&config, cli.log_level, cli.event_log),
         (None, None) => Err(anyhow::anyhow!("--config FILE is required")),
     };

@@ -230,3 +230,22 @@ fn the_server_prepares_its_state_and_stops_on_sigterm() -> TestResult {
     reader.join().map_err(|_| "log reader panicked")?;
     Ok(())
 }
+
+#[test]
+fn example_config_prints_the_commented_example() -> TestResult {
+    let output = mgmtd(&["example-config"])?;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = String::from_utf8(output.stdout)?;
+    for key in [
+        "name:",
+        "listen:",
+        "cluster_key:",
+        "data_dir:",
+        "# multicast:",
+    ] {
+        assert!(text.contains(key), "{key} missing from:\n{text}");
+    }
+    let help = String::from_utf8(mgmtd(&["--help"])?.stdout)?;
+    assert!(help.contains("mgmtd example-config"), "{help}");
+    Ok(())
+}
