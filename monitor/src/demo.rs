@@ -1,6 +1,7 @@
 //! `monitor demo`: a throwaway fleet of real `mgmtd` processes on loopback,
 //! a short tour (simex, chdir, the replicated maps, siminst, a killed host),
-//! and a clean stop (also on Ctrl-C and on error).
+//! and a clean stop, also on SIGINT, SIGTERM, SIGHUP, a closed stdout and
+//! an error.
 //!
 //! The fleet lives in a temporary directory: a fresh cluster key, and per
 //! host a configuration, a data directory, a socket and a log file. The
@@ -19,7 +20,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
-use crate::{follow_job, run_job, Output};
+use crate::{eprint_line, follow_job, println_checked, run_job, stop_signal, Output, Stop};
 
 /// How long the fleet has to form one view.
 const FORM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -64,10 +65,10 @@ fn find_mgmtd() -> anyhow::Result<PathBuf> {
     // profile as this executable.
     if let Some(cargo) = std::env::var_os("CARGO") {
         let release = dir.file_name().is_some_and(|n| n == "release");
-        eprintln!(
+        eprint_line(&format!(
             "building mgmtd ({})…",
             if release { "release" } else { "debug" }
-        );
+        ));
         let mut build = std::process::Command::new(cargo);
         build.args(["build", "--quiet", "-p", "mgmtd"]);
         if release {
@@ -195,21 +196,29 @@ impl Fleet {
     }
 
     /// Stops every daemon with SIGTERM (a clean leave), then SIGKILL what is
-    /// left after 10 s.
+    /// left after 10 s, or at once on another SIGINT, SIGTERM or SIGHUP
+    /// (the operator does not want to wait).
     async fn stop(&mut self) {
+        let hurry = stop_signal();
         for d in &self.daemons {
             if let Some(pid) = d.child.as_ref().and_then(Child::id) {
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
             }
         }
+        let leave = async {
+            for d in &mut self.daemons {
+                if let Some(child) = d.child.as_mut() {
+                    let _ = child.wait().await;
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::timeout(Duration::from_secs(10), leave) => {}
+            _ = hurry => {}
+        }
         for d in &mut self.daemons {
             if let Some(mut child) = d.child.take() {
-                if tokio::time::timeout(Duration::from_secs(10), child.wait())
-                    .await
-                    .is_err()
-                {
-                    let _ = child.kill().await;
-                }
+                let _ = child.kill().await;
             }
         }
     }
@@ -224,12 +233,12 @@ async fn members_count(endpoint: &Endpoint) -> anyhow::Result<usize> {
     }
 }
 
-fn heading(text: &str) {
+fn heading(text: &str) -> anyhow::Result<()> {
     use std::io::IsTerminal;
     if std::io::stdout().is_terminal() {
-        println!("\n\x1b[1m$ {text}\x1b[0m");
+        println_checked(&format!("\n\x1b[1m$ {text}\x1b[0m"))
     } else {
-        println!("\n$ {text}");
+        println_checked(&format!("\n$ {text}"))
     }
 }
 
@@ -250,16 +259,16 @@ async fn tour(fleet: &mut Fleet) -> anyhow::Result<()> {
     let endpoint = fleet.endpoint(0);
     let run = |result: Result<u8, crate::Failure>| result.map_err(|f| f.error);
 
-    heading("monitor members");
+    heading("monitor members")?;
     run(crate::members(&endpoint, &out).await)?;
 
-    heading("monitor status");
+    heading("monitor status")?;
     run(crate::status(&endpoint, &out).await)?;
 
-    heading("monitor simex -- uname -sr");
+    heading("monitor simex -- uname -sr")?;
     run(run_job(&endpoint, simex("uname -sr", Targets::All, None)?, &out).await)?;
 
-    heading("monitor chdir /tmp && monitor simex -- pwd");
+    heading("monitor chdir /tmp && monitor simex -- pwd")?;
     run(run_job(
         &endpoint,
         Request::Chdir {
@@ -273,11 +282,11 @@ async fn tour(fleet: &mut Fleet) -> anyhow::Result<()> {
 
     maps_and_siminst(fleet).await?;
 
-    heading("monitor simex --where role=web -- 'ls /nonexistent'   (fails everywhere)");
+    heading("monitor simex --where role=web -- 'ls /nonexistent'   (fails everywhere)")?;
     let web = Targets::Where(vec![("role".into(), "web".into())]);
     run(run_job(&endpoint, simex("ls /nonexistent", web, None)?, &out).await)?;
 
-    heading("monitor simex --targets demo-1,nohost -- true   (an unknown host is reported)");
+    heading("monitor simex --targets demo-1,nohost -- true   (an unknown host is reported)")?;
     let named = Targets::Hosts(vec!["demo-1".into(), "nohost".into()]);
     run(run_job(&endpoint, simex("true", named, None)?, &out).await)?;
 
@@ -286,7 +295,7 @@ async fn tour(fleet: &mut Fleet) -> anyhow::Result<()> {
         let name = fleet.daemons[victim].name.clone();
         heading(&format!(
             "monitor simex -- 'sleep 2; echo done'   (and {name} is killed with SIGKILL after 0.5 s)"
-        ));
+        ))?;
         let pid = fleet.daemons[victim].child.as_ref().and_then(Child::id);
         let killer = async move {
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -302,8 +311,8 @@ async fn tour(fleet: &mut Fleet) -> anyhow::Result<()> {
         let (report, ()) = tokio::join!(follow_job(&endpoint, request, &out), killer);
         let report = report.map_err(|f| f.error)?;
         let printable = crate::report::Report::from(&report);
-        println!("{}", crate::report::table(&printable));
-        println!("{}", crate::report::summary_line(&printable));
+        println_checked(&crate::report::table(&printable))?;
+        println_checked(&crate::report::summary_line(&printable))?;
         if let Some(mut child) = fleet.daemons[victim].child.take() {
             let _ = child.wait().await;
         }
@@ -321,7 +330,7 @@ async fn maps_and_siminst(fleet: &Fleet) -> anyhow::Result<()> {
         // The package's paths are shown relative to the fleet's directory.
         let shown = args.join(" ").replace(&root, "");
         async move {
-            heading(&format!("monitor {shown}"));
+            heading(&format!("monitor {shown}"))?;
             let argv = ["monitor", "--socket", &socket]
                 .into_iter()
                 .map(str::to_owned)
@@ -365,63 +374,184 @@ async fn maps_and_siminst(fleet: &Fleet) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `monitor demo [--hosts N] [--keep]`. Exit status 0 when the tour ran.
+/// How the demo ended, before the fleet is stopped.
+enum End {
+    /// The tour ran (or, with --keep, the fleet formed).
+    Done,
+    /// SIGINT, SIGTERM or SIGHUP: cancelled by the operator.
+    Stopped(Stop),
+    /// stdout was closed (`monitor demo | head`).
+    PipeClosed(anyhow::Error),
+    Failed(anyhow::Error),
+}
+
+impl End {
+    fn from_error(error: anyhow::Error) -> End {
+        if let Some(interrupted) = error.downcast_ref::<crate::Interrupted>() {
+            End::Stopped(interrupted.stop)
+        } else if crate::is_broken_pipe(&error) {
+            End::PipeClosed(error)
+        } else {
+            End::Failed(error)
+        }
+    }
+}
+
+/// `monitor demo [--hosts N] [--keep]`. Exit status 0 when the tour ran;
+/// 128 + the signal when interrupted, after the fleet is stopped and (but
+/// with --keep) removed.
 pub(crate) async fn run(hosts: u32, keep: bool) -> anyhow::Result<u8> {
-    println!("starting a fleet of {hosts} mgmtd daemons on loopback…");
+    // Before the first daemon starts: from here on a signal is the demo's
+    // to handle, and it cleans up.
+    let stop = stop_signal();
+    println_checked(&format!(
+        "starting a fleet of {hosts} mgmtd daemons on loopback…"
+    ))?;
     let mut fleet = Fleet::start(hosts, keep).await?;
     let started = tokio::time::Instant::now();
-    let result = tokio::select! {
+    let end = tokio::select! {
         result = async {
             fleet.wait_formed().await?;
-            println!(
+            println_checked(&format!(
                 "the fleet formed one view of {hosts} in {} ms (state and logs in {})",
                 started.elapsed().as_millis(),
                 fleet.root.display()
-            );
+            ))?;
             if !keep {
                 tour(&mut fleet).await?;
             }
             anyhow::Ok(())
-        } => result,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        } => result.map_or_else(End::from_error, |()| End::Done),
+        stop = stop => End::Stopped(stop),
     };
-    if keep && result.is_ok() {
-        print_keep(&fleet);
+    if keep && matches!(end, End::Done) {
+        print_keep(&fleet)?;
         // Detach: the daemons outlive this process.
         for d in &mut fleet.daemons {
             d.child.take();
         }
         return Ok(0);
     }
-    println!("\nstopping the fleet…");
-    fleet.stop().await;
-    if let Err(e) = result {
-        return Err(e.context(format!(
-            "the demo failed; the fleet's configurations and logs are kept in {}",
-            fleet.root.display()
-        )));
+    if matches!(end, End::Done) {
+        // A closed stdout now still leaves a fleet to stop.
+        let _ = println_checked("\nstopping the fleet…");
     }
-    let _ = std::fs::remove_dir_all(&fleet.root);
-    println!("done. Next: `cargo test --workspace`, or `monitor demo --keep` to keep a fleet.");
-    Ok(0)
+    fleet.stop().await;
+    let root = fleet.root.clone();
+    match end {
+        End::Done => {
+            let _ = std::fs::remove_dir_all(&root);
+            println_checked(
+                "done. Next: `cargo test --workspace`, or `monitor demo --keep` to keep a fleet.",
+            )?;
+            Ok(0)
+        }
+        End::Stopped(stop) => {
+            if keep {
+                eprint_line(&format!(
+                    "demo interrupted; the fleet is stopped; its configurations and logs are kept in {}",
+                    root.display()
+                ));
+            } else {
+                let _ = std::fs::remove_dir_all(&root);
+                eprint_line("demo interrupted; the fleet is stopped and removed");
+            }
+            Ok(stop.exit_code())
+        }
+        End::PipeClosed(error) => {
+            if !keep {
+                let _ = std::fs::remove_dir_all(&root);
+            }
+            Err(error)
+        }
+        End::Failed(error) => Err(error.context(format!(
+            "the demo failed; the fleet's configurations and logs are kept in {}",
+            root.display()
+        ))),
+    }
 }
 
-fn print_keep(fleet: &Fleet) {
-    let pids: Vec<String> = fleet
+/// A POSIX shell command that stops the daemons `pids` and only then
+/// removes `root`: SIGTERM (a clean leave), up to 10 s for them to exit,
+/// SIGKILL for any still there, then `rm -rf`. `kill -0` is asked per pid,
+/// since with several pids dash fails as soon as one is gone while bash
+/// succeeds while one is left.
+fn stop_command(pids: &[u32], root: &std::path::Path) -> String {
+    let list = pids
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let alive = pids
+        .iter()
+        .map(|p| format!("kill -0 {p}"))
+        .collect::<Vec<_>>()
+        .join(" || ");
+    let quoted = format!("'{}'", root.display().to_string().replace('\'', r"'\''"));
+    format!(
+        "kill {list}; i=0; while [ $i -lt 100 ] && {{ {alive}; }} 2>/dev/null; do sleep 0.1; i=$((i+1)); done; kill -9 {list} 2>/dev/null; rm -rf {quoted}"
+    )
+}
+
+fn print_keep(fleet: &Fleet) -> anyhow::Result<()> {
+    let pids: Vec<u32> = fleet
         .daemons
         .iter()
         .filter_map(|d| d.child.as_ref().and_then(Child::id))
-        .map(|p| p.to_string())
         .collect();
-    println!("\nthe fleet keeps running. Point monitor at it:\n");
-    println!(
+    println_checked("\nthe fleet keeps running. Point monitor at it:\n")?;
+    println_checked(&format!(
         "  export FLOTILLA_SOCKET={}",
         fleet.daemons[0].socket.display()
-    );
-    println!("\nand try `monitor members`, `monitor simex -- uptime`. Stop it with:\n");
-    println!(
-        "  kill {} && rm -rf {}",
-        pids.join(" "),
-        fleet.root.display()
-    );
+    ))?;
+    println_checked("\nand try `monitor members`, `monitor simex -- uptime`. Stop it with:\n")?;
+    println_checked(&format!("  {}", stop_command(&pids, &fleet.root)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The printed command waits for the daemons to be gone before it
+    /// removes their directory: here, processes that take 0.5 s to exit
+    /// after SIGTERM and write into the directory as they go.
+    #[test]
+    fn the_stop_command_removes_the_directory_after_the_daemons() {
+        let Ok(dir) = tempfile::tempdir() else {
+            panic!("no temporary directory");
+        };
+        let root = dir.path().join("fleet it's");
+        std::fs::create_dir_all(&root).unwrap_or_default();
+        // A daemon that is still leaving writes its state: if the directory
+        // were removed first, it would be there again.
+        let slow = "trap 'sleep 0.5; mkdir -p \"$0\"; echo bye > \"$0/late\"; exit 0' TERM; while :; do sleep 0.05; done";
+        let mut children: Vec<std::process::Child> = (0..2)
+            .filter_map(|_| {
+                std::process::Command::new("sh")
+                    .args(["-c", slow])
+                    .arg(&root)
+                    .spawn()
+                    .ok()
+            })
+            .collect();
+        assert_eq!(children.len(), 2);
+        let pids: Vec<u32> = children.iter().map(std::process::Child::id).collect();
+        // The traps must be set before the SIGTERM comes.
+        std::thread::sleep(Duration::from_millis(200));
+        // Reap the children as they exit, as init does for a kept fleet:
+        // `kill -0` succeeds on a zombie.
+        let reapers: Vec<_> = children
+            .drain(..)
+            .map(|mut c| std::thread::spawn(move || c.wait()))
+            .collect();
+        let status = std::process::Command::new("sh")
+            .args(["-c", &stop_command(&pids, &root)])
+            .status();
+        assert!(matches!(status, Ok(s) if s.success()), "{status:?}");
+        for reaper in reapers {
+            let waited = reaper.join();
+            assert!(matches!(waited, Ok(Ok(_))), "{waited:?}");
+        }
+        assert!(!root.exists(), "{} is left behind", root.display());
+    }
 }

@@ -19,7 +19,18 @@
 //! - 0: every target succeeded;
 //! - 1: a target did not (failed, timed out, disconnected, or a host named
 //!   was unknown);
-//! - 2: bad usage, or the server could not be reached or refused.
+//! - 2: bad usage, or the server could not be reached or refused;
+//! - 130, 143, 129: interrupted by SIGINT, SIGTERM or SIGHUP (128 + the
+//!   signal, as a shell reports a command killed by it): a job being
+//!   followed keeps running on the hosts, and the monitor says how to
+//!   follow it; `monitor demo` stops and removes its fleet first;
+//! - 141: stdout was closed (`monitor ... | head`): the monitor stops
+//!   quietly, as a tool killed by SIGPIPE would (128 + 13).
+//!
+//! # Host text
+//!
+//! Text that came from a server (output, host names, errors) is printed
+//! through `report::safe`, so it cannot drive the operator's terminal.
 
 mod demo;
 mod map;
@@ -33,7 +44,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use comfy_table::{presets, Table};
 use flotilla_client::message::{
     MembersReply, Request, ServerMessage, Simex, StatusReply, MAX_JOBS,
@@ -231,33 +243,196 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
+/// The signals that stop the monitor; each is handled as Ctrl-C is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    Interrupt,
+    Terminate,
+    Hangup,
+}
+
+impl Stop {
+    /// 128 + the signal number, as a shell reports a command it killed.
+    pub(crate) fn exit_code(self) -> u8 {
+        match self {
+            Stop::Interrupt => 130,
+            Stop::Terminate => 143,
+            Stop::Hangup => 129,
+        }
+    }
+}
+
+/// The first of SIGINT, SIGTERM and SIGHUP to arrive after this call. From
+/// the call on, these signals no longer kill the process (tokio keeps its
+/// handlers for the life of the process): whoever awaits the future must
+/// clean up and exit. If a handler cannot be installed, that signal keeps
+/// its default action (the process dies), which is no worse than before.
+pub(crate) fn stop_signal() -> impl std::future::Future<Output = Stop> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Installed now, not at the first poll: a signal that comes before the
+    // future is awaited is still seen.
+    let streams = [
+        (SignalKind::interrupt(), Stop::Interrupt),
+        (SignalKind::terminate(), Stop::Terminate),
+        (SignalKind::hangup(), Stop::Hangup),
+    ]
+    .map(|(kind, stop)| (signal(kind).ok(), stop));
+    async move {
+        let [(mut a, sa), (mut b, sb), (mut c, sc)] = streams;
+        async fn recv(stream: &mut Option<tokio::signal::unix::Signal>) {
+            match stream {
+                Some(stream) => {
+                    stream.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            () = recv(&mut a) => sa,
+            () = recv(&mut b) => sb,
+            () = recv(&mut c) => sc,
+        }
+    }
+}
+
+/// A command stopped by a signal; `main` prints the message (if any) as it
+/// is and exits with the signal's code.
+#[derive(Debug)]
+pub(crate) struct Interrupted {
+    pub(crate) stop: Stop,
+    pub(crate) message: Option<String>,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message.as_deref().unwrap_or("interrupted"))
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+impl Interrupted {
+    /// What stopping while following `job` means: the job is the servers',
+    /// not the monitor's, so it goes on.
+    /// `accepted`: whether the group accepted the job, if known.
+    fn following(stop: Stop, job: Option<JobId>, accepted: Option<bool>) -> Failure {
+        let message = job.map(|job| {
+            let id = job.short();
+            match accepted {
+                Some(true) => format!(
+                    "interrupted: job {id} keeps running on the hosts; follow it with `monitor job {id}`"
+                ),
+                Some(false) => format!(
+                    "interrupted before the group accepted job {id}; it may still run: `monitor job {id}` says"
+                ),
+                None => format!(
+                    "interrupted: job {id} may keep running on the hosts; follow it with `monitor job {id}`"
+                ),
+            }
+        });
+        Failure {
+            code: stop.exit_code(),
+            error: anyhow::Error::new(Interrupted { stop, message }),
+        }
+    }
+}
+
+/// Whether an error is a write to a closed stdout.
+pub(crate) fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+/// The exit status after stdout was closed: 128 + SIGPIPE, what a shell
+/// shows for `ls` cut off by `head`.
+const BROKEN_PIPE_EXIT: u8 = 141;
+
+/// A line on stderr. A closed or full stderr is not worth failing for (and
+/// `eprintln!` would panic).
+pub(crate) fn eprint_line(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
+}
+
+/// Refuses the connection options and --json for `monitor demo`: it starts
+/// and talks to its own fleet, and prints a tour for people. Only what is on
+/// the command line counts: FLOTILLA_SOCKET and friends, perhaps exported
+/// for a fleet kept by an earlier `monitor demo --keep`, are ignored.
+fn check_demo_args(matches: &ArgMatches) -> Result<(), String> {
+    let Some(("demo", sub)) = matches.subcommand() else {
+        return Ok(());
+    };
+    let given = |id: &str| {
+        [matches, sub].iter().any(|m| {
+            m.try_contains_id(id).unwrap_or(false)
+                && m.value_source(id) == Some(ValueSource::CommandLine)
+        })
+    };
+    for (id, flag) in [
+        ("socket", "--socket"),
+        ("connect", "--connect"),
+        ("key", "--key"),
+    ] {
+        if given(id) {
+            return Err(format!(
+                "monitor demo starts its own fleet and talks to it: {flag} does not apply \
+                 (to use a running fleet, run the other commands; `monitor demo --keep` leaves one running)"
+            ));
+        }
+    }
+    if given("json") {
+        return Err(
+            "monitor demo prints a tour to read, not JSON: --json does not apply \
+             (keep a fleet with `monitor demo --keep` and run any command on it with --json)"
+                .to_owned(),
+        );
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    if let Err(message) = check_demo_args(&matches) {
+        eprint_line(&format!("monitor: error: {message}"));
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("monitor: error: cannot start the async runtime: {e}");
+            eprint_line(&format!(
+                "monitor: error: cannot start the async runtime: {e}"
+            ));
             return ExitCode::from(2);
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(Failure { code, error }) => {
-            // A closed pipe (`monitor ... | head`) is not an error.
-            if error
-                .chain()
-                .filter_map(|e| e.downcast_ref::<std::io::Error>())
-                .any(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
-            {
-                return ExitCode::SUCCESS;
+            if let Some(interrupted) = error.downcast_ref::<Interrupted>() {
+                if let Some(message) = &interrupted.message {
+                    eprint_line(&report::safe(message));
+                }
+                return ExitCode::from(interrupted.stop.exit_code());
             }
-            eprintln!(
+            // A closed pipe (`monitor ... | head`): the reader has what it
+            // wanted; stop quietly.
+            if is_broken_pipe(&error) {
+                return ExitCode::from(BROKEN_PIPE_EXIT);
+            }
+            // The chain may quote a server's refusal.
+            eprint_line(&format!(
                 "monitor: error: {}",
-                flotilla_client::error_chain(error.as_ref())
-            );
+                report::safe(&flotilla_client::error_chain(error.as_ref()))
+            ));
             ExitCode::from(code)
         }
     }
@@ -339,7 +514,13 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     sha256,
                     timeout,
                 };
-                siminst::install(&endpoint, args, new_job()?, &out).await
+                let job = new_job()?;
+                // siminst follows the job itself; whether the group took
+                // it before the signal is not known here.
+                tokio::select! {
+                    result = siminst::install(&endpoint, args, job, &out) => result,
+                    stop = stop_signal() => Err(Interrupted::following(stop, Some(job), None)),
+                }
             }
             (None, None) => bail_usage("name a package file, or --remove NAME"),
         },
@@ -474,34 +655,56 @@ pub(crate) async fn follow_job(
         bar.enable_steady_tick(Duration::from_millis(100));
         bar
     });
-    let report = follow(&mut connection, |event, tracker| {
-        if let FollowEvent::Accepted(accepted) = event {
+    let job = request.job();
+    // Set once the group accepted the job: an interruption then leaves it
+    // running on the hosts.
+    let accepted = std::cell::Cell::new(false);
+    // A closed stdout (`--stream | head`): the first failed write ends the
+    // follow, quietly.
+    let closed: std::cell::RefCell<Option<std::io::Error>> = Default::default();
+    let stdout_closed = tokio::sync::Notify::new();
+    let followed = follow(&mut connection, |event, tracker| {
+        if let FollowEvent::Accepted(accepted_job) = event {
+            accepted.set(true);
             let line = format!(
                 "job {} on {} host(s): {}",
-                accepted.job.short(),
-                accepted.targets.len(),
-                accepted.command
+                accepted_job.job.short(),
+                accepted_job.targets.len(),
+                report::safe(&accepted_job.command)
             );
             match &bar {
                 Some(bar) => bar.println(line),
-                None if !out.json => eprintln!("{line}"),
+                None if !out.json => eprint_line(&line),
                 None => {}
             }
         }
         if let FollowEvent::Output { host, line, .. } = event {
+            let line = format!("{}: {}", report::safe(host), report::safe(line));
             match &bar {
-                Some(bar) => bar.println(format!("{host}: {line}")),
+                Some(bar) => bar.println(line),
                 // Keep stdout one JSON document with --json.
-                None if out.json => eprintln!("{host}: {line}"),
-                None => println!("{host}: {line}"),
+                None if out.json => eprint_line(&line),
+                None if closed.borrow().is_some() => {}
+                None => {
+                    if let Err(e) = println_checked(&line) {
+                        let io = e
+                            .downcast::<std::io::Error>()
+                            .unwrap_or_else(|e| std::io::Error::other(e.to_string()));
+                        *closed.borrow_mut() = Some(io);
+                        stdout_closed.notify_one();
+                    }
+                }
             }
         }
         if let FollowEvent::View { disconnected, .. } = event {
             for host in disconnected {
-                let line = format!("{host}: disconnected (left the group before reporting)");
+                let line = format!(
+                    "{}: disconnected (left the group before reporting)",
+                    report::safe(host)
+                );
                 match &bar {
                     Some(bar) => bar.println(line),
-                    None if !out.json => eprintln!("{line}"),
+                    None if !out.json => eprint_line(&line),
                     None => {}
                 }
             }
@@ -515,16 +718,36 @@ pub(crate) async fn follow_job(
                 }
             });
         }
-    })
-    .await;
+    });
+    let outcome = tokio::select! {
+        report = followed => Ok(report),
+        stop = stop_signal() => Err(stop),
+        () = stdout_closed.notified() => {
+            // Nothing more can be shown; the job goes on on the hosts.
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+            }
+            let error = closed.take().unwrap_or_else(|| std::io::ErrorKind::BrokenPipe.into());
+            return Err(anyhow::Error::new(error).context("cannot write to stdout").into());
+        }
+    };
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
+    let report = match outcome {
+        Ok(report) => report,
+        Err(stop) => return Err(Interrupted::following(stop, job, Some(accepted.get()))),
+    };
     let report = report.with_context(|| format!("the job failed at {endpoint}"))?;
     Ok(report)
 }
 
-fn println_checked(text: &str) -> anyhow::Result<()> {
+/// Host-supplied text for a table cell or a line (see `report::safe`).
+fn safe(text: &str) -> String {
+    report::safe(text).into_owned()
+}
+
+pub(crate) fn println_checked(text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{text}").context("cannot write to stdout")?;
@@ -589,9 +812,9 @@ pub(crate) async fn status(endpoint: &Endpoint, out: &Output) -> Result<u8, Fail
             ]);
         for h in &reply.hosts {
             table.add_row(vec![
-                h.name.clone(),
+                safe(&h.name),
                 format!("{}.{}", h.node, h.incarnation),
-                h.version.clone(),
+                safe(&h.version),
                 short_duration(h.uptime),
                 h.load
                     .map(|l| format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2]))
@@ -604,16 +827,18 @@ pub(crate) async fn status(endpoint: &Endpoint, out: &Output) -> Result<u8, Fail
                     .map(|d| format!("{} / {}", bytes(d.free), bytes(d.total)))
                     .unwrap_or_else(|| "-".into()),
                 format!("{} ({} members)", h.view.id, h.view.members.len()),
-                h.cwd.clone(),
-                h.packages
-                    .iter()
-                    .map(|p| format!("{} {}", p.name, p.version))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                safe(&h.cwd),
+                safe(
+                    &h.packages
+                        .iter()
+                        .map(|p| format!("{} {}", p.name, p.version))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ),
             ]);
         }
         for (host, _) in &reply.unanswered {
-            table.add_row(vec![host.clone(), "no answer".into()]);
+            table.add_row(vec![safe(host), "no answer".into()]);
         }
         println_checked(&table.to_string())?;
     }
@@ -646,10 +871,10 @@ pub(crate) async fn members(endpoint: &Endpoint, out: &Output) -> Result<u8, Fai
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
             table.add_row(vec![
-                m.host.clone(),
-                m.address.clone(),
+                safe(&m.host),
+                safe(&m.address),
                 m.incarnation.to_string(),
-                attributes.join(" "),
+                safe(&attributes.join(" ")),
                 humantime::format_rfc3339_seconds(m.since).to_string(),
             ]);
         }
@@ -686,7 +911,7 @@ async fn jobs(endpoint: &Endpoint, limit: u32, out: &Output) -> Result<u8, Failu
                 j.ok.to_string(),
                 j.failed.to_string(),
                 j.running.to_string(),
-                j.command.clone(),
+                safe(&j.command),
             ]);
         }
         println_checked(&table.to_string())?;

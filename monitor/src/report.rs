@@ -17,7 +17,16 @@
 //! meet the package's requirements; `error` says why). A siminst host that
 //! is `ok` says what it did in `stdout` (`installed webapp 1.4.0`, `already
 //! installed`, `removed`); the script's own output follows it.
+//!
+//! # Host text on the terminal
+//!
+//! Everything a host sends (output, host names, error strings) goes
+//! through [`safe`] or [`safe_lines`] before it is printed as text, so a
+//! command cannot move the cursor, clear the screen or set the window
+//! title of the operator's terminal. The JSON document carries the text
+//! exactly (JSON escapes control characters itself).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -244,6 +253,71 @@ impl From<&JobReport> for Report {
     }
 }
 
+/// How [`escape`] treats line breaks and tabs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// One line (a host name, an error, one streamed output line): a tab
+    /// is kept (it only moves the cursor right), `\n` is escaped.
+    Line,
+    /// A multi-line table cell: `\n` is kept; a tab becomes spaces to the
+    /// next multiple of 8 columns, since the table counts it as one column
+    /// and a raw tab would break the borders.
+    Lines,
+}
+
+/// Host-supplied text made safe for a terminal, on one line: ESC is shown
+/// as `\e`, CR as `\r`, every other C0 control (`\n` too), DEL and the C1
+/// controls as `\xNN`, and the bidirectional overrides and isolates (which
+/// reorder what is shown) as `\u{NNNN}`; a tab is kept. A backslash is left
+/// as it is: the aim is that nothing reaches the terminal as a control, not
+/// a reversible encoding (the JSON output is exact).
+pub(crate) fn safe(text: &str) -> Cow<'_, str> {
+    escape(text, Layout::Line)
+}
+
+/// As [`safe`], for text printed on several lines (a report's output
+/// cell): `\n` is kept and tabs are expanded to spaces.
+pub(crate) fn safe_lines(text: &str) -> Cow<'_, str> {
+    escape(text, Layout::Lines)
+}
+
+/// Whether `c` must not reach the terminal as it is.
+fn is_unsafe(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+fn escape(text: &str, layout: Layout) -> Cow<'_, str> {
+    let kept = |c: char| match layout {
+        Layout::Line => c == '\t',
+        Layout::Lines => c == '\n',
+    };
+    if !text.chars().any(|c| is_unsafe(c) && !kept(c)) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    // Characters shown since the last line break, for the tab stops.
+    let mut column = 0usize;
+    for c in text.chars() {
+        let shown = match c {
+            '\n' if layout == Layout::Lines => {
+                out.push('\n');
+                column = 0;
+                continue;
+            }
+            '\t' if layout == Layout::Lines => " ".repeat(8 - column % 8),
+            '\t' => "\t".to_owned(),
+            '\u{1b}' => "\\e".to_owned(),
+            '\r' => "\\r".to_owned(),
+            c if c.is_control() => format!("\\x{:02x}", u32::from(c)),
+            c if is_unsafe(c) => format!("\\u{{{:04x}}}", u32::from(c)),
+            c => c.to_string(),
+        };
+        column += shown.chars().count();
+        out.push_str(&shown);
+    }
+    Cow::Owned(out)
+}
+
 /// Host names folded where they share a prefix and differ by a number:
 /// `web-1,web-2,web-3,db-1` becomes `db-1,web-[1-3]`.
 pub(crate) fn fold_hosts<'a>(hosts: impl IntoIterator<Item = &'a str>) -> String {
@@ -284,7 +358,7 @@ pub(crate) fn fold_hosts<'a>(hosts: impl IntoIterator<Item = &'a str>) -> String
         parts.push(format!("{prefix}[{}]", ranges.join(",")));
     }
     parts.sort();
-    parts.join(",")
+    safe(&parts.join(",")).into_owned()
 }
 
 fn range(start: u64, end: u64) -> String {
@@ -298,14 +372,14 @@ fn range(start: u64, end: u64) -> String {
 fn shown_output(h: &HostLine) -> String {
     let mut text = String::new();
     if let Some(e) = &h.error {
-        text.push_str(e);
+        text.push_str(&safe(e));
         text.push('\n');
     }
     let mut lines: Vec<&str> = h.stdout.lines().collect();
     lines.extend(h.stderr.lines());
     let total = lines.len();
     for l in lines.iter().take(SHOWN_LINES) {
-        text.push_str(l);
+        text.push_str(&safe_lines(l));
         text.push('\n');
     }
     if total > SHOWN_LINES {
@@ -400,5 +474,73 @@ mod tests {
             "db-1,solo,web-[1-3,7]"
         );
         assert_eq!(fold_hosts(["a01", "a02"]), "a01,a02");
+    }
+
+    #[test]
+    fn escapes_and_titles_do_not_reach_the_terminal() {
+        assert_eq!(
+            safe("\u{1b}]0;pwned\u{7}\u{1b}[2J"),
+            "\\e]0;pwned\\x07\\e[2J"
+        );
+        assert_eq!(safe("a\rb\u{7f}c\u{9b}d\0"), "a\\rb\\x7fc\\x9bd\\x00");
+        assert_eq!(safe("two\nlines"), "two\\x0alines");
+        assert_eq!(safe("evil\u{202e}txt"), "evil\\u{202e}txt");
+    }
+
+    #[test]
+    fn plain_text_is_borrowed_and_unchanged() {
+        for text in ["uname -sr: Linux 6.1", "a\tb", "é ü 日本 \\ \"quoted\""] {
+            assert!(
+                matches!(safe(text), Cow::Borrowed(t) if t == text),
+                "{text}"
+            );
+        }
+        assert!(matches!(safe_lines("one\ntwo"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn lines_keep_line_breaks_and_expand_tabs() {
+        assert_eq!(
+            safe_lines("a\tb\nabcdefgh\tc"),
+            "a       b\nabcdefgh        c"
+        );
+        assert_eq!(safe_lines("x\u{1b}[31m\ny"), "x\\e[31m\ny");
+    }
+
+    #[test]
+    fn host_names_and_output_in_the_table_are_escaped() {
+        let line = |host: &str, stdout: &str| HostLine {
+            host: host.into(),
+            outcome: "ok",
+            exit: Some(0),
+            signal: None,
+            duration_ms: Some(1),
+            stdout: stdout.into(),
+            stderr: String::new(),
+            stdout_truncated: false,
+            stderr_truncated: false,
+            error: Some("no\u{1b}[2Jpe".into()),
+            ok: true,
+        };
+        let report = Report {
+            job: "0123456789abcdef".into(),
+            command: "printf".into(),
+            summary: Summary::default(),
+            hosts: vec![line(
+                "evil\u{1b}]0;t\u{7}",
+                "\u{1b}]0;pwned\u{7}\u{1b}[2J\nok",
+            )],
+        };
+        let shown = table(&report);
+        assert!(
+            !shown.contains('\u{1b}') && !shown.contains('\u{7}'),
+            "{shown}"
+        );
+        assert!(shown.contains("\\e]0;pwned\\x07\\e[2J"), "{shown}");
+        assert!(shown.contains("evil\\e]0;t\\x07"), "{shown}");
+        assert!(shown.contains("no\\e[2Jpe"), "{shown}");
+        // The JSON keeps the exact text.
+        let json = serde_json::to_string(&report).unwrap_or_default();
+        assert!(json.contains("\\u001b]0;pwned\\u0007"), "{json}");
     }
 }
