@@ -33,13 +33,13 @@ pub(crate) fn build(dir: &Path, out: &Path, output: &Output) -> Result<u8, Failu
         };
         println_checked(&serde_json::to_string_pretty(&doc).context("cannot encode")?)?;
     } else {
-        eprintln!(
+        crate::eprint_line(&format!(
             "built {} {} into {} ({})",
             built.manifest.name,
             built.manifest.version,
             out.display(),
             packages::format_bytes(built.size)
-        );
+        ));
         // The form of sha256sum, so that `sha256sum -c` reads it.
         println_checked(&format!("{}  {}", built.sha256, out.display()))?;
     }

@@ -33,10 +33,13 @@ fn interactive(out: &Output) -> bool {
     std::io::stdout().is_terminal() && std::io::stderr().is_terminal() && !out.json
 }
 
+/// Prints a line that may carry host text (names, reasons, the command),
+/// escaped for the terminal (see [`crate::report::safe`]).
 fn say(bar: &Option<ProgressBar>, out: &Output, line: String) {
+    let line = crate::report::safe(&line);
     match bar {
         Some(bar) => bar.println(line),
-        None if !out.json => eprintln!("{line}"),
+        None if !out.json => crate::eprint_line(&line),
         None => {}
     }
 }
@@ -61,10 +64,10 @@ pub(crate) async fn install(
             if expected != actual && !out.json {
                 // Each host verifies the digest it was given: the report
                 // then shows every host refusing the package.
-                eprintln!(
+                crate::eprint_line(&format!(
                     "warning: {} has digest {actual}, not the expected {expected}; the hosts will refuse it",
                     args.file.display()
-                );
+                ));
             }
             expected
         }
@@ -154,7 +157,10 @@ pub(crate) async fn install(
     let report = follow(&mut connection, |event, tracker| {
         if let FollowEvent::Output { host, line, .. } = event {
             if let Some(state) = line.strip_prefix(PROGRESS_PREFIX) {
-                states.insert(host.to_owned(), state.to_owned());
+                states.insert(
+                    crate::report::safe(host).into_owned(),
+                    crate::report::safe(state).into_owned(),
+                );
             }
         }
         observe(&bar, out, event);
@@ -162,9 +168,12 @@ pub(crate) async fn install(
             crate::show_progress(bar, tracker, 6, |waiting| {
                 waiting
                     .into_iter()
-                    .map(|h| match states.get(h) {
-                        Some(state) => format!("{h} {state}"),
-                        None => format!("{h} eligible"),
+                    .map(|h| {
+                        let h = crate::report::safe(h);
+                        match states.get(h.as_ref()) {
+                            Some(state) => format!("{h} {state}"),
+                            None => format!("{h} eligible"),
+                        }
                     })
                     .collect::<Vec<_>>()
                     .join(", ")
