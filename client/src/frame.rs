@@ -37,7 +37,7 @@ pub enum FrameError {
     #[error("the connection ended in the middle of a frame")]
     Truncated,
     /// A frame's length is larger than the limit.
-    #[error("frame of {len} bytes is larger than the limit of {max}")]
+    #[error("frame of {len} bytes is larger than the limit of {max} (is the peer a Flotilla server or monitor?)")]
     TooLarge {
         /// The length announced (or, when writing, encoded).
         len: usize,

@@ -584,10 +584,21 @@ pub(crate) struct Output {
 }
 
 async fn connect(endpoint: &Endpoint) -> anyhow::Result<Connection> {
-    Connection::connect(endpoint).await.with_context(|| {
-        format!(
-            "cannot reach the server at {endpoint} (is mgmtd running? see --socket / --connect)"
-        )
+    Connection::connect(endpoint).await.map_err(|e| {
+        // Only a failed connect means nobody is there; past it the server
+        // was reached and refused, or is not a Flotilla server.
+        let context = match &e {
+            flotilla_client::transport::ClientError::Connect { .. } => format!(
+                "cannot reach the server at {endpoint} (is mgmtd running? see --socket / --connect)"
+            ),
+            flotilla_client::transport::ClientError::Refused { .. } => {
+                format!(
+                    "the server at {endpoint} refused the connection (is --key the fleet's key?)"
+                )
+            }
+            _ => format!("cannot talk to the server at {endpoint}"),
+        };
+        anyhow::Error::new(e).context(context)
     })
 }
 

@@ -165,8 +165,12 @@ fn a_client_without_the_key_is_refused() -> TestResult {
     };
     let refused = run(&wrong)?;
     assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    // Reached, and refused: not "cannot reach" (the server is there).
+    let said = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("cluster key"),
+        said.contains(&format!("the server at tcp {addr} refused the connection"))
+            && said.contains("cluster key")
+            && !said.contains("cannot reach"),
         "{}",
         text(&refused)
     );
