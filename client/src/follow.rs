@@ -63,6 +63,15 @@ pub struct JobReport {
 }
 
 impl JobReport {
+    /// How many hosts the job was for: its targets and the unknown hosts
+    /// it named (not the hosts of M it left out).
+    pub fn targeted(&self) -> usize {
+        self.hosts
+            .iter()
+            .filter(|(_, state)| !matches!(state, HostState::NotTargeted))
+            .count()
+    }
+
     /// Whether every target reported success (and no host named was
     /// unknown).
     pub fn all_ok(&self) -> bool {

@@ -613,7 +613,10 @@ pub(crate) async fn run_job(
     print_report(&report, out)
 }
 
-/// Prints a job's report; 0 if every target succeeded, 1 otherwise.
+/// Prints a job's report; 0 if every target succeeded, 1 otherwise, and 1
+/// when there was no target at all: a selection that matched nothing (a
+/// typo in `--where`) did nothing, which a script must not take for
+/// success.
 pub(crate) fn print_report(
     report: &flotilla_client::JobReport,
     out: &Output,
@@ -626,6 +629,13 @@ pub(crate) fn print_report(
     } else {
         println_checked(&report::table(&printable))?;
         println_checked(&report::summary_line(&printable))?;
+    }
+    if report.targeted() == 0 {
+        eprint_line(&format!(
+            "monitor: no host was targeted: the selection matched none of the {} host(s) of the view (see `monitor members`)",
+            report.hosts.len()
+        ));
+        return Ok(1);
     }
     Ok(if printable.all_ok() { 0 } else { 1 })
 }

@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use flotilla_client::message::{Request, Siminst, MAX_PACKAGE_DATA};
-use flotilla_client::{follow, Endpoint, FollowEvent, JobId, Outcome, PackageStatus, Targets};
+use flotilla_client::tracker::HostState;
+use flotilla_client::{
+    follow, Endpoint, FollowEvent, JobId, Outcome, PackageOutcome, PackageStatus, Targets,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::{print_report, Failure, Output};
@@ -191,7 +194,24 @@ pub(crate) async fn install(
         }
         (Err(e), None) => return Err(anyhow::Error::new(e).context("the siminst failed").into()),
     };
-    print_report(&report, out)
+    let code = print_report(&report, out)?;
+    // Not eligible is no failure on a host, but a package that went
+    // nowhere is no success either.
+    let eligible = report.hosts.iter().any(|(_, state)| {
+        !matches!(
+            state,
+            HostState::NotTargeted
+                | HostState::Reported(Outcome::Package(PackageOutcome {
+                    status: PackageStatus::NotEligible(_),
+                    ..
+                }))
+        )
+    });
+    if code == 0 && !eligible {
+        crate::eprint_line("monitor: no target is eligible for the package: nothing was installed");
+        return Ok(1);
+    }
+    Ok(code)
 }
 
 fn observe(bar: &Option<ProgressBar>, out: &Output, event: FollowEvent<'_>) {

@@ -83,6 +83,14 @@ fn simex_with_identical_and_differing_output() -> TestResult {
     assert_eq!(code, 0);
     assert_eq!(hosts_with(&report, "ok"), ["h2", "h3"]);
     assert_eq!(hosts_with(&report, "not targeted"), ["h1"]);
+    // A selection that matches nothing did nothing: not a success.
+    let run = fleet.monitor(0, &["simex", "--where", "role=nope", "--", "true"])?;
+    assert_eq!(run.status.code(), Some(1), "{}", text(&run));
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("no host was targeted"),
+        "{}",
+        text(&run)
+    );
     Ok(())
 }
 

@@ -208,6 +208,19 @@ fn requirements_filter_hosts_with_reasons() -> TestResult {
     let listed = installed(&fleet, 0)?;
     assert_eq!(listed[0].1, ["agent 2.0.0"]);
     assert!(listed[2].1.is_empty() && listed[3].1.is_empty());
+    // A package no host is eligible for went nowhere: exit 1, though no
+    // host failed.
+    let (file, _) = package(
+        &fleet,
+        "nowhere",
+        "1.0.0",
+        "requirements:\n  attributes:\n    arch: sparc\n",
+        "echo ok\n",
+        4 << 10,
+    )?;
+    let (code, report) = fleet.monitor_json(0, &["siminst", &path(&file)])?;
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(report["summary"]["not_eligible"], 4, "{report}");
     Ok(())
 }
 
