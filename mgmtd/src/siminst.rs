@@ -711,7 +711,14 @@ fn install_blocking(
         return failed("the package's manifest differs from the advertised one".into());
     }
     let script = staged.install_script(&root);
-    let outcome = match packages::run_script(&script, &root, staged.install_timeout, OUTPUT_CAP) {
+    let target = paths.installed.join(&ad.name);
+    let outcome = match packages::run_script_with_env(
+        &script,
+        &root,
+        &script_env(&ad.name, &ad.version, &target),
+        staged.install_timeout,
+        OUTPUT_CAP,
+    ) {
         Ok(outcome) => outcome,
         Err(e) => return failed(format!("the install script: {e}")),
     };
@@ -736,7 +743,6 @@ fn install_blocking(
     }
     // Into place: the previous installation moves aside until the record
     // is written, so that a failure leaves it as it was.
-    let target = paths.installed.join(&ad.name);
     let aside = paths.installed.join(format!(".old-{}", ad.name));
     let _ = fs::remove_dir_all(&aside);
     let had_previous = target.exists();
@@ -806,7 +812,14 @@ fn remove_blocking(paths: &Paths, db: &Mutex<PackageDb>, name: &str) -> Finished
     let (mut stdout, mut stderr) = (Captured::default(), Captured::default());
     if let Ok(manifest) = Manifest::from_file(&dir.join(packages::MANIFEST_FILE)) {
         if let Some(script) = manifest.uninstall_script(&dir) {
-            match packages::run_script(&script, &dir, manifest.install_timeout, OUTPUT_CAP) {
+            let version = manifest.version.to_string();
+            match packages::run_script_with_env(
+                &script,
+                &dir,
+                &script_env(name, &version, &dir),
+                manifest.install_timeout,
+                OUTPUT_CAP,
+            ) {
                 Ok(outcome) => {
                     stdout = captured(&outcome.stdout);
                     stderr = captured(&outcome.stderr);
@@ -1542,6 +1555,22 @@ async fn multicast_with_backoff<G: Group>(
             other => return other,
         }
     }
+}
+
+/// What a package's scripts are told: an install script runs in the
+/// staging directory, which becomes `FLOTILLA_INSTALL_DIR` only once the
+/// script succeeded, so a script that records where the package lives (a
+/// unit file, a symlink) must use that, not its working directory.
+fn script_env<'a>(
+    name: &'a str,
+    version: &'a str,
+    install_dir: &'a Path,
+) -> [(&'static str, &'a std::ffi::OsStr); 3] {
+    [
+        ("FLOTILLA_PACKAGE", name.as_ref()),
+        ("FLOTILLA_VERSION", version.as_ref()),
+        ("FLOTILLA_INSTALL_DIR", install_dir.as_os_str()),
+    ]
 }
 
 // ----- the monitor's upload -----

@@ -75,7 +75,9 @@ pub use manifest::{
 };
 pub use paths::SymlinkProblem;
 pub use requirements::{HostFacts, NotEligible, Unmet};
-pub use script::{run_script, Captured, ExitStatus, ScriptError, ScriptOutcome, KILL_GRACE};
+pub use script::{
+    run_script, run_script_with_env, Captured, ExitStatus, ScriptError, ScriptOutcome, KILL_GRACE,
+};
 pub use units::{format_bytes, parse_bytes, parse_duration, ParseUnitError};
 pub use unpack::{
     unpack, unpack_buffered, unpack_verified, Limits, UnpackError, Unpacked, VerifiedUnpackError,

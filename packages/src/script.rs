@@ -153,12 +153,26 @@ pub fn run_script(
     timeout: Duration,
     output_cap: usize,
 ) -> Result<ScriptOutcome, ScriptError> {
-    run_script_with_grace(path, cwd, timeout, output_cap, KILL_GRACE)
+    run_script_with_env(path, cwd, &[], timeout, output_cap)
+}
+
+/// [`run_script`] with `env` added to the environment: what the script
+/// cannot know from where it runs (an install script runs in a staging
+/// directory that moves into place only after it succeeded).
+pub fn run_script_with_env(
+    path: &Path,
+    cwd: &Path,
+    env: &[(&str, &std::ffi::OsStr)],
+    timeout: Duration,
+    output_cap: usize,
+) -> Result<ScriptOutcome, ScriptError> {
+    run_script_with_grace(path, cwd, env, timeout, output_cap, KILL_GRACE)
 }
 
 pub(crate) fn run_script_with_grace(
     path: &Path,
     cwd: &Path,
+    env: &[(&str, &std::ffi::OsStr)],
     timeout: Duration,
     output_cap: usize,
     grace: Duration,
@@ -181,6 +195,7 @@ pub(crate) fn run_script_with_grace(
     let mut child = Command::new("/bin/sh")
         .arg(path)
         .current_dir(cwd)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -90,7 +90,7 @@ fn install_on_five_hosts_reinstall_force_and_remove() -> TestResult {
         "webapp",
         "1.0.0",
         "",
-        "echo installing; test -f data.bin\n",
+        "echo installing; test -f data.bin\necho \"$FLOTILLA_PACKAGE $FLOTILLA_VERSION $FLOTILLA_INSTALL_DIR\" > told\n",
         3 << 20,
     )?;
     let inspect = fleet.monitor(0, &["package", "inspect", &path(&file)])?;
@@ -111,6 +111,13 @@ fn install_on_five_hosts_reinstall_force_and_remove() -> TestResult {
     assert!(host(&report, "h3")["stdout"]
         .as_str()
         .is_some_and(|s| s.contains("installed webapp 1.0.0") && s.contains("installing")));
+    // The script ran in staging and was told where the package now lives.
+    let home = &fleet.daemons[2].home;
+    let dir = home.join("data/packages/webapp");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("told"))?,
+        format!("webapp 1.0.0 {}\n", dir.display())
+    );
     for (name, packages) in installed(&fleet, 0)? {
         assert_eq!(packages, ["webapp 1.0.0"], "{name}");
     }

@@ -85,8 +85,15 @@ fn timeout_kills_the_whole_group() {
 fn processes_ignoring_sigterm_get_sigkill() {
     let (dir, path) = script("trap '' TERM\nsleep 100 & sleep 100; wait\n");
     let grace = Duration::from_millis(300);
-    let outcome =
-        run_script_with_grace(&path, dir.path(), Duration::from_millis(200), 1024, grace).unwrap();
+    let outcome = run_script_with_grace(
+        &path,
+        dir.path(),
+        &[],
+        Duration::from_millis(200),
+        1024,
+        grace,
+    )
+    .unwrap();
     assert!(outcome.timed_out);
     assert_eq!(outcome.status, ExitStatus::Signal(9));
     assert_eq!(outcome.status.to_string(), "killed by signal 9 (SIGKILL)");
