@@ -75,7 +75,7 @@ impl fmt::Display for UpdateId {
 }
 
 /// What an update does to its map.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Op {
     /// Creates the map, empty. Rejected if it exists.
     CreateMap,
@@ -186,6 +186,39 @@ impl Update {
             return Err(BoundError::UpdateTooLarge { len });
         }
         self.op.validate()
+    }
+}
+
+impl Update {
+    /// A digest of what the update does (its map and operation, not its
+    /// id): a server compares it with the one remembered next to an applied
+    /// id, to tell a retry of that update from a different update that
+    /// reuses its id. Computed by each server from the updates it applied
+    /// (never sent or stored), so it need not be stable across builds. Not
+    /// cryptographic: the id is the client's own, and this only guards it
+    /// against a mistake.
+    pub fn digest(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+        self.map.hash(&mut h);
+        self.op.hash(&mut h);
+        h.finish()
+    }
+}
+
+/// FNV-1a, 64 bits: the same on every run, unlike the std's seeded hasher.
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
     }
 }
 

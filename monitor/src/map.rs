@@ -151,7 +151,8 @@ pub(crate) enum MapCommand {
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct IdArg {
     /// The update's id (32 hexadecimal digits), to retry an update whose
-    /// outcome was unknown: it is applied at most once.
+    /// outcome was unknown: it is applied at most once. An id already used
+    /// for a different update is refused.
     #[arg(long, value_parser = parse_id)]
     id: Option<UpdateId>,
 }
