@@ -41,7 +41,8 @@ pub enum Recall<'a> {
     Same(&'a Outcome),
     /// A different update reused the id: the first one's outcome.
     Different(&'a Outcome),
-    /// The id came in a snapshot, without its update's digest.
+    /// The id came in a peer's snapshot (or a snapshot file written before
+    /// digests were kept), without its update's digest.
     Unknown(&'a Outcome),
 }
 
@@ -120,12 +121,13 @@ pub enum InstallError {
 
 /// The recent update ids of one map and their first outcomes, oldest first,
 /// each with the digest of its update ([`crate::Update::digest`]) where this
-/// replica applied it itself. An id that came in a snapshot (catch-up, or
-/// the local snapshot file after a compaction) has none: snapshots carry
-/// ids and outcomes only, and their format is kept. The digest never
-/// changes what the state machine does (replicas that compacted at
-/// different points know different digests); servers use it to refuse a
-/// reused id before ordering ([`Tables::recall`]).
+/// replica knows it: it applied the update itself, or its own snapshot file
+/// kept the digest ([`crate::wal::SnapshotDigests`]). An id that came in a
+/// peer's snapshot (catch-up), or in a snapshot file written before digests
+/// were kept, has none: [`MapSnapshot`] carries ids and outcomes only, its
+/// format unchanged. So replicas at one version may know different digests,
+/// and the digest never changes what the state machine does; servers use it
+/// to refuse a reused id before ordering ([`Tables::recall`]).
 #[derive(Clone, Debug, Default)]
 struct Recent {
     order: VecDeque<UpdateId>,
@@ -160,6 +162,16 @@ impl Recent {
                 }
             }
         }
+    }
+
+    fn digests(&self) -> Vec<(UpdateId, u64)> {
+        self.order
+            .iter()
+            .filter_map(|id| match self.outcomes.get(id) {
+                Some((_, Some(d))) => Some((*id, *d)),
+                _ => None,
+            })
+            .collect()
     }
 
     fn to_vec(&self) -> Vec<(UpdateId, Outcome)> {
@@ -247,6 +259,12 @@ impl MapState {
     /// checker compares them. Not cryptographic.
     pub fn content_digest(&self) -> u64 {
         self.sum ^ if self.live { 0x9e37_79b9_7f4a_7c15 } else { 0 }
+    }
+
+    /// The digests this replica knows of its recent updates, oldest first
+    /// (what the snapshot file keeps beside [`MapSnapshot`]).
+    pub fn digests(&self) -> Vec<(UpdateId, u64)> {
+        self.recent.digests()
     }
 
     /// A copy of the whole map (entries and recent ids) at its version.
@@ -463,8 +481,8 @@ impl Tables {
     /// window: its first outcome, and whether `update` (sent with that id)
     /// is the same update ([`Recall::Same`]), a different one
     /// ([`Recall::Different`]), or cannot be told apart because this replica
-    /// took the id from a snapshot ([`Recall::Unknown`], treated as a retry
-    /// as before digests were kept).
+    /// took the id from a peer's snapshot ([`Recall::Unknown`], treated as a
+    /// retry as before digests were kept).
     pub fn recall(&self, update: &crate::Update) -> Option<Recall<'_>> {
         let (outcome, digest) = self.maps.get(&update.map)?.recent.recall(update.id)?;
         Some(match digest {
@@ -550,6 +568,18 @@ impl Tables {
         let state = snapshot.into_state()?;
         self.maps.insert(name, state);
         Ok(())
+    }
+
+    /// Gives the recent ids of `map` the digests the local snapshot file
+    /// kept for them; ids no longer remembered are skipped.
+    pub(crate) fn restore_digests(&mut self, map: &str, digests: &[(UpdateId, u64)]) {
+        if let Some(m) = self.maps.get_mut(map) {
+            for (id, d) in digests {
+                if let Some((_, slot)) = m.recent.outcomes.get_mut(id) {
+                    *slot = Some(*d);
+                }
+            }
+        }
     }
 
     /// Loads a map from a local snapshot file, replacing whatever is there.

@@ -75,7 +75,7 @@ impl fmt::Display for UpdateId {
 }
 
 /// What an update does to its map.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     /// Creates the map, empty. Rejected if it exists.
     CreateMap,
@@ -193,29 +193,34 @@ impl Update {
     /// A digest of what the update does (its map and operation, not its
     /// id): a server compares it with the one remembered next to an applied
     /// id, to tell a retry of that update from a different update that
-    /// reuses its id. Computed by each server from the updates it applied
-    /// (never sent or stored), so it need not be stable across builds. Not
-    /// cryptographic: the id is the client's own, and this only guards it
-    /// against a mistake.
+    /// reuses its id. Computed by each server from the updates it applied,
+    /// never sent to peers, but kept in the server's own snapshot file: so it
+    /// is FNV-1a over the postcard encoding of the map and operation, the
+    /// same encoding the log uses, which a new build reads as the old one
+    /// wrote it. Not cryptographic: the id is the client's own, and this
+    /// only guards it against a mistake.
     pub fn digest(&self) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut h = Fnv(0xcbf2_9ce4_8422_2325);
-        self.map.hash(&mut h);
-        self.op.hash(&mut h);
-        h.finish()
+        // Encoding strings, vectors and enums into memory cannot fail; on
+        // an error the bytes written so far still digest alike everywhere.
+        match postcard::to_extend(&(&self.map, &self.op), Fnv::new()) {
+            Ok(h) => h.0,
+            Err(_) => Fnv::new().0,
+        }
     }
 }
 
-/// FNV-1a, 64 bits: the same on every run, unlike the std's seeded hasher.
+/// FNV-1a, 64 bits, fed bytes as postcard writes them.
 struct Fnv(u64);
 
-impl std::hash::Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
     }
+}
 
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
+impl Extend<u8> for Fnv {
+    fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {
+        for b in bytes {
             self.0 ^= u64::from(b);
             self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
         }
@@ -415,6 +420,37 @@ mod tests {
         let bytes = postcard::to_stdvec(&id).unwrap();
         assert_eq!(bytes, postcard::to_stdvec(&(u128::MAX - 5)).unwrap());
         assert_eq!(postcard::from_bytes::<UpdateId>(&bytes).unwrap(), id);
+    }
+
+    #[test]
+    fn the_digest_of_an_update_stays() {
+        // Kept in snapshot files: a new build must compute what an old one
+        // wrote.
+        let u = Update {
+            id: UpdateId(1),
+            map: "hosts".into(),
+            op: Op::Set {
+                key: "idk".into(),
+                value: "v1".into(),
+            },
+        };
+        assert_eq!(u.digest(), 0x7824_de4a_7b15_4e49);
+        assert_eq!(
+            Update {
+                id: UpdateId(2),
+                ..u.clone()
+            }
+            .digest(),
+            u.digest()
+        );
+        let other = Update {
+            op: Op::Set {
+                key: "idk".into(),
+                value: "DIFFERENT".into(),
+            },
+            ..u.clone()
+        };
+        assert_ne!(other.digest(), u.digest());
     }
 
     #[test]
