@@ -12,7 +12,7 @@
 //! | one update | at most [`MAX_UPDATE_BYTES`] of keys and values | [`crate::Update::validate`] |
 //! | live maps | at most [`MAX_MAPS`] | the primary's [`crate::Sequencer`] (admission) |
 //! | map names ever used | at most [`MAX_MAP_NAMES`] live or dropped | the primary's [`crate::Sequencer`] (admission) |
-//! | recent update ids remembered | the last [`DEDUP_WINDOW`] versions of each map | the state machine |
+//! | recent update ids remembered (with their update's digest, to refuse a reused id) | the last [`DEDUP_WINDOW`] versions of each map | the state machine |
 //!
 //! Bounds that concern one map are decided by the state machine from that
 //! map's own history, so every replica decides them alike. The two bounds

@@ -31,7 +31,9 @@
 //! `consistent` through the primary server, `maps`, and `history`. Each
 //! update carries a client-chosen [`UpdateId`]: an update caught by a view
 //! change is answered [`Response::Unknown`], and retrying with the same id
-//! applies it at most once and returns its first outcome. Render targets
+//! applies it at most once and returns its first outcome; a different
+//! update sent with an id already used is refused
+//! ([`Refusal::IdReused`], see [`Tables::recall`]). Render targets
 //! ([`RenderSpec`]) come from the daemon's configuration only.
 //!
 //! # How it works
@@ -139,6 +141,8 @@ pub use render::{RenderSpec, Rendered, Template};
 pub use replica::{Change, Gap, Receipt, Replica, ReplicaError, ReplicaLimits};
 pub use server::{Action, Journaled, MapsError, MapsServer, ServerConfig, Stats};
 pub use storage::{write_file_atomic, FileStorage, MemDisk, MemStorage, Storage};
-pub use table::{AppliedUpdate, ApplyError, Entry, InstallError, MapSnapshot, MapState, Tables};
+pub use table::{
+    AppliedUpdate, ApplyError, Entry, InstallError, MapSnapshot, MapState, Recall, Tables,
+};
 pub use update::{chain_next, Op, Ordered, Outcome, Rejection, Update, UpdateId};
 pub use wal::{Cut, Recovered, Wal, WalError};

@@ -17,7 +17,7 @@
 //! restarted process (a new incarnation) starts its tenure anew.
 
 use crate::bounds::{BoundError, MAX_MAPS, MAX_MAP_NAMES};
-use crate::table::Tables;
+use crate::table::{Recall, Tables};
 use crate::update::{Ordered, Outcome, Update, UpdateId};
 use gc_core::Pid;
 use serde::{Deserialize, Serialize};
@@ -150,6 +150,39 @@ pub enum Refusal {
         /// Updates in flight.
         in_flight: usize,
     },
+    /// The update's id was already used for a different update of the map
+    /// (applied, rejected, or ordered and not yet applied): the id is how a
+    /// retry is recognised, so a new update needs a new id. Last, so that
+    /// the encoding of the variants before it stays.
+    #[error(
+        "update id {id} was already used for a different update of map {map:?}: {first}. \
+         Send a new update without --id (a fresh id), or resend that update unchanged"
+    )]
+    IdReused {
+        /// The id.
+        id: UpdateId,
+        /// The map.
+        map: String,
+        /// Which update has the id and what became of it ("the one at
+        /// version 12 (applied)").
+        first: String,
+    },
+}
+
+impl Refusal {
+    /// `update` reuses the id of a different update that took `outcome`.
+    pub fn id_reused(update: &Update, outcome: &Outcome) -> Self {
+        Refusal::IdReused {
+            id: update.id,
+            map: update.map.clone(),
+            first: match outcome {
+                Outcome::Applied { version } => format!("the one at version {version} (applied)"),
+                Outcome::Rejected { version, reason } => {
+                    format!("the one at version {version} (rejected: {reason})")
+                }
+            },
+        }
+    }
 }
 
 /// Assigns map versions to the updates that reach the primary server.
@@ -176,7 +209,8 @@ pub struct Sequencer {
     need: BTreeMap<String, u64>,
     /// Ordered and not yet applied here, per map: version to id.
     in_flight: BTreeMap<String, BTreeMap<u64, UpdateId>>,
-    ids: BTreeMap<UpdateId, (String, u64)>,
+    /// Map, version and [`Update::digest`] of each update in flight.
+    ids: BTreeMap<UpdateId, (String, u64, u64)>,
     /// Maps whose creation is in flight: the version of the last one.
     creating: BTreeMap<String, u64>,
     max_in_flight: usize,
@@ -225,11 +259,20 @@ impl Sequencer {
                 });
             }
         }
-        if let Some(outcome) = tables.outcome_of(map, update.id) {
-            return Ok(Assigned::Done(outcome.clone()));
+        match tables.recall(&update) {
+            Some(Recall::Different(first)) => return Err(Refusal::id_reused(&update, first)),
+            Some(r) => return Ok(Assigned::Done(r.outcome().clone())),
+            None => {}
         }
-        if let Some((m, v)) = self.ids.get(&update.id) {
+        if let Some((m, v, digest)) = self.ids.get(&update.id) {
             if m == map {
+                if *digest != update.digest() {
+                    return Err(Refusal::IdReused {
+                        id: update.id,
+                        map: m.clone(),
+                        first: format!("the one ordered at version {v}, not yet applied"),
+                    });
+                }
                 return Ok(Assigned::InFlight {
                     map: m.clone(),
                     version: *v,
@@ -292,7 +335,8 @@ impl Sequencer {
             .entry(map.to_owned())
             .or_default()
             .insert(version, update.id);
-        self.ids.insert(update.id, (map.to_owned(), version));
+        self.ids
+            .insert(update.id, (map.to_owned(), version, update.digest()));
         if creates {
             self.creating.insert(map.to_owned(), version);
         }
@@ -427,6 +471,11 @@ mod tests {
                 version: 2
             })
         );
+        // Its id, reused for a different update while it is in flight.
+        assert!(matches!(
+            s.assign(&t, upd(2, "m", set("a", "other"))),
+            Err(Refusal::IdReused { ref first, .. }) if first == "the one ordered at version 2, not yet applied"
+        ));
         for o in [o1, o2, o3] {
             t.apply(o).unwrap();
         }
@@ -434,6 +483,24 @@ mod tests {
         assert_eq!(
             s.assign(&t, upd(2, "m", set("a", "1"))),
             Ok(Assigned::Done(Outcome::Applied { version: 2 }))
+        );
+        // The id of an applied update, reused for a different one.
+        let e = s.assign(&t, upd(2, "m", set("a", "2"))).unwrap_err();
+        assert_eq!(
+            e,
+            Refusal::IdReused {
+                id: UpdateId(2),
+                map: "m".into(),
+                first: "the one at version 2 (applied)".into()
+            }
+        );
+        assert!(
+            e.to_string().starts_with(&format!(
+                "update id {} was already used for a different update of map \"m\": the one \
+                 at version 2 (applied). Send a new update without --id",
+                UpdateId(2)
+            )),
+            "{e}"
         );
         let o4 = ordered(s.assign(&t, upd(4, "m", set("b", "1"))));
         assert_eq!(o4.version, 3);

@@ -10,7 +10,7 @@ use crate::primary::{primary_server, Assigned, Member, Refusal, Sequencer, Tenur
 use crate::render::{RenderSpec, Rendered, Template, TemplateError};
 use crate::replica::{Change, Receipt, Replica, ReplicaError, ReplicaLimits};
 use crate::storage::Storage;
-use crate::table::{AppliedUpdate, ApplyError, MapSnapshot, Tables};
+use crate::table::{AppliedUpdate, ApplyError, MapSnapshot, Recall, Tables};
 use crate::update::{Ordered, Update, UpdateId};
 use crate::vote::{Session, Votes};
 use crate::wal::{Cut, Wal, WalError};
@@ -243,7 +243,10 @@ pub struct MapsServer<S: Storage> {
     ready: Option<Ready>,
     held: BTreeMap<String, BTreeMap<u64, Ordered>>,
     held_count: usize,
-    pending: BTreeMap<UpdateId, Vec<ClientId>>,
+    /// Clients waiting for an update's outcome, by id, with the update's
+    /// digest: a second client that sends a different update with an id on
+    /// its way is refused, not given the first update's outcome.
+    pending: BTreeMap<UpdateId, (u64, Vec<ClientId>)>,
     pending_count: usize,
     reads: BTreeMap<u64, ClientId>,
     next_token: u64,
@@ -1208,19 +1211,42 @@ impl<S: Storage> MapsServer<S> {
             out.push(reply(client, Err(RequestError::Busy { pending })));
             return;
         }
-        if let Some(outcome) = self.tables().outcome_of(&update.map, id) {
+        let digest = update.digest();
+        if let Some(recall) = self.tables().recall(&update) {
+            let outcome = match recall {
+                Recall::Different(first) => {
+                    let refusal = Refusal::id_reused(&update, first);
+                    out.push(reply(client, Err(RequestError::Refused(refusal))));
+                    return;
+                }
+                Recall::Same(outcome) | Recall::Unknown(outcome) => outcome.clone(),
+            };
             let r = Response::Outcome {
                 id,
                 map: update.map.clone(),
-                outcome: outcome.clone(),
+                outcome,
                 duplicate: true,
             };
-            self.pending.entry(id).or_default().push(client);
+            self.pending
+                .entry(id)
+                .or_insert((digest, Vec::new()))
+                .1
+                .push(client);
             self.pending_count += 1;
             self.answer(id, r, out);
             return;
         }
-        let waiting = self.pending.entry(id).or_default();
+        let (first, waiting) = self.pending.entry(id).or_insert((digest, Vec::new()));
+        if *first != digest {
+            let refusal = Refusal::IdReused {
+                id,
+                map: update.map.clone(),
+                first: "another update sent with it is on its way, its outcome not yet known"
+                    .to_owned(),
+            };
+            out.push(reply(client, Err(RequestError::Refused(refusal))));
+            return;
+        }
         waiting.push(client);
         self.pending_count += 1;
         if waiting.len() > 1 {
@@ -1241,7 +1267,7 @@ impl<S: Storage> MapsServer<S> {
     }
 
     fn answer(&mut self, id: UpdateId, response: Response, out: &mut Vec<Action>) {
-        if let Some(clients) = self.pending.remove(&id) {
+        if let Some((_, clients)) = self.pending.remove(&id) {
             self.pending_count -= clients.len();
             for client in clients {
                 out.push(Action::Reply {
@@ -1253,7 +1279,7 @@ impl<S: Storage> MapsServer<S> {
     }
 
     fn fail_pending(&mut self, out: &mut Vec<Action>) {
-        for (id, clients) in std::mem::take(&mut self.pending) {
+        for (id, (_, clients)) in std::mem::take(&mut self.pending) {
             for client in clients {
                 out.push(Action::Reply {
                     client,
@@ -1328,11 +1354,29 @@ impl<S: Storage> MapsServer<S> {
                 Change::Applied(a) => {
                     self.stats.applied += 1;
                     let id = a.ordered.update.id;
-                    let r = Response::Outcome {
-                        id,
-                        map: map.clone(),
-                        outcome: a.outcome.clone(),
-                        duplicate: a.duplicate,
+                    let reused = a.duplicate
+                        && matches!(
+                            self.replica.tables().recall(&a.ordered.update),
+                            Some(Recall::Different(_))
+                        );
+                    let r = if reused {
+                        // A different update with an applied id got
+                        // ordered anyway (past the checks before
+                        // ordering, in a race): the state machine took it
+                        // as a duplicate and changed nothing, and its
+                        // client must not hear the first update's outcome
+                        // as its own.
+                        Response::Error(RequestError::Refused(Refusal::id_reused(
+                            &a.ordered.update,
+                            &a.outcome,
+                        )))
+                    } else {
+                        Response::Outcome {
+                            id,
+                            map: map.clone(),
+                            outcome: a.outcome.clone(),
+                            duplicate: a.duplicate,
+                        }
                     };
                     if let Some(r) = self.ready.as_mut() {
                         r.origins.remove(&id);

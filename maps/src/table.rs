@@ -33,6 +33,28 @@ pub struct AppliedUpdate {
     pub duplicate: bool,
 }
 
+/// What a replica remembers of an update id it applied, compared with an
+/// update that carries the same id ([`Tables::recall`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recall<'a> {
+    /// The same update (a retry): its first outcome.
+    Same(&'a Outcome),
+    /// A different update reused the id: the first one's outcome.
+    Different(&'a Outcome),
+    /// The id came in a peer's snapshot (or a snapshot file written before
+    /// digests were kept), without its update's digest.
+    Unknown(&'a Outcome),
+}
+
+impl<'a> Recall<'a> {
+    /// The first outcome of the id.
+    pub fn outcome(self) -> &'a Outcome {
+        match self {
+            Recall::Same(o) | Recall::Different(o) | Recall::Unknown(o) => o,
+        }
+    }
+}
+
 /// The state machine refused to apply an ordered update: the caller broke
 /// the contract (versions out of order), or a peer sent something no correct
 /// primary orders. Nothing changed.
@@ -97,20 +119,32 @@ pub enum InstallError {
     },
 }
 
-/// The recent update ids of one map and their first outcomes, oldest first.
+/// The recent update ids of one map and their first outcomes, oldest first,
+/// each with the digest of its update ([`crate::Update::digest`]) where this
+/// replica knows it: it applied the update itself, or its own snapshot file
+/// kept the digest ([`crate::wal::SnapshotDigests`]). An id that came in a
+/// peer's snapshot (catch-up), or in a snapshot file written before digests
+/// were kept, has none: [`MapSnapshot`] carries ids and outcomes only, its
+/// format unchanged. So replicas at one version may know different digests,
+/// and the digest never changes what the state machine does; servers use it
+/// to refuse a reused id before ordering ([`Tables::recall`]).
 #[derive(Clone, Debug, Default)]
 struct Recent {
     order: VecDeque<UpdateId>,
-    outcomes: BTreeMap<UpdateId, Outcome>,
+    outcomes: BTreeMap<UpdateId, (Outcome, Option<u64>)>,
 }
 
 impl Recent {
     fn get(&self, id: UpdateId) -> Option<&Outcome> {
-        self.outcomes.get(&id)
+        self.outcomes.get(&id).map(|(o, _)| o)
     }
 
-    fn insert(&mut self, id: UpdateId, outcome: Outcome) {
-        if self.outcomes.insert(id, outcome).is_none() {
+    fn recall(&self, id: UpdateId) -> Option<(&Outcome, Option<u64>)> {
+        self.outcomes.get(&id).map(|(o, d)| (o, *d))
+    }
+
+    fn insert(&mut self, id: UpdateId, outcome: Outcome, digest: Option<u64>) {
+        if self.outcomes.insert(id, (outcome, digest)).is_none() {
             self.order.push_back(id);
         }
     }
@@ -120,7 +154,7 @@ impl Recent {
     fn expire(&mut self, version: u64) {
         while let Some(id) = self.order.front() {
             match self.outcomes.get(id) {
-                Some(o) if o.version().saturating_add(DEDUP_WINDOW) > version => break,
+                Some((o, _)) if o.version().saturating_add(DEDUP_WINDOW) > version => break,
                 _ => {
                     if let Some(id) = self.order.pop_front() {
                         self.outcomes.remove(&id);
@@ -130,10 +164,20 @@ impl Recent {
         }
     }
 
+    fn digests(&self) -> Vec<(UpdateId, u64)> {
+        self.order
+            .iter()
+            .filter_map(|id| match self.outcomes.get(id) {
+                Some((_, Some(d))) => Some((*id, *d)),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn to_vec(&self) -> Vec<(UpdateId, Outcome)> {
         self.order
             .iter()
-            .filter_map(|id| self.outcomes.get(id).map(|o| (*id, o.clone())))
+            .filter_map(|id| self.outcomes.get(id).map(|(o, _)| (*id, o.clone())))
             .collect()
     }
 }
@@ -215,6 +259,12 @@ impl MapState {
     /// checker compares them. Not cryptographic.
     pub fn content_digest(&self) -> u64 {
         self.sum ^ if self.live { 0x9e37_79b9_7f4a_7c15 } else { 0 }
+    }
+
+    /// The digests this replica knows of its recent updates, oldest first
+    /// (what the snapshot file keeps beside [`MapSnapshot`]).
+    pub fn digests(&self) -> Vec<(UpdateId, u64)> {
+        self.recent.digests()
     }
 
     /// A copy of the whole map (entries and recent ids) at its version.
@@ -355,7 +405,7 @@ impl MapSnapshot {
                 return Err(bad(format!("recent update {id} appears twice")));
             }
             last = v;
-            state.recent.insert(*id, outcome.clone());
+            state.recent.insert(*id, outcome.clone(), None);
         }
         for (key, e) in self.entries {
             state.sum = state.sum.wrapping_add(entry_hash(&key, &e));
@@ -427,6 +477,21 @@ impl Tables {
         self.maps.get(map).and_then(|m| m.recent.get(id))
     }
 
+    /// Update `id` on `map`, if it was applied within the map's dedup
+    /// window: its first outcome, and whether `update` (sent with that id)
+    /// is the same update ([`Recall::Same`]), a different one
+    /// ([`Recall::Different`]), or cannot be told apart because this replica
+    /// took the id from a peer's snapshot ([`Recall::Unknown`], treated as a
+    /// retry as before digests were kept).
+    pub fn recall(&self, update: &crate::Update) -> Option<Recall<'_>> {
+        let (outcome, digest) = self.maps.get(&update.map)?.recent.recall(update.id)?;
+        Some(match digest {
+            Some(d) if d == update.digest() => Recall::Same(outcome),
+            Some(_) => Recall::Different(outcome),
+            None => Recall::Unknown(outcome),
+        })
+    }
+
     /// Applies the next update of a map: `ordered.version` must be one more
     /// than the map's version. Every ordered update advances the version;
     /// a rejected one changes no entry, and one whose id was applied within
@@ -468,7 +533,9 @@ impl Tables {
                         Err(reason) => Outcome::Rejected { version, reason },
                     },
                 };
-                state.recent.insert(id, outcome.clone());
+                state
+                    .recent
+                    .insert(id, outcome.clone(), Some(ordered.update.digest()));
                 (outcome, false)
             }
         };
@@ -501,6 +568,18 @@ impl Tables {
         let state = snapshot.into_state()?;
         self.maps.insert(name, state);
         Ok(())
+    }
+
+    /// Gives the recent ids of `map` the digests the local snapshot file
+    /// kept for them; ids no longer remembered are skipped.
+    pub(crate) fn restore_digests(&mut self, map: &str, digests: &[(UpdateId, u64)]) {
+        if let Some(m) = self.maps.get_mut(map) {
+            for (id, d) in digests {
+                if let Some((_, slot)) = m.recent.outcomes.get_mut(id) {
+                    *slot = Some(*d);
+                }
+            }
+        }
     }
 
     /// Loads a map from a local snapshot file, replacing whatever is there.
@@ -1010,6 +1089,57 @@ pub(crate) mod tests {
         let r2 = step(&mut t, "m", 9, cas("z", Some(1), "x"));
         assert!(r2.duplicate);
         assert_eq!(r1.outcome, r2.outcome);
+    }
+
+    #[test]
+    fn a_reused_id_is_told_from_a_retry() {
+        let mut t = Tables::new();
+        step(&mut t, "m", 1, Op::CreateMap);
+        step(&mut t, "m", 7, set("k", "v1"));
+        let u = |op| crate::Update {
+            id: UpdateId(7),
+            map: "m".into(),
+            op,
+        };
+        let applied = Outcome::Applied { version: 2 };
+        assert_eq!(t.recall(&u(set("k", "v1"))), Some(Recall::Same(&applied)));
+        assert_eq!(
+            t.recall(&u(set("k", "DIFFERENT"))),
+            Some(Recall::Different(&applied))
+        );
+        assert_eq!(
+            t.recall(&u(set("other", "v1"))),
+            Some(Recall::Different(&applied))
+        );
+        assert_eq!(
+            t.recall(&crate::Update {
+                map: "n".into(),
+                ..u(set("k", "v1"))
+            }),
+            None
+        );
+        // A different update that got ordered with the id anyway changes
+        // nothing (every replica decides alike, digest or not).
+        let again = step(&mut t, "m", 7, set("k", "DIFFERENT"));
+        assert!(again.duplicate);
+        assert_eq!(content(&t, "m"), vec![("k".into(), "v1".into(), 2)]);
+        // Ids that came in a snapshot have no digest: taken as retries.
+        let mut fresh = Tables::new();
+        fresh.install(t.map("m").unwrap().snapshot("m")).unwrap();
+        assert_eq!(
+            fresh.recall(&u(set("k", "DIFFERENT"))),
+            Some(Recall::Unknown(&applied))
+        );
+        // Updates applied after it have theirs.
+        step(&mut fresh, "m", 9, set("j", "x"));
+        let later = Outcome::Applied { version: 4 };
+        assert_eq!(
+            fresh.recall(&crate::Update {
+                id: UpdateId(9),
+                ..u(set("j", "y"))
+            }),
+            Some(Recall::Different(&later))
+        );
     }
 
     #[test]

@@ -189,6 +189,44 @@ impl Update {
     }
 }
 
+impl Update {
+    /// A digest of what the update does (its map and operation, not its
+    /// id): a server compares it with the one remembered next to an applied
+    /// id, to tell a retry of that update from a different update that
+    /// reuses its id. Computed by each server from the updates it applied,
+    /// never sent to peers, but kept in the server's own snapshot file: so it
+    /// is FNV-1a over the postcard encoding of the map and operation, the
+    /// same encoding the log uses, which a new build reads as the old one
+    /// wrote it. Not cryptographic: the id is the client's own, and this
+    /// only guards it against a mistake.
+    pub fn digest(&self) -> u64 {
+        // Encoding strings, vectors and enums into memory cannot fail; on
+        // an error the bytes written so far still digest alike everywhere.
+        match postcard::to_extend(&(&self.map, &self.op), Fnv::new()) {
+            Ok(h) => h.0,
+            Err(_) => Fnv::new().0,
+        }
+    }
+}
+
+/// FNV-1a, 64 bits, fed bytes as postcard writes them.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Extend<u8> for Fnv {
+    fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {
+        for b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
 /// An update with the map version the primary server assigned it: the unit
 /// that is multicast, applied, logged and sent in catch-up.
 ///
@@ -382,6 +420,37 @@ mod tests {
         let bytes = postcard::to_stdvec(&id).unwrap();
         assert_eq!(bytes, postcard::to_stdvec(&(u128::MAX - 5)).unwrap());
         assert_eq!(postcard::from_bytes::<UpdateId>(&bytes).unwrap(), id);
+    }
+
+    #[test]
+    fn the_digest_of_an_update_stays() {
+        // Kept in snapshot files: a new build must compute what an old one
+        // wrote.
+        let u = Update {
+            id: UpdateId(1),
+            map: "hosts".into(),
+            op: Op::Set {
+                key: "idk".into(),
+                value: "v1".into(),
+            },
+        };
+        assert_eq!(u.digest(), 0x7824_de4a_7b15_4e49);
+        assert_eq!(
+            Update {
+                id: UpdateId(2),
+                ..u.clone()
+            }
+            .digest(),
+            u.digest()
+        );
+        let other = Update {
+            op: Op::Set {
+                key: "idk".into(),
+                value: "DIFFERENT".into(),
+            },
+            ..u.clone()
+        };
+        assert_ne!(other.digest(), u.digest());
     }
 
     #[test]

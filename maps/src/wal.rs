@@ -8,7 +8,11 @@
 //!   of frames and syncs once (group commit) before returning: the caller
 //!   acknowledges nothing before that.
 //! - `maps.snapshot`: the magic `FLMAPSNP`, then one frame whose body is a
-//!   postcard [`SnapshotFile`]: the generation and every map. Written by
+//!   postcard [`SnapshotFile`]: the generation and every map, followed by
+//!   a postcard [`SnapshotDigests`] (the digests of the maps' recent
+//!   updates, to refuse a reused update id). Files written before the
+//!   digests existed end after the [`SnapshotFile`] and load with none; a
+//!   reader that does not know them stops before them. Written by
 //!   [`Storage::write_atomic`] (temporary file, fsync, rename, fsync of the
 //!   directory), so it is whole or absent.
 //!
@@ -42,7 +46,7 @@
 use crate::replica::Change;
 use crate::storage::Storage;
 use crate::table::{AppliedUpdate, MapSnapshot, Tables};
-use crate::update::Ordered;
+use crate::update::{Ordered, UpdateId};
 use serde::{Deserialize, Serialize};
 use std::io;
 
@@ -132,6 +136,10 @@ pub struct SnapshotFile {
     pub maps: Vec<MapSnapshot>,
 }
 
+/// What the snapshot file holds after its [`SnapshotFile`]: per map, the
+/// digests of its recent updates ([`crate::MapState::digests`]).
+pub type SnapshotDigests = Vec<(String, Vec<(UpdateId, u64)>)>;
+
 /// The write-ahead log of one server's tables.
 #[derive(Debug)]
 pub struct Wal<S: Storage> {
@@ -194,7 +202,7 @@ impl<S: Storage> Wal<S> {
         let mut rec = Recovered::default();
         let mut generation = 0;
         if names.iter().any(|n| n == SNAPSHOT_FILE) {
-            let snap = read_snapshot(&storage)?;
+            let (snap, digests) = read_snapshot(&storage)?;
             generation = snap.generation;
             for m in snap.maps {
                 let name = m.map.clone();
@@ -203,6 +211,9 @@ impl<S: Storage> Wal<S> {
                     offset: 8,
                     reason: format!("map {name:?}: {e}"),
                 })?;
+            }
+            for (map, d) in &digests {
+                rec.tables.restore_digests(map, d);
             }
         }
         let mut len = WAL_HEADER;
@@ -342,11 +353,18 @@ impl<S: Storage> Wal<S> {
             generation,
             maps: tables.maps().map(|(name, m)| m.snapshot(name)).collect(),
         };
-        let body = postcard::to_stdvec(&snap).map_err(|e| WalError::Io {
+        let digests: SnapshotDigests = tables
+            .maps()
+            .map(|(name, m)| (name.to_owned(), m.digests()))
+            .filter(|(_, d)| !d.is_empty())
+            .collect();
+        let encoding = |e| WalError::Io {
             op: "encoding",
             file: self.storage.describe(SNAPSHOT_FILE),
             source: io::Error::other(e),
-        })?;
+        };
+        let mut body = postcard::to_stdvec(&snap).map_err(encoding)?;
+        body.extend(postcard::to_stdvec(&digests).map_err(encoding)?);
         let mut bytes = SNAP_MAGIC.to_vec();
         bytes.extend(frame(&body, "snapshot")?);
         self.storage
@@ -389,7 +407,7 @@ impl<S: Storage> Wal<S> {
     }
 }
 
-fn read_snapshot(storage: &dyn Storage) -> Result<SnapshotFile, WalError> {
+fn read_snapshot(storage: &dyn Storage) -> Result<(SnapshotFile, SnapshotDigests), WalError> {
     let file = storage.describe(SNAPSHOT_FILE);
     let data = storage
         .read(SNAPSHOT_FILE)
@@ -411,7 +429,15 @@ fn read_snapshot(storage: &dyn Storage) -> Result<SnapshotFile, WalError> {
     if crc32fast::hash(body) != crc {
         return Err(corrupt(8, "checksum mismatch"));
     }
-    postcard::from_bytes(body).map_err(|e| corrupt(16, &format!("undecodable: {e}")))
+    let (snap, rest) = postcard::take_from_bytes::<SnapshotFile>(body)
+        .map_err(|e| corrupt(16, &format!("undecodable: {e}")))?;
+    if rest.is_empty() {
+        return Ok((snap, Vec::new())); // written before the digests
+    }
+    let at = 16 + (body.len() - rest.len()) as u64;
+    let digests = postcard::from_bytes(rest)
+        .map_err(|e| corrupt(at, &format!("undecodable digests: {e}")))?;
+    Ok((snap, digests))
 }
 
 /// Replays the frames of `data` (a whole log file) into `rec`; returns the
@@ -736,6 +762,46 @@ mod tests {
         assert!(matches!(
             Wal::open(disk.storage()),
             Err(WalError::Corrupt { offset: 8, .. })
+        ));
+    }
+
+    #[test]
+    fn the_snapshot_keeps_the_digests_of_recent_updates_and_old_ones_load() {
+        use crate::table::Recall;
+        let disk = MemDisk::new();
+        let (mut wal, _) = Wal::open(disk.storage()).unwrap();
+        let mut t = Tables::new();
+        wal.append(&[
+            change(&mut t, "m", 1, Op::CreateMap),
+            change(&mut t, "m", 2, set("a", "1")),
+        ])
+        .unwrap();
+        wal.snapshot(&t, &[]).unwrap();
+        let other = Update {
+            id: UpdateId(2),
+            map: "m".into(),
+            op: set("a", "other"),
+        };
+        // Compacted, the reused id is still told from a retry.
+        let (_, rec) = Wal::open(disk.storage()).unwrap();
+        assert!(matches!(
+            rec.tables.recall(&other),
+            Some(Recall::Different(_))
+        ));
+        // A reader without the digests reads the file as before.
+        let file = disk.file(SNAPSHOT_FILE).unwrap();
+        let old: SnapshotFile = postcard::from_bytes(&file[16..]).unwrap();
+        assert_eq!(old.maps.len(), 1);
+        // A file written before the digests loads, its ids without them.
+        let body = postcard::to_stdvec(&old).unwrap();
+        let mut bytes = SNAP_MAGIC.to_vec();
+        bytes.extend(frame(&body, "snapshot").unwrap());
+        disk.set_file(SNAPSHOT_FILE, bytes);
+        let (_, rec) = Wal::open(disk.storage()).unwrap();
+        assert_eq!(digest(&rec.tables), digest(&t));
+        assert!(matches!(
+            rec.tables.recall(&other),
+            Some(Recall::Unknown(_))
         ));
     }
 }

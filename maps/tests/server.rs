@@ -168,3 +168,138 @@ fn a_control_message_gc_core_refused_is_sent_again_at_the_next_input() {
     bus.run();
     assert!(bus.servers.iter().all(|s| s.is_settled()));
 }
+
+fn set(key: &str, value: &str) -> Op {
+    Op::Set {
+        key: key.into(),
+        value: value.into(),
+    }
+}
+
+fn reused(r: &Response) -> bool {
+    matches!(
+        r,
+        Response::Error(RequestError::Refused(Refusal::IdReused { .. }))
+    )
+}
+
+#[test]
+fn an_update_id_reused_for_a_different_update_is_refused_and_a_retry_is_not() {
+    let mut bus = Bus::new(3);
+    bus.run();
+    bus.request(1, 1, update(1, Op::CreateMap));
+    bus.run();
+    bus.request(1, 2, update(5, set("idk", "v1")));
+    bus.run();
+    assert!(
+        matches!(
+            bus.replies.as_slice(),
+            [
+                ..,
+                (
+                    1,
+                    2,
+                    Response::Outcome {
+                        duplicate: false,
+                        ..
+                    }
+                )
+            ]
+        ),
+        "{:?}",
+        bus.replies
+    );
+    let version = bus.servers[0].tables().version("m");
+    // The same id for another value, through a server that is not the
+    // primary (answered from its own tables) and through the primary.
+    for (i, client) in [(1, 3), (0, 4), (2, 5)] {
+        bus.replies.clear();
+        bus.request(i, client, update(5, set("idk", "DIFFERENT")));
+        bus.run();
+        assert!(
+            matches!(bus.replies.as_slice(), [(_, c, r)] if *c == client && reused(r)),
+            "{:?}",
+            bus.replies
+        );
+        let Response::Error(RequestError::Refused(e)) = &bus.replies[0].2 else {
+            unreachable!()
+        };
+        assert!(
+            e.to_string().starts_with(&format!(
+                "update id {} was already used for a different update of map \"m\": the one at \
+                 version 2 (applied)",
+                UpdateId(5)
+            )),
+            "{e}"
+        );
+    }
+    // Nothing was ordered for them: the value and the version stay.
+    for s in &bus.servers {
+        assert_eq!(s.tables().version("m"), version);
+        assert_eq!(s.tables().map("m").unwrap().get("idk").unwrap().value, "v1");
+    }
+    // A retry of the same update keeps its first outcome.
+    bus.replies.clear();
+    bus.request(2, 6, update(5, set("idk", "v1")));
+    bus.run();
+    assert!(
+        matches!(
+            bus.replies.as_slice(),
+            [(2, 6, Response::Outcome { duplicate: true, outcome, .. })] if outcome.is_applied()
+        ),
+        "{:?}",
+        bus.replies
+    );
+    // Two different updates with one id on their way at once: the second
+    // is refused before it is sent; the first is applied.
+    bus.replies.clear();
+    bus.request(1, 7, update(9, set("x", "a")));
+    bus.request(1, 8, update(9, set("x", "b")));
+    bus.run();
+    assert!(
+        bus.replies.iter().any(|(_, c, r)| *c == 8 && reused(r)),
+        "{:?}",
+        bus.replies
+    );
+    assert!(
+        bus.replies.iter().any(|(_, c, r)| *c == 7
+            && matches!(
+                r,
+                Response::Outcome {
+                    duplicate: false,
+                    ..
+                }
+            )),
+        "{:?}",
+        bus.replies
+    );
+    // ...and the same from two servers: the primary orders one and refuses
+    // the other.
+    bus.replies.clear();
+    bus.request(1, 9, update(10, set("y", "a")));
+    bus.request(2, 10, update(10, set("y", "b")));
+    bus.run();
+    let refused = bus.replies.iter().filter(|(_, _, r)| reused(r)).count();
+    let applied = bus
+        .replies
+        .iter()
+        .filter(|(_, _, r)| {
+            matches!(
+                r,
+                Response::Outcome {
+                    duplicate: false,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!((refused, applied), (1, 1), "{:?}", bus.replies);
+    let y = &bus.servers[0]
+        .tables()
+        .map("m")
+        .unwrap()
+        .get("y")
+        .unwrap()
+        .value;
+    assert!(y == "a" || y == "b");
+}

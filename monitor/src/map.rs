@@ -130,7 +130,11 @@ pub(crate) enum MapCommand {
     Load {
         /// The map.
         map: String,
-        /// A YAML file holding one mapping of keys to scalar values.
+        /// A YAML file holding one mapping of keys to scalar values. Each
+        /// value is stored as written, without YAML typing: `1.50`, `0x10`,
+        /// `yes` and `~` stay those characters; `key:` with nothing after it
+        /// stores an empty value. A duplicate key, or a nested mapping or
+        /// list, refuses the whole file.
         file: PathBuf,
         /// Replace the map's content (drop and create it first).
         #[arg(long)]
@@ -147,7 +151,8 @@ pub(crate) enum MapCommand {
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct IdArg {
     /// The update's id (32 hexadecimal digits), to retry an update whose
-    /// outcome was unknown: it is applied at most once.
+    /// outcome was unknown: it is applied at most once. An id already used
+    /// for a different update is refused.
     #[arg(long, value_parser = parse_id)]
     id: Option<UpdateId>,
 }
@@ -625,34 +630,115 @@ async fn history(
     }
 }
 
-/// The `key: value` pairs of a YAML file, values as text.
+/// The `key: value` pairs of a YAML file, in file order, each value the
+/// scalar's text exactly as written (no YAML typing: `1.50`, `0x10`, `yes`
+/// and `~` stay those characters; `key:` with nothing after it is the empty
+/// text). Duplicate keys and nested mappings or lists are refused, naming
+/// the key and its line.
 fn read_entries(file: &PathBuf) -> Result<Vec<(String, String)>, Failure> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let doc: BTreeMap<String, serde_yaml::Value> =
-        serde_yaml::from_str(&text).map_err(|e| Failure {
-            code: 2,
-            error: anyhow!(
-                "{}: expected one mapping of keys to values (`key: value` lines): {e}",
-                file.display()
-            ),
-        })?;
-    let mut entries = Vec::with_capacity(doc.len());
-    for (key, value) in doc {
-        let value = match value {
-            serde_yaml::Value::String(s) => s,
-            serde_yaml::Value::Number(n) => n.to_string(),
-            serde_yaml::Value::Bool(b) => b.to_string(),
-            _ => {
-                return usage(format!(
-                    "{}: key {key:?}: expected a text, number or boolean value",
-                    file.display()
-                ))
-            }
-        };
-        entries.push((key, value));
+    parse_entries(&text).map_err(|e| Failure {
+        code: 2,
+        error: anyhow!("{}: {e}", file.display()),
+    })
+}
+
+fn parse_entries(text: &str) -> Result<Vec<(String, String)>, String> {
+    use serde::de::Deserialize;
+    match Entries::deserialize(serde_yaml::Deserializer::from_str(text)) {
+        Ok(e) => Ok(e.0),
+        Err(e) => Err(match e.to_string().strip_prefix(DUPLICATE) {
+            // The YAML deserializer marks a mapping's own errors at the
+            // mapping's start, not at the key: find the key's lines here.
+            Some(key) => duplicate_text(text, key),
+            None => format!("expected one mapping of keys to values (`key: value` lines): {e}"),
+        }),
     }
-    Ok(entries)
+}
+
+/// What the mapping visitor says about a duplicate key, before the key.
+const DUPLICATE: &str = "duplicate key ";
+
+/// `key` (as `{:?}` shows it) appears twice: the message, with the lines of
+/// the top-level `key:` lines when they can be found.
+fn duplicate_text(text: &str, shown: &str) -> String {
+    let lines: Vec<usize> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| {
+            let Some((k, _)) = line.split_once(':') else {
+                return false;
+            };
+            let k = k.trim_end();
+            let k = k
+                .strip_prefix('"')
+                .and_then(|k| k.strip_suffix('"'))
+                .or_else(|| k.strip_prefix('\'').and_then(|k| k.strip_suffix('\'')))
+                .unwrap_or(k);
+            !line.starts_with([' ', '\t', '#']) && format!("{k:?}") == shown
+        })
+        .map(|(n, _)| n + 1)
+        .collect();
+    let at = match lines.as_slice() {
+        [first, second, ..] => format!(" (lines {first} and {second})"),
+        _ => String::new(),
+    };
+    format!("duplicate key {shown}{at}: each key may appear once; remove or rename one of them")
+}
+
+/// A YAML mapping read with every key and value asked for as a string: the
+/// YAML deserializer then hands over a plain scalar's source text instead of
+/// resolving it to a number or boolean (which would print back differently).
+struct Entries(Vec<(String, String)>);
+
+/// A scalar's text; refuses (through `expecting`) a mapping or a list.
+struct Scalar(String);
+
+impl<'de> serde::Deserialize<'de> for Scalar {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "a text value (a map holds text: a nested mapping or list cannot be stored)",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_owned()))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Entries {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Entries;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("one mapping of keys to values (`key: value` lines)")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Entries, A::Error> {
+                let mut seen = std::collections::HashSet::new();
+                let mut out = Vec::new();
+                while let Some(Scalar(key)) = m.next_key::<Scalar>()? {
+                    if !seen.insert(key.clone()) {
+                        return Err(serde::de::Error::custom(format!("{DUPLICATE}{key:?}")));
+                    }
+                    let Scalar(value) = m.next_value::<Scalar>()?;
+                    out.push((key, value));
+                }
+                Ok(Entries(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 /// Splits the load into updates: the first creates (or replaces) the map
@@ -679,6 +765,41 @@ fn batches(first: Vec<Op>, entries: &[(String, String)], max_ops: usize) -> Vec<
     out
 }
 
+/// Why the load does not fit one atomic update (the limit exceeded, with
+/// the figures), or None when it fits.
+fn over_one_update(first: &[Op], entries: &[(String, String)]) -> Option<String> {
+    let ops = first.len() + entries.len();
+    let bytes: usize = first.iter().map(Op::counted_bytes).sum::<usize>()
+        + entries
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + OP_OVERHEAD)
+            .sum::<usize>();
+    let count = (ops > MAX_BATCH_OPS).then(|| {
+        format!(
+            "{} entries, more than the {MAX_BATCH_OPS} operations one atomic update carries{}",
+            entries.len(),
+            match first.len() {
+                0 => "",
+                1 => " (plus the one that creates the map)",
+                _ => " (plus the two that replace the map)",
+            }
+        )
+    });
+    let size = (bytes > MAX_LOAD_BYTES).then(|| {
+        format!(
+            "{} KiB of keys and values, more than the {} KiB one atomic update carries",
+            bytes.div_ceil(1024),
+            MAX_LOAD_BYTES / 1024
+        )
+    });
+    match (count, size) {
+        (None, None) => None,
+        (Some(c), None) => Some(format!("holds {c}")),
+        (None, Some(s)) => Some(format!("holds {} entries in {s}", entries.len())),
+        (Some(c), Some(s)) => Some(format!("holds {c}, and {s}")),
+    }
+}
+
 async fn load(
     endpoint: &Endpoint,
     out: &Output,
@@ -698,27 +819,49 @@ async fn load(
             return usage(format!("{}: key {key:?}: {e}", file.display()));
         }
     }
-    let exists = match ask(endpoint, &MapRequest::Maps).await? {
-        Response::Maps { maps, .. } => maps.iter().any(|m| m.name == map && m.live),
+    // The map's version now, if it is live: what an empty load reports.
+    let current = match ask(endpoint, &MapRequest::Maps).await? {
+        Response::Maps { maps, .. } => maps
+            .iter()
+            .find(|m| m.name == map && m.live)
+            .map(|m| m.version),
         Response::Error(e) => return refused(refusal_text(endpoint, &e).await),
         other => return Err(anyhow!("unexpected answer to a list: {other:?}").into()),
     };
-    let first = match (exists, replace) {
+    let first = match (current.is_some(), replace) {
         (true, true) => vec![Op::DropMap, Op::CreateMap],
         (true, false) => Vec::new(),
         (false, _) => vec![Op::CreateMap],
     };
+    if chunk.is_none() {
+        if let Some(why) = over_one_update(&first, &entries) {
+            return usage(format!(
+                "{} {why}; load it in batches with --chunk N (each batch atomic on its own)",
+                file.display()
+            ));
+        }
+    }
     let max_ops = chunk.unwrap_or(MAX_BATCH_OPS).clamp(1, MAX_BATCH_OPS);
     let batches = batches(first, &entries, max_ops);
-    if chunk.is_none() && batches.len() > 1 {
-        return usage(format!(
-            "{} holds {} entries, more than one atomic update carries (at most {MAX_BATCH_OPS} \
-             entries and about {} KiB); load it in batches with --chunk N (each batch atomic on \
-             its own)",
-            file.display(),
-            entries.len(),
-            MAX_LOAD_BYTES / 1024
-        ));
+    if batches.is_empty() {
+        // An empty file on an existing map without --replace: nothing to
+        // send, and no version of our own to report.
+        let version = current.unwrap_or_default();
+        if out.json {
+            print_json(&json!({
+                "map": map,
+                "entries": 0,
+                "batches": 0,
+                "atomic": true,
+                "version": version,
+            }))?;
+        } else {
+            println_checked(&format!(
+                "{map}: {} holds no entries: nothing was changed, map version {version}",
+                file.display()
+            ))?;
+        }
+        return Ok(0);
     }
     let bar = (std::io::stderr().is_terminal() && !out.json && batches.len() > 1).then(|| {
         let bar = ProgressBar::new(entries.len() as u64);
@@ -843,6 +986,94 @@ mod tests {
         assert!(b.len() >= 3);
         assert!(parse_id(&"0".repeat(31)).is_err());
         assert_eq!(parse_id(&format!("{:032x}", 7)).unwrap(), UpdateId(7));
+    }
+
+    #[test]
+    fn load_keeps_values_as_written() {
+        let e = parse_entries(
+            "ver: 1.50\nhex: 0x10\nsci: 1e3\nyes: yes\nt: true\nnull: ~\nn2: null\nempty:\n\
+             q: '007'\nip: 10.0.0.1\n1.0: one\n",
+        )
+        .unwrap();
+        let want = [
+            ("ver", "1.50"),
+            ("hex", "0x10"),
+            ("sci", "1e3"),
+            ("yes", "yes"),
+            ("t", "true"),
+            ("null", "~"),
+            ("n2", "null"),
+            ("empty", ""),
+            ("q", "007"),
+            ("ip", "10.0.0.1"),
+            ("1.0", "one"),
+        ];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        assert_eq!(e, want);
+        assert!(parse_entries("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn load_refuses_duplicates_and_nesting() {
+        let e = parse_entries("a: 1\nb: 2\na: 3\n").unwrap_err();
+        assert_eq!(
+            e,
+            "duplicate key \"a\" (lines 1 and 3): each key may appear once; remove or rename one of them"
+        );
+        let e = parse_entries("'a b': 1\nc: [x]\n\"a b\": 3\n").unwrap_err();
+        assert!(e.starts_with("expected one mapping"), "nesting first: {e}");
+        let e = parse_entries("{x: 1, x: 2}").unwrap_err();
+        assert!(e.starts_with("duplicate key \"x\": "), "{e}");
+        let e = parse_entries("a: 1\nb:\n  c: 2\n").unwrap_err();
+        assert!(e.contains("b") && e.contains("nested mapping"), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+        let e = parse_entries("a: [1, 2]\n").unwrap_err();
+        assert!(e.contains("nested mapping or list"), "{e}");
+        let e = parse_entries("- a\n- b\n").unwrap_err();
+        assert!(e.contains("one mapping of keys to values"), "{e}");
+    }
+
+    #[test]
+    fn load_limit_names_the_limit_exceeded() {
+        let entries = |n: usize, len: usize| -> Vec<(String, String)> {
+            (0..n)
+                .map(|i| (format!("k{i:05}"), "v".repeat(len)))
+                .collect()
+        };
+        // 50 000 entries of 32 counted bytes: the size is over, not the count.
+        let e = over_one_update(&[], &entries(50_000, 10)).unwrap();
+        assert_eq!(
+            e,
+            "holds 50000 entries in 1563 KiB of keys and values, more than the 900 KiB one \
+             atomic update carries"
+        );
+        let e = over_one_update(&[Op::CreateMap], &entries(MAX_BATCH_OPS, 0)).unwrap();
+        assert!(
+            e.starts_with(
+                "holds 100000 entries, more than the 100000 operations one atomic update \
+                 carries (plus the one that creates the map), and 2149 KiB"
+            ),
+            "{e}"
+        );
+        assert_eq!(
+            over_one_update(&[], &entries(MAX_BATCH_OPS, 0)).map(|_| ()),
+            Some(())
+        );
+        // Whatever fits by this check is one batch, and the reverse.
+        for (first, n, len) in [
+            (0, 20_000, 10),
+            (1, 25_000, 10),
+            (0, 1_000, 900),
+            (2, 14, 65_536),
+        ] {
+            let first = vec![Op::CreateMap; first];
+            let e = entries(n, len);
+            let one = batches(first.clone(), &e, MAX_BATCH_OPS).len() == 1;
+            assert_eq!(over_one_update(&first, &e).is_none(), one, "{n} x {len}");
+        }
     }
 
     #[test]

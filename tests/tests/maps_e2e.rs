@@ -419,3 +419,92 @@ fn load_atomic_and_chunked_and_render_to_files() -> TestResult {
     }
     Ok(())
 }
+
+#[test]
+fn load_keeps_values_as_written_and_a_reused_update_id_is_refused() -> TestResult {
+    let fleet = maps_fleet(3)?;
+    let file = fleet.dir.path().join("typed.yaml");
+    std::fs::write(&file, "ver: 1.50\nhex: 0x10\nsci: 1e3\nflag: yes\n")?;
+    let file_arg = file.to_string_lossy().to_string();
+    until_ok(&fleet, 0, &["map", "load", "typed", &file_arg], SETTLE)?;
+    for (key, want) in [
+        ("ver", "1.50"),
+        ("hex", "0x10"),
+        ("sci", "1e3"),
+        ("flag", "yes"),
+    ] {
+        let output = until_ok(
+            &fleet,
+            1,
+            &["map", "get", "typed", key, "--consistent"],
+            SETTLE,
+        )?;
+        assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), want);
+    }
+
+    // A duplicate key refuses the file, naming the key and its lines.
+    let dup = fleet.dir.path().join("dup.yaml");
+    std::fs::write(&dup, "a: 1\nb: 2\na: 3\n")?;
+    let output = fleet.monitor(0, &["map", "load", "typed", &dup.to_string_lossy()])?;
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("duplicate key \"a\" (lines 1 and 3)"),
+        "{}",
+        text(&output)
+    );
+
+    // An empty file changes nothing and says so, with the map's version.
+    let version = listing(&fleet, 0, "typed").ok_or("no listing")?.0;
+    let empty = fleet.dir.path().join("empty.yaml");
+    std::fs::write(&empty, "")?;
+    let output = until_ok(
+        &fleet,
+        0,
+        &["map", "load", "typed", &empty.to_string_lossy()],
+        SETTLE,
+    )?;
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        format!(
+            "typed: {} holds no entries: nothing was changed, map version {version}",
+            empty.display()
+        )
+    );
+
+    // The same update id for a different update is refused; the same
+    // update sent again with it is a retry.
+    let id = format!("{:032x}", fastrand::u128(..));
+    until_ok(
+        &fleet,
+        1,
+        &["map", "set", "typed", "idk", "v1", "--id", &id],
+        SETTLE,
+    )?;
+    for i in [0, 1, 2] {
+        let output = fleet.monitor(i, &["map", "set", "typed", "idk", "DIFFERENT", "--id", &id])?;
+        assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains(&format!(
+                "update id {id} was already used for a different update of map \"typed\""
+            )),
+            "{}",
+            text(&output)
+        );
+    }
+    let output = fleet.monitor(2, &["map", "set", "typed", "idk", "v1", "--id", &id])?;
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("(a retry:"),
+        "{}",
+        text(&output)
+    );
+    let output = until_ok(
+        &fleet,
+        0,
+        &["map", "get", "typed", "idk", "--consistent"],
+        SETTLE,
+    )?;
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "v1");
+    Ok(())
+}
