@@ -320,6 +320,17 @@ fn unknown_text(endpoint: &Endpoint, map: &str, id: UpdateId, why: &str) -> Stri
     )
 }
 
+/// Text from the fleet (keys, values, names) made safe for a terminal, on
+/// one line (see [`crate::report::safe`]).
+fn shown(text: &str) -> String {
+    crate::report::safe(text).into_owned()
+}
+
+/// As [`shown`], for a table cell that may hold several lines.
+fn shown_lines(text: &str) -> String {
+    crate::report::safe_lines(text).into_owned()
+}
+
 /// The names of the hosts reachable from the server, for a refusal.
 async fn reachable(endpoint: &Endpoint, members: &[gc_core::Pid]) -> String {
     let names: BTreeMap<u32, String> = match crate::single(endpoint, Request::Members).await {
@@ -332,7 +343,11 @@ async fn reachable(endpoint: &Endpoint, members: &[gc_core::Pid]) -> String {
     };
     let mut shown: Vec<String> = members
         .iter()
-        .map(|p| names.get(&p.node).cloned().unwrap_or_else(|| p.to_string()))
+        .map(|p| {
+            names
+                .get(&p.node)
+                .map_or_else(|| p.to_string(), |n| shown(n))
+        })
         .collect();
     shown.sort();
     if shown.is_empty() {
@@ -474,12 +489,19 @@ async fn get(
             let note = freshness_note(&freshness);
             match entry {
                 Some(e) => {
-                    println_checked(&e.value)?;
-                    eprintln!(
-                        "{map}/{key}: written at map version {}; map version {version}{}",
+                    // Exact bytes for a script; escaped for a person.
+                    if std::io::stdout().is_terminal() {
+                        println_checked(&shown(&e.value))?;
+                    } else {
+                        println_checked(&e.value)?;
+                    }
+                    crate::eprint_line(&format!(
+                        "{}/{}: written at map version {}; map version {version}{}",
+                        shown(&map),
+                        shown(&key),
                         e.version,
                         note.map(|n| format!("; {n}")).unwrap_or_default()
-                    );
+                    ));
                 }
                 None => {
                     return refused(format!(
@@ -528,7 +550,11 @@ async fn list(
             table.set_header(["KEY", "VALUE", "VERSION"]);
             let last = entries.last().map(|(k, _)| k.clone());
             for (key, entry) in entries {
-                table.add_row([key, entry.value, entry.version.to_string()]);
+                table.add_row([
+                    shown(&key),
+                    shown_lines(&entry.value),
+                    entry.version.to_string(),
+                ]);
             }
             println_checked(&table.to_string())?;
             let mut line = format!("map {map} at version {version}");
@@ -561,7 +587,7 @@ async fn maps_list(endpoint: &Endpoint, out: &Output) -> Result<u8, Failure> {
             table.set_header(["MAP", "VERSION", "ENTRIES", "STATE"]);
             for m in maps {
                 table.add_row([
-                    m.name,
+                    shown(&m.name),
                     m.version.to_string(),
                     m.entries.to_string(),
                     if m.live { "live" } else { "dropped" }.to_owned(),
@@ -613,8 +639,8 @@ async fn history(
                 table.add_row([
                     e.version.to_string(),
                     e.id.to_string(),
-                    op_text(&e.op),
-                    outcome,
+                    shown_lines(&op_text(&e.op)),
+                    shown(&outcome),
                 ]);
             }
             println_checked(&table.to_string())?;
