@@ -347,25 +347,22 @@ impl Connection {
     /// Sends the request. A server that refused the connection before
     /// reading it is reported as [`ClientError::Refused`].
     pub async fn send(&mut self, request: &Request) -> Result<(), ClientError> {
-        match self.channel.send(request).await {
-            Ok(()) => Ok(()),
-            // The server may have refused and closed already: its reason
-            // is worth more than the broken pipe.
-            Err(FrameError::Io(e)) => match self.recv().await {
-                Ok(Some(ServerMessage::Error { kind, message })) => {
-                    Err(ClientError::Refused { kind, message })
-                }
-                _ => Err(FrameError::Io(e).into()),
-            },
-            Err(e) => Err(e.into()),
-        }
+        let sent = self.channel.send(request).await;
+        self.refusal_or(sent).await
     }
 
     /// Sends one [`Request::PackageData`] holding `data` (at most
     /// [`crate::message::MAX_PACKAGE_DATA`] bytes) without copying it
     /// into a message first. Errors as [`Connection::send`].
     pub async fn send_package_data(&mut self, data: &[u8]) -> Result<(), ClientError> {
-        match self.channel.send_package_data(data).await {
+        let sent = self.channel.send_package_data(data).await;
+        self.refusal_or(sent).await
+    }
+
+    /// The outcome of a send. The server may have refused and closed
+    /// already: its reason is worth more than the broken pipe.
+    async fn refusal_or(&mut self, sent: Result<(), FrameError>) -> Result<(), ClientError> {
+        match sent {
             Ok(()) => Ok(()),
             Err(FrameError::Io(e)) => match self.recv().await {
                 Ok(Some(ServerMessage::Error { kind, message })) => {
