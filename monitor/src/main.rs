@@ -121,9 +121,10 @@ enum Command {
     },
     /// Stop servers: each leaves the group cleanly.
     Exit {
-        /// The servers to stop, comma-separated.
-        #[arg(long, value_delimiter = ',', conflicts_with = "all")]
-        targets: Vec<String>,
+        /// The servers to stop, comma-separated; `web-[1-3,7]` names
+        /// web-1, web-2, web-3 and web-7.
+        #[arg(long, value_parser = parse_hosts, conflicts_with = "all")]
+        targets: Vec<HostList>,
         /// Stop every server (needs --yes).
         #[arg(long)]
         all: bool,
@@ -203,9 +204,10 @@ enum PackageCommand {
 
 #[derive(Debug, Clone, Args)]
 struct TargetArgs {
-    /// The target hosts, comma-separated.
-    #[arg(long, value_delimiter = ',', conflicts_with = "where_")]
-    targets: Vec<String>,
+    /// The target hosts, comma-separated; `web-[1-3,7]` names web-1,
+    /// web-2, web-3 and web-7, as the reports print them.
+    #[arg(long, value_parser = parse_hosts, conflicts_with = "where_")]
+    targets: Vec<HostList>,
     /// Target the hosts whose attribute KEY is VALUE (all must hold).
     #[arg(long = "where", id = "where_", value_name = "KEY=VALUE", value_parser = parse_condition)]
     where_: Vec<(String, String)>,
@@ -214,13 +216,28 @@ struct TargetArgs {
 impl TargetArgs {
     fn targets(&self) -> Targets {
         if !self.targets.is_empty() {
-            Targets::Hosts(self.targets.clone())
+            Targets::Hosts(HostList::all(&self.targets))
         } else if !self.where_.is_empty() {
             Targets::Where(self.where_.clone())
         } else {
             Targets::All
         }
     }
+}
+
+/// One `--targets` value, expanded. A type of its own: clap reads a
+/// `Vec<Vec<_>>` field as several values per occurrence.
+#[derive(Debug, Clone)]
+struct HostList(Vec<String>);
+
+impl HostList {
+    fn all(lists: &[HostList]) -> Vec<String> {
+        lists.iter().flat_map(|l| l.0.iter().cloned()).collect()
+    }
+}
+
+fn parse_hosts(text: &str) -> Result<HostList, String> {
+    report::expand_hosts(text, flotilla_client::message::MAX_HOSTS).map(HostList)
 }
 
 fn parse_condition(text: &str) -> Result<(String, String), String> {
@@ -480,7 +497,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 (true, false, _) => {
                     bail_usage("--all stops every server of the fleet; add --yes to confirm")?
                 }
-                (false, _, false) => Targets::Hosts(targets),
+                (false, _, false) => Targets::Hosts(HostList::all(&targets)),
                 (false, _, true) => {
                     bail_usage("name the servers to stop with --targets, or --all --yes")?
                 }

@@ -361,6 +361,76 @@ pub(crate) fn fold_hosts<'a>(hosts: impl IntoIterator<Item = &'a str>) -> String
     safe(&parts.join(",")).into_owned()
 }
 
+/// The hosts a `--targets` list names, in the notation the reports print:
+/// names separated by commas, where `web-[1-3,7]` stands for `web-1`,
+/// `web-2`, `web-3` and `web-7` (what [`fold_hosts`] writes). At most
+/// `max` names, so that `h[1-999999999]` is refused rather than
+/// expanded.
+pub(crate) fn expand_hosts(text: &str, max: usize) -> Result<Vec<String>, String> {
+    let mut hosts = Vec::new();
+    let mut push = |host: String| {
+        if hosts.len() >= max {
+            return Err(format!("{text:?} names more than {max} hosts"));
+        }
+        hosts.push(host);
+        Ok(())
+    };
+    let mut rest = text;
+    while !rest.is_empty() {
+        // One item: up to a comma outside brackets.
+        let mut depth = 0usize;
+        let end = rest
+            .char_indices()
+            .find(|&(_, c)| {
+                match c {
+                    '[' => depth += 1,
+                    ']' => depth = depth.saturating_sub(1),
+                    _ => {}
+                }
+                c == ',' && depth == 0
+            })
+            .map_or(rest.len(), |(i, _)| i);
+        let item = &rest[..end];
+        rest = rest.get(end + 1..).unwrap_or("");
+        match item.split_once('[') {
+            None if item.contains(']') => return Err(format!("unbalanced ']' in {item:?}")),
+            None if item.is_empty() => return Err(format!("an empty host name in {text:?}")),
+            None => push(item.to_owned())?,
+            Some((prefix, ranges)) => {
+                let ranges = ranges
+                    .strip_suffix(']')
+                    .filter(|r| !r.contains(['[', ']']))
+                    .ok_or_else(|| {
+                        format!("expected PREFIX[RANGES] like web-[1-3,7], found {item:?}")
+                    })?;
+                for part in ranges.split(',') {
+                    let number = |n: &str| {
+                        n.parse::<u64>()
+                            .map_err(|_| format!("expected numbers in {item:?}, found {n:?}"))
+                    };
+                    let (start, end) = match part.split_once('-') {
+                        Some((a, b)) => (number(a)?, number(b)?),
+                        None => (number(part)?, number(part)?),
+                    };
+                    if start > end {
+                        return Err(format!("the range {part:?} in {item:?} runs backwards"));
+                    }
+                    if end - start >= max as u64 {
+                        return Err(format!("{text:?} names more than {max} hosts"));
+                    }
+                    for n in start..=end {
+                        push(format!("{prefix}{n}"))?;
+                    }
+                }
+            }
+        }
+    }
+    if hosts.is_empty() {
+        return Err("no host named".to_owned());
+    }
+    Ok(hosts)
+}
+
 fn range(start: u64, end: u64) -> String {
     if start == end {
         start.to_string()
@@ -474,6 +544,27 @@ mod tests {
             "db-1,solo,web-[1-3,7]"
         );
         assert_eq!(fold_hosts(["a01", "a02"]), "a01,a02");
+    }
+
+    #[test]
+    fn host_lists_expand_as_reports_fold_them() {
+        let names = ["web-1", "web-2", "web-3", "db-1", "web-7", "solo"];
+        let folded = fold_hosts(names);
+        let mut expanded = expand_hosts(&folded, 100).unwrap();
+        expanded.sort();
+        let mut want: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(expanded, want);
+        assert_eq!(expand_hosts("h[1-2],h9", 10).unwrap(), ["h1", "h2", "h9"]);
+        assert_eq!(expand_hosts("a", 10).unwrap(), ["a"]);
+        for bad in [
+            "", "h[", "h]", "h[1-x]", "h[3-1]", "a,,b", "h[1-2]x", "h[[1]]",
+        ] {
+            assert!(expand_hosts(bad, 10).is_err(), "{bad:?} accepted");
+        }
+        assert!(expand_hosts("h[1-11]", 10).is_err());
+        assert!(expand_hosts("h[0-18446744073709551615]", 4096).is_err());
+        assert_eq!(expand_hosts("h[1-10]", 10).unwrap().len(), 10);
     }
 
     #[test]

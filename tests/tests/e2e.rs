@@ -102,6 +102,10 @@ fn an_unknown_host_is_reported_not_skipped() -> TestResult {
     assert_eq!(code, 1, "{report}");
     assert_eq!(hosts_with(&report, "ok"), ["h2"]);
     assert_eq!(hosts_with(&report, "unknown host"), ["nohost"]);
+    // The notation the reports print names hosts too.
+    let (code, report) = fleet.monitor_json(0, &["simex", "--targets", "h[1-2]", "--", "true"])?;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(hosts_with(&report, "ok"), ["h1", "h2"]);
     Ok(())
 }
 
