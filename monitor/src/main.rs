@@ -776,7 +776,17 @@ pub(crate) async fn follow_job(
         Ok(report) => report,
         Err(stop) => return Err(Interrupted::following(stop, job, Some(accepted.get()))),
     };
-    let report = report.with_context(|| format!("the job failed at {endpoint}"))?;
+    let report = report.with_context(|| match job {
+        // The server that relayed the job is gone or broke off; the job is
+        // the group's and goes on on the other hosts.
+        Some(job) if accepted.get() => {
+            let id = job.short();
+            format!(
+                "lost the report of job {id} from {endpoint}; the job may still run on the other hosts: `monitor job {id}` (through another server) gathers its report"
+            )
+        }
+        _ => format!("the job failed at {endpoint}"),
+    })?;
     Ok(report)
 }
 

@@ -157,6 +157,50 @@ fn a_daemon_killed_during_a_command_is_reported_disconnected() -> TestResult {
     Ok(())
 }
 
+/// The server the monitor follows a job through dies mid-command: the job
+/// is the group's, so the monitor says how to get its report elsewhere,
+/// and the others finish it.
+#[test]
+fn losing_the_relaying_server_points_to_monitor_job() -> TestResult {
+    let mut fleet = Fleet::start(FleetOptions::new(3))?;
+    let mut monitor = Command::new(&fleet.bin.monitor)
+        .env("FLOTILLA_SOCKET", fleet.daemons[0].socket())
+        .args(["simex", "--", "sleep 1.5; echo late"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(700));
+    fleet.kill(0);
+    let status = flotilla_tests::wait_bounded(&mut monitor, Duration::from_secs(30))?;
+    let mut said = String::new();
+    if let Some(mut err) = monitor.stderr.take() {
+        std::io::Read::read_to_string(&mut err, &mut said)?;
+    }
+    assert_eq!(status.code(), Some(2), "{said}");
+    let id = said
+        .lines()
+        .find_map(|l| l.strip_prefix("job "))
+        .and_then(|l| l.split_whitespace().next())
+        .ok_or_else(|| format!("no job line in {said:?}"))?;
+    assert!(
+        said.contains(&format!("lost the report of job {id}"))
+            && said.contains(&format!("`monitor job {id}`")),
+        "{said}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, report) = fleet.monitor_json(1, &["job", id])?;
+        if hosts_with(&report, "ok") == ["h2", "h3"] {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("h2 and h3 never finished: {report}").into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
 #[test]
 fn a_client_without_the_key_is_refused() -> TestResult {
     let mut options = FleetOptions::new(2);
