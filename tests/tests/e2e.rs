@@ -36,6 +36,18 @@ fn text(output: &std::process::Output) -> String {
 const WHOAMI: &str =
     r"tr '\0' '\n' < /proc/$PPID/cmdline | grep mgmtd.yaml | xargs dirname | xargs basename";
 
+/// The monitor through h1's socket, running while the test acts on the
+/// fleet; stdout and stderr piped.
+fn spawn_monitor(fleet: &Fleet, args: &[&str]) -> std::io::Result<std::process::Child> {
+    Command::new(&fleet.bin.monitor)
+        .env("FLOTILLA_SOCKET", fleet.daemons[0].socket())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+}
+
 #[test]
 fn simex_with_identical_and_differing_output() -> TestResult {
     let fleet = Fleet::start(FleetOptions::new(3))?;
@@ -135,12 +147,7 @@ fn a_timeout_kills_the_whole_process_group() -> TestResult {
 #[test]
 fn a_daemon_killed_during_a_command_is_reported_disconnected() -> TestResult {
     let mut fleet = Fleet::start(FleetOptions::new(3))?;
-    let mut monitor = Command::new(&fleet.bin.monitor)
-        .env("FLOTILLA_SOCKET", fleet.daemons[0].socket())
-        .args(["--json", "simex", "--", "sleep 2; echo done"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
+    let mut monitor = spawn_monitor(&fleet, &["--json", "simex", "--", "sleep 2; echo done"])?;
     std::thread::sleep(Duration::from_millis(700));
     fleet.kill(2);
     let status = flotilla_tests::wait_bounded(&mut monitor, Duration::from_secs(30))?;
@@ -163,12 +170,7 @@ fn a_daemon_killed_during_a_command_is_reported_disconnected() -> TestResult {
 #[test]
 fn losing_the_relaying_server_points_to_monitor_job() -> TestResult {
     let mut fleet = Fleet::start(FleetOptions::new(3))?;
-    let mut monitor = Command::new(&fleet.bin.monitor)
-        .env("FLOTILLA_SOCKET", fleet.daemons[0].socket())
-        .args(["simex", "--", "sleep 1.5; echo late"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
+    let mut monitor = spawn_monitor(&fleet, &["simex", "--", "sleep 1.5; echo late"])?;
     std::thread::sleep(Duration::from_millis(700));
     fleet.kill(0);
     let status = flotilla_tests::wait_bounded(&mut monitor, Duration::from_secs(30))?;
@@ -274,12 +276,7 @@ fn a_command_runs_at_most_once_across_a_retransmission() -> TestResult {
 #[test]
 fn a_job_report_outlives_an_interrupted_monitor() -> TestResult {
     let fleet = Fleet::start(FleetOptions::new(3))?;
-    let mut monitor = Command::new(&fleet.bin.monitor)
-        .env("FLOTILLA_SOCKET", fleet.daemons[0].socket())
-        .args(["simex", "--", "sleep 1.5; echo late"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
+    let mut monitor = spawn_monitor(&fleet, &["simex", "--", "sleep 1.5; echo late"])?;
     // "job 0123456789ab on 3 host(s): ..." comes first on stderr.
     let stderr = monitor.stderr.take().ok_or("no stderr")?;
     let mut first = String::new();
