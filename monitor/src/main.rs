@@ -791,7 +791,7 @@ pub(crate) async fn follow_job(
 }
 
 /// Host-supplied text for a table cell or a line (see `report::safe`).
-fn safe(text: &str) -> String {
+pub(crate) fn safe(text: &str) -> String {
     report::safe(text).into_owned()
 }
 

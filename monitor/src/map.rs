@@ -320,13 +320,8 @@ fn unknown_text(endpoint: &Endpoint, map: &str, id: UpdateId, why: &str) -> Stri
     )
 }
 
-/// Text from the fleet (keys, values, names) made safe for a terminal, on
-/// one line (see [`crate::report::safe`]).
-fn shown(text: &str) -> String {
-    crate::report::safe(text).into_owned()
-}
-
-/// As [`shown`], for a table cell that may hold several lines.
+/// Text from the fleet for a table cell that may hold several lines (see
+/// [`crate::report::safe_lines`]).
 fn shown_lines(text: &str) -> String {
     crate::report::safe_lines(text).into_owned()
 }
@@ -346,7 +341,7 @@ async fn reachable(endpoint: &Endpoint, members: &[gc_core::Pid]) -> String {
         .map(|p| {
             names
                 .get(&p.node)
-                .map_or_else(|| p.to_string(), |n| shown(n))
+                .map_or_else(|| p.to_string(), |n| crate::safe(n))
         })
         .collect();
     shown.sort();
@@ -491,14 +486,14 @@ async fn get(
                 Some(e) => {
                     // Exact bytes for a script; escaped for a person.
                     if std::io::stdout().is_terminal() {
-                        println_checked(&shown(&e.value))?;
+                        println_checked(&crate::safe(&e.value))?;
                     } else {
                         println_checked(&e.value)?;
                     }
                     crate::eprint_line(&format!(
                         "{}/{}: written at map version {}; map version {version}{}",
-                        shown(&map),
-                        shown(&key),
+                        crate::safe(&map),
+                        crate::safe(&key),
                         e.version,
                         note.map(|n| format!("; {n}")).unwrap_or_default()
                     ));
@@ -551,7 +546,7 @@ async fn list(
             let last = entries.last().map(|(k, _)| k.clone());
             for (key, entry) in entries {
                 table.add_row([
-                    shown(&key),
+                    crate::safe(&key),
                     shown_lines(&entry.value),
                     entry.version.to_string(),
                 ]);
@@ -587,7 +582,7 @@ async fn maps_list(endpoint: &Endpoint, out: &Output) -> Result<u8, Failure> {
             table.set_header(["MAP", "VERSION", "ENTRIES", "STATE"]);
             for m in maps {
                 table.add_row([
-                    shown(&m.name),
+                    crate::safe(&m.name),
                     m.version.to_string(),
                     m.entries.to_string(),
                     if m.live { "live" } else { "dropped" }.to_owned(),
@@ -640,7 +635,7 @@ async fn history(
                     e.version.to_string(),
                     e.id.to_string(),
                     shown_lines(&op_text(&e.op)),
-                    shown(&outcome),
+                    crate::safe(&outcome),
                 ]);
             }
             println_checked(&table.to_string())?;

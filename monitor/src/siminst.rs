@@ -160,10 +160,7 @@ pub(crate) async fn install(
     let report = follow(&mut connection, |event, tracker| {
         if let FollowEvent::Output { host, line, .. } = event {
             if let Some(state) = line.strip_prefix(PROGRESS_PREFIX) {
-                states.insert(
-                    crate::report::safe(host).into_owned(),
-                    crate::report::safe(state).into_owned(),
-                );
+                states.insert(crate::safe(host), crate::safe(state));
             }
         }
         observe(&bar, out, event);
