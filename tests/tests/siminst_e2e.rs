@@ -297,20 +297,21 @@ fn spawn_siminst(fleet: &Fleet, file: &Path) -> Result<std::process::Child, Erro
         .spawn()?)
 }
 
-/// Waits until daemon `i` has received part of a package: a receiver
-/// unpacks as the chunks come, and the manifest is the package's first
-/// entry.
-fn wait_receiving(fleet: &Fleet, i: usize, limit: Duration) -> Result<(), Error> {
-    let deadline = Instant::now() + limit;
+/// Waits up to a minute until `arrived` holds for daemon `i`'s siminst
+/// staging directory (see [`package_arriving`], [`package_written_past`]).
+fn wait_staging(
+    fleet: &Fleet,
+    i: usize,
+    what: &str,
+    arrived: impl Fn(&Path) -> bool,
+) -> Result<(), Error> {
     let staging = fleet.daemons[i].home.join("data/siminst/staging");
-    loop {
-        if package_arriving(&staging) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!("{} never started receiving", fleet.daemons[i].name).into());
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    if flotilla_tests::vlan::wait_for(Duration::from_secs(60), Duration::from_millis(1), || {
+        arrived(&staging)
+    }) {
+        Ok(())
+    } else {
+        Err(format!("{} never {what}", fleet.daemons[i].name).into())
     }
 }
 
@@ -339,7 +340,7 @@ fn a_daemon_killed_mid_transfer_is_reported_disconnected() -> TestResult {
     let mut fleet = Fleet::start(options(4))?;
     let (file, _) = package(&fleet, "big", "1.0.0", "", "echo ok\n", 16 << 20)?;
     let child = spawn_siminst(&fleet, &file)?;
-    wait_receiving(&fleet, 3, Duration::from_secs(60))?;
+    wait_staging(&fleet, 3, "started receiving", package_arriving)?;
     fleet.kill(3);
     let (code, report) = finish(child)?;
     assert_eq!(code, 1, "{report}");
@@ -353,20 +354,14 @@ fn a_host_cut_off_mid_transfer_resumes_after_the_merge() -> TestResult {
     let fleet = Fleet::start(options(3))?;
     let (file, _) = package(&fleet, "resume", "1.0.0", "", "echo ok\n", 16 << 20)?;
     let child = spawn_siminst(&fleet, &file)?;
-    wait_receiving(&fleet, 2, Duration::from_secs(60))?;
     // A partition: h3 falls silent mid-transfer, long enough to be
     // excluded, then comes back and merges. Mid-transfer by what h3 has
     // unpacked, not by a delay: on a quiet machine the whole 16 MiB
     // reached h3 within the 300 ms this test used to wait, and with no
     // delay h3 had one chunk; either way there was nothing to resume.
-    let staging = fleet.daemons[2].home.join("data/siminst/staging");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !package_written_past(&staging, 2 << 20) {
-        if Instant::now() > deadline {
-            return Err("h3 never had 2 MiB of the package".into());
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_staging(&fleet, 2, "had 2 MiB of the package", |staging| {
+        package_written_past(staging, 2 << 20)
+    })?;
     fleet.pause(2)?;
     let partial = std::fs::read_dir(fleet.daemons[2].home.join("data/siminst/staging"))?
         .flatten()

@@ -142,31 +142,29 @@ pub fn siminst_with_a_host_cut_off(hosts: usize) -> Result<MgmtOutcome, Scenario
     let pending = fleet.spawn_monitor(0, &["siminst", "--timeout", "120s", &file_arg])?;
     let start = Instant::now();
     // The unpacked manifest appears with the first chunk, when the host
-    // has joined the installation group; the other chunks follow.
-    while !receiving(&fleet, cut_host) {
-        if start.elapsed() > Duration::from_secs(60) {
-            return Err(ScenarioError::Timeout {
-                what: format!("h{} to start receiving the package", cut_host + 1),
-                waited: Duration::from_secs(60),
-                seen: "no package arriving (no unpacked manifest)".into(),
-            });
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    // Into the transfer, so that the cut host holds some chunks and misses
-    // others: by what it has unpacked, not by a delay, which on a quiet
-    // machine can outlast the whole transfer.
+    // has joined the installation group; the other chunks follow. The cut
+    // comes into the transfer, so that the cut host holds some chunks and
+    // misses others: by what it has unpacked, not by a delay, which on a
+    // quiet machine can outlast the whole transfer.
     let staging = fleet.data_dir(cut_host).join("siminst/staging");
-    while !crate::package::package_written_past(&staging, CUT_AFTER_BYTES) {
-        if start.elapsed() > Duration::from_secs(60) {
-            return Err(ScenarioError::Timeout {
-                what: format!("h{} to unpack 1 MiB of the package", cut_host + 1),
+    let wait = |what: &str, cond: &dyn Fn() -> bool| {
+        if crate::vlan::wait_for(Duration::from_secs(60), Duration::from_millis(1), cond) {
+            Ok(())
+        } else {
+            Err(ScenarioError::Timeout {
+                what: format!("h{} {what}", cut_host + 1),
                 waited: Duration::from_secs(60),
-                seen: "less unpacked".into(),
-            });
+                seen: "not yet".into(),
+            })
         }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    };
+    wait(
+        "to start receiving the package (an unpacked manifest)",
+        &|| receiving(&fleet, cut_host),
+    )?;
+    wait("to unpack 1 MiB of the package", &|| {
+        crate::package::package_written_past(&staging, CUT_AFTER_BYTES)
+    })?;
     fleet.inject(Fault::Partition(vec![rest.clone(), vec![cut_host]]))?;
     out.notes.push(format!(
         "h{} cut off {:.2} s after the monitor started ({size} bytes, {chunks} chunks)",
